@@ -1,0 +1,70 @@
+"""Typed environment configuration (the ``env/`` Hydra group), checked on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pushcut.configs import require
+from pushcut.spec import TWIN_CAMERAS
+
+TWIN_TASKS = ("click_bell", "stack_bowls_two", "stack_bowls_three")
+LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
+LIBERO_CAMERAS = ("agentview", "robot0_eye_in_hand")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RandomizationConfig:
+    """Domain randomisation for sim-to-real; everything off unless ``enabled``."""
+
+    enabled: bool = False
+    light: float = 0.3  # relative jitter of light intensity
+    color: float = 0.15  # jitter of rgb of table and objects
+    camera_pos: float = 0.01  # m, std of camera position jitter
+    camera_rot_deg: float = 1.0  # deg, std of camera orientation jitter
+    mass: float = 0.2  # relative jitter of object mass
+    friction: float = 0.2  # relative jitter of sliding friction
+    latency_steps: int = 0  # max action latency (control steps), sampled per episode
+
+    def __post_init__(self) -> None:
+        for name in ("light", "color", "camera_pos", "camera_rot_deg", "mass", "friction"):
+            require(getattr(self, name) >= 0, f"randomization.{name} must be >= 0")
+        require(self.latency_steps >= 0, "randomization.latency_steps must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvConfig:
+    """One environment: the MuJoCo twin (``kind: twin``) or a LIBERO suite (``kind: libero``)."""
+
+    kind: Literal["twin", "libero"] = "twin"
+    task: str = "click_bell"  # twin task name, or LIBERO suite name
+    task_ids: tuple[int, ...] = (0,)  # LIBERO: which tasks of the suite
+    cameras: tuple[str, ...] = ("head",)
+    image_size: tuple[int, int] = (64, 64)  # (height, width) rendered for the policy
+    max_steps: int | None = None  # None: the task's own step limit
+    physics_hz: int = 250
+    control_hz: int = 25  # one action (joint target) per control step
+    num_wait_steps: int = 10  # LIBERO: no-op steps after reset
+    randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
+
+    def __post_init__(self) -> None:
+        if self.kind == "twin":
+            require(self.task in TWIN_TASKS, f"unknown twin task {self.task!r}; known: {list(TWIN_TASKS)}")
+            allowed = TWIN_CAMERAS
+        else:
+            require(self.task in LIBERO_SUITES, f"unknown LIBERO suite {self.task!r}; known: {list(LIBERO_SUITES)}")
+            allowed = LIBERO_CAMERAS
+            require(all(i >= 0 for i in self.task_ids), "task_ids must be >= 0")
+        require(len(self.cameras) > 0, "cameras must name at least one camera")
+        bad = [c for c in self.cameras if c not in allowed]
+        require(not bad, f"unknown camera(s) {bad}; known for {self.kind}: {list(allowed)}")
+        require(len(set(self.cameras)) == len(self.cameras), "cameras must not repeat")
+        require(all(s > 0 for s in self.image_size), f"image_size must be positive, got {self.image_size}")
+        require(self.max_steps is None or self.max_steps > 0, "max_steps must be > 0")
+        require(self.physics_hz > 0 and self.control_hz > 0, "physics_hz and control_hz must be > 0")
+        require(self.physics_hz % self.control_hz == 0, "physics_hz must be a multiple of control_hz")
+        require(self.num_wait_steps >= 0, "num_wait_steps must be >= 0")
+
+    @property
+    def substeps(self) -> int:
+        return self.physics_hz // self.control_hz

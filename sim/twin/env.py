@@ -1,0 +1,220 @@
+"""TwinEnv: the dual-arm Piper workcell in MuJoCo behind the ``sim.core.Env`` interface.
+
+Actions are 14 absolute joint targets ``[left j1..j6, left gripper, right j1..j6, right gripper]``
+(gripper normalised, 0 closed .. 1 open). A chunk of T targets is executed as one smoothed,
+time-parametrised path: a C1 cubic (Catmull-Rom) through the current target and the T
+waypoints, one waypoint per control period, with zero velocity at both ends of the chunk,
+sampled at the physics rate (250 Hz) and tracked by the joint position servos, as RoboTwin
+executes its chunks. Success is checked at every physics step and latches.
+
+Grasping: a closed gripper whose two pads both touch the same graspable object turns on a weld
+between the hand and the object (MuJoCo equality), and opening the gripper turns it off. This
+"grasp assist" stands in for finger friction, which a primitive-geometry twin does not model
+faithfully; contacts, collisions and nesting stay fully physical.
+"""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+
+from pushcut import spec
+from pushcut.sim.config import EnvConfig
+from pushcut.sim.core import Obs, Step, as_chunk
+from pushcut.sim.tasks import TASKS
+from pushcut.sim.twin.kinematics import HOME
+from pushcut.sim.twin.model import FINGER_TRAVEL, HeadCamera, build_mjcf
+from pushcut.sim.twin.randomize import Randomizer
+
+_LO, _HI = (np.array(v) for v in spec.dual_arm_limits())
+GRIP_CLOSE_CMD = 0.5  # commanded opening below this closes a grasp
+
+
+def smooth_path(start: np.ndarray, waypoints: np.ndarray, substeps: int) -> np.ndarray:
+    """Physics-rate targets ``(T * substeps, D)`` through ``waypoints`` (T, D) from ``start`` (D,).
+
+    Catmull-Rom tangents inside the chunk and zero velocity at its two ends; the path passes
+    exactly through every waypoint at the end of its control period.
+    """
+    pts = np.vstack([start[None], waypoints])  # (T+1, D)
+    n = len(pts)
+    tangents = np.zeros_like(pts)
+    if n > 2:
+        tangents[1:-1] = 0.5 * (pts[2:] - pts[:-2])
+    s = np.arange(1, substeps + 1) / substeps  # (S,)
+    h00 = 2 * s**3 - 3 * s**2 + 1
+    h10 = s**3 - 2 * s**2 + s
+    h01 = -2 * s**3 + 3 * s**2
+    h11 = s**3 - s**2
+    p0, p1, m0, m1 = pts[:-1, None], pts[1:, None], tangents[:-1, None], tangents[1:, None]
+    path = h00[:, None] * p0 + h10[:, None] * m0 + h01[:, None] * p1 + h11[:, None] * m1  # (T, S, D)
+    return path.reshape(-1, pts.shape[1])
+
+
+class TwinEnv:
+    """One episode at a time of a twin task (``cfg.task``)."""
+
+    action_dim = spec.DUAL_ARM_DIM
+    proprio_dim = spec.DUAL_ARM_DIM
+
+    def __init__(self, cfg: EnvConfig, head: HeadCamera | None = None):
+        self.cfg = cfg
+        self.task = TASKS[cfg.task]()
+        self.instruction = self.task.instruction
+        self.max_steps = cfg.max_steps or self.task.max_steps
+        h, w = cfg.image_size
+        self.model = mujoco.MjModel.from_xml_string(
+            build_mjcf(self.task.scene_objects(), head or HeadCamera(), offscreen=(w, h))
+        )
+        self.model.opt.timestep = 1.0 / cfg.physics_hz
+        self.data = mujoco.MjData(self.model)
+        self.task.bind(self.model)
+        m = self.model
+        self._arm_q = np.array(
+            [m.joint(f"{a}_joint{i + 1}").qposadr[0] for a in spec.ARMS for i in range(6)]
+        )
+        self._fingers = {a: [m.joint(f"{a}_finger_{s}").qposadr[0] for s in "ab"] for a in spec.ARMS}
+        self._pads = {a: (m.geom(f"{a}_pad_a").id, m.geom(f"{a}_pad_b").id) for a in spec.ARMS}
+        self._ctrl_arm = np.array([m.actuator(f"{a}_joint{i + 1}").id for a in spec.ARMS for i in range(6)])
+        self._ctrl_fingers = {a: [m.actuator(f"{a}_finger_{s}").id for s in "ab"] for a in spec.ARMS}
+        self._welds = {
+            (a, b): m.equality(f"grasp_{a}_{b}").id for a in spec.ARMS for b in self.task.graspable
+        }
+        self._graspable_body = {b: m.body(b).id for b in self.task.graspable}
+        self._renderer: mujoco.Renderer | None = None
+        self.randomizer = Randomizer(m, cfg.randomization)
+        self.target = np.zeros(self.action_dim)
+        self.steps = 0
+        self.succeeded = False
+        self.layout: dict = {}
+
+    # --- episode ------------------------------------------------------------------------------
+    def reset(self, seed: int) -> Obs:
+        rng = np.random.default_rng(seed)
+        mujoco.mj_resetData(self.model, self.data)
+        self.randomizer.reset(rng)
+        self.layout = self.task.reset(self.data, rng)
+        home = np.concatenate([HOME, [1.0], HOME, [1.0]])
+        self._set_arm_qpos(home)
+        self.target = home.copy()
+        self._apply_ctrl(home)
+        mujoco.mj_forward(self.model, self.data)
+        for _ in range(int(0.2 * self.cfg.physics_hz)):  # let objects settle
+            mujoco.mj_step(self.model, self.data)
+        self.steps = 0
+        self.succeeded = False
+        return self.observe()
+
+    def step(self, actions: np.ndarray) -> Step:
+        if self.steps >= self.max_steps or self.succeeded:
+            raise RuntimeError("episode is done; call reset() first")
+        chunk = np.clip(as_chunk(actions, self.action_dim), _LO, _HI)
+        chunk = self.randomizer.delay(chunk)
+        chunk = chunk[: self.max_steps - self.steps]
+        path = smooth_path(self.target, chunk, self.cfg.substeps)
+        gripper = self.gripper_opening()
+        for k in range(len(chunk)):
+            for target in path[k * self.cfg.substeps : (k + 1) * self.cfg.substeps]:
+                self._apply_ctrl(target)
+                mujoco.mj_step(self.model, self.data)
+                gripper = self.gripper_opening()
+                if not self.succeeded and self.task.success(self.data, gripper):
+                    self.succeeded = True
+            self.target = chunk[k]
+            self.steps += 1
+            self._update_grasps(chunk[k])
+            if self.succeeded:
+                break
+        done = self.succeeded or self.steps >= self.max_steps
+        return Step(
+            obs=self.observe(),
+            reward=float(self.succeeded),
+            success=self.succeeded,
+            done=done,
+            steps=self.steps,
+        )
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    # --- state --------------------------------------------------------------------------------
+    def gripper_opening(self) -> dict[str, float]:
+        """Measured opening per arm, normalised 0 closed .. 1 open."""
+        return {
+            a: float(np.clip(self.data.qpos[adr].mean() / FINGER_TRAVEL, 0.0, 1.0))
+            for a, adr in self._fingers.items()
+        }
+
+    def proprio(self) -> np.ndarray:
+        q = self.data.qpos[self._arm_q]
+        g = self.gripper_opening()
+        return np.concatenate([q[:6], [g["left"]], q[6:], [g["right"]]]).astype(np.float32)
+
+    def render(self, camera: str) -> np.ndarray:
+        if self._renderer is None:
+            h, w = self.cfg.image_size
+            self._renderer = mujoco.Renderer(self.model, height=h, width=w)
+        self._renderer.update_scene(self.data, camera=camera)
+        return self._renderer.render().copy()
+
+    def observe(self) -> Obs:
+        return Obs(
+            images={c: self.render(c) for c in self.cfg.cameras},
+            proprio=self.proprio(),
+            instruction=self.instruction,
+        )
+
+    # --- internals ----------------------------------------------------------------------------
+    def _set_arm_qpos(self, q14: np.ndarray) -> None:
+        self.data.qpos[self._arm_q] = np.concatenate([q14[0:6], q14[7:13]])
+        for a, g in (("left", q14[6]), ("right", q14[13])):
+            self.data.qpos[self._fingers[a]] = g * FINGER_TRAVEL
+
+    def _apply_ctrl(self, q14: np.ndarray) -> None:
+        self.data.ctrl[self._ctrl_arm] = np.concatenate([q14[0:6], q14[7:13]])
+        for a, g in (("left", q14[6]), ("right", q14[13])):
+            self.data.ctrl[self._ctrl_fingers[a]] = g * FINGER_TRAVEL
+
+    def _update_grasps(self, command: np.ndarray) -> None:
+        if not self._welds:
+            return
+        for a, g in (("left", command[6]), ("right", command[13])):
+            held = [b for b in self.task.graspable if self.data.eq_active[self._welds[(a, b)]]]
+            if g >= GRIP_CLOSE_CMD:
+                for b in held:
+                    self.data.eq_active[self._welds[(a, b)]] = 0
+            elif not held:
+                body = self._pinched_body(a)
+                if body is not None:
+                    self._activate_weld(a, body)
+
+    def _pinched_body(self, arm: str) -> str | None:
+        """The graspable body touched by both pads of ``arm``, if any."""
+        touched = ({}, {})
+        for c in self.data.contact[: self.data.ncon]:
+            for side, pad in enumerate(self._pads[arm]):
+                other = c.geom2 if c.geom1 == pad else c.geom1 if c.geom2 == pad else None
+                if other is not None:
+                    touched[side][self.model.geom_bodyid[other]] = True
+        for name, body in self._graspable_body.items():
+            if body in touched[0] and body in touched[1]:
+                return name
+        return None
+
+    def _activate_weld(self, arm: str, body: str) -> None:
+        eq = self._welds[(arm, body)]
+        hand = self.model.body(f"{arm}_link6").id
+        obj = self._graspable_body[body]
+        p1, r1 = self.data.xpos[hand], self.data.xmat[hand].reshape(3, 3)
+        rel_pos = r1.T @ (self.data.xpos[obj] - p1)
+        q1_inv = np.zeros(4)
+        mujoco.mju_negQuat(q1_inv, self.data.xquat[hand])
+        rel_quat = np.zeros(4)
+        mujoco.mju_mulQuat(rel_quat, q1_inv, self.data.xquat[obj])
+        self.model.eq_data[eq, 0:3] = 0.0
+        self.model.eq_data[eq, 3:6] = rel_pos
+        self.model.eq_data[eq, 6:10] = rel_quat
+        self.model.eq_data[eq, 10] = 1.0
+        self.data.eq_active[eq] = 1
