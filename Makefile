@@ -1,0 +1,49 @@
+# pushcut: `make demo` and `make test` are all a new user needs; both set everything up first.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup demo test test-all lint bench bench-sim bench-policy bench-rl bench-engine bench-ros bench-driver clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m pushcut.demo
+
+test: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: setup
+	$(PY) -m pytest -q tests
+
+lint: setup
+	.venv/bin/ruff check .
+
+bench: bench-sim bench-policy bench-rl bench-engine bench-ros bench-driver
+
+bench-sim: setup
+	$(PY) -m bench.sim
+
+bench-policy: setup
+	$(PY) -m bench.policy
+
+bench-rl: setup
+	$(PY) -m bench.rl
+
+bench-engine: setup
+	$(PY) -m bench.engine
+
+bench-ros: setup
+	$(PY) -m bench.ros
+
+bench-driver: setup
+	$(PY) -m bench.driver
+
+clean:
+	rm -rf outputs runs bench/results/*.json bench/results/*.png .pytest_cache

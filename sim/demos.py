@@ -1,0 +1,184 @@
+"""Expert demonstrations: recording (``pushcut-demos``), the on-disk format, and loading.
+
+Format (version 1), one folder per task::
+
+    <out_dir>/<task>/meta.json          format, version, task, instruction, env config,
+                                        chunk_len, cameras, episode list, action/proprio stats
+    <out_dir>/<task>/episode_00000.npz  actions (T, A) float32     every executed action
+                                        obs_steps (K,) int32       step index of each observation
+                                        obs_proprio (K, P) float32
+                                        images_<camera> (K, H, W, 3) uint8
+                                        seed () int64
+
+An observation is stored where each executed chunk starts (the moments a chunked policy is
+queried). Only successful episodes are kept. Statistics are per action dimension (min, max,
+q01, q99, mean, std) over all kept actions. Files are written atomically; npz is read with
+``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pushcut.configs import require, to_dict
+from pushcut.sim.config import EnvConfig
+
+DEMO_FORMAT = "pushcut-demos"
+DEMO_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemosConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    num_episodes: int = 50
+    seed_start: int = 0
+    chunk_len: int = 25
+    out_dir: str = "demos"
+
+    def __post_init__(self) -> None:
+        require(self.num_episodes > 0, "num_episodes must be > 0")
+        require(self.seed_start >= 0, "seed_start must be >= 0")
+        require(self.chunk_len > 0, "chunk_len must be > 0")
+        require(self.env.kind == "twin", "demos are recorded on the twin (scripted experts)")
+
+
+def array_stats(x: np.ndarray) -> dict[str, list[float]]:
+    """Per-dimension statistics of ``x`` (N, D) as JSON-ready lists."""
+    return {
+        "min": x.min(0).tolist(),
+        "max": x.max(0).tolist(),
+        "q01": np.quantile(x, 0.01, axis=0).tolist(),
+        "q99": np.quantile(x, 0.99, axis=0).tolist(),
+        "mean": x.mean(0).tolist(),
+        "std": x.std(0).tolist(),
+    }
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save_npz_atomic(path: Path, **arrays) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def record(cfg: DemosConfig, progress: bool = True) -> Path:
+    """Record ``cfg.num_episodes`` successful expert episodes; return the task's folder."""
+    from tqdm import tqdm
+
+    from pushcut.sim.expert import run_expert
+    from pushcut.sim.twin.env import TwinEnv
+
+    out = Path(cfg.out_dir) / cfg.env.task
+    out.mkdir(parents=True, exist_ok=True)
+    env = TwinEnv(cfg.env)
+    episodes, all_actions, all_proprio, failures = [], [], [], []
+    seed = cfg.seed_start
+    bar = tqdm(total=cfg.num_episodes, desc=f"demos {cfg.env.task}", disable=not progress)
+    try:
+        while len(episodes) < cfg.num_episodes:
+            frames: list = []
+            actions: list = []
+            steps: list = []
+
+            def on_chunk(obs, chunk):
+                steps.append(sum(len(a) for a in actions))
+                frames.append(obs)
+                actions.append(chunk)
+
+            ok = run_expert(env, seed, cfg.chunk_len, on_chunk=on_chunk)
+            if ok:
+                name = f"episode_{len(episodes):05d}.npz"
+                acts = np.concatenate(actions).astype(np.float32)
+                _save_npz_atomic(
+                    out / name,
+                    actions=acts,
+                    obs_steps=np.array(steps, dtype=np.int32),
+                    obs_proprio=np.stack([f.proprio for f in frames]).astype(np.float32),
+                    seed=np.int64(seed),
+                    **{f"images_{c}": np.stack([f.images[c] for f in frames]) for c in cfg.env.cameras},
+                )
+                episodes.append({"file": name, "seed": seed, "steps": int(len(acts))})
+                all_actions.append(acts)
+                all_proprio.append(np.stack([f.proprio for f in frames]))
+                bar.update(1)
+            else:
+                failures.append(seed)
+            seed += 1
+    finally:
+        bar.close()
+        env.close()
+    meta = {
+        "format": DEMO_FORMAT,
+        "version": DEMO_VERSION,
+        "task": cfg.env.task,
+        "instruction": env.instruction,
+        "env": to_dict(cfg.env),
+        "chunk_len": cfg.chunk_len,
+        "cameras": list(cfg.env.cameras),
+        "image_size": list(cfg.env.image_size),
+        "episodes": episodes,
+        "failed_seeds": failures,
+        "action_stats": array_stats(np.concatenate(all_actions)),
+        "proprio_stats": array_stats(np.concatenate(all_proprio)),
+    }
+    write_json_atomic(out / "meta.json", meta)
+    return out
+
+
+@dataclass
+class DemoSet:
+    """Loaded demos of one task: per-episode arrays plus ``meta``."""
+
+    meta: dict
+    episodes: list[dict[str, np.ndarray]]
+
+    @property
+    def action_stats(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v, dtype=np.float32) for k, v in self.meta["action_stats"].items()}
+
+
+def load(path: str | Path, max_episodes: int | None = None) -> DemoSet:
+    """Load a task folder written by :func:`record`; refuses unknown formats and versions."""
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{path} holds no demos (no meta.json); record them with pushcut-demos")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != DEMO_FORMAT or meta.get("version") != DEMO_VERSION:
+        raise ValueError(
+            f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')!r} is not "
+            f"{DEMO_FORMAT!r} version {DEMO_VERSION}"
+        )
+    entries = meta["episodes"][:max_episodes] if max_episodes else meta["episodes"]
+    episodes = []
+    for e in entries:
+        with np.load(path / e["file"], allow_pickle=False) as z:
+            episodes.append({k: z[k] for k in z.files})
+    return DemoSet(meta=meta, episodes=episodes)
+
+
+def main() -> None:
+    import hydra
+
+    from pushcut.configs import CONFIG_DIR, from_hydra
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="demos", version_base="1.3")
+    def _run(cfg) -> None:
+        conf = from_hydra(DemosConfig, cfg)
+        out = record(conf)
+        print(f"wrote {conf.num_episodes} demos to {out}")
+
+    _run()
