@@ -1,0 +1,137 @@
+"""Policy checkpoints: safetensors weights + resolved config + normalisation statistics + version.
+
+Layout of a checkpoint directory::
+
+    meta.json           {"format": "pushcut-checkpoint", "version": 1, ...extra}
+    config.json         the resolved PolicyConfig (and the run's full config under "run")
+    norm_stats.json     {"action": {min,max,q01,q99,...}, "proprio": {...}}
+    tokenizer.json      the prompt tokenizer
+    model.safetensors   weights
+
+Written into a temporary sibling directory, fsynced, then renamed into place (atomic on POSIX),
+so a crash never leaves a half-written checkpoint under the final name. Loading checks format,
+version, that the weights match the config, and (if given) that the config matches the one the
+caller expects, naming every mismatching field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pushcut.configs import to_dataclass, to_dict
+from pushcut.policy.config import ARCHITECTURE_FIELDS, PolicyConfig
+from pushcut.policy.modeling import VLAPolicy
+from pushcut.policy.preprocess import ByteTokenizer
+
+CKPT_FORMAT = "pushcut-checkpoint"
+CKPT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(
+    path: str | Path,
+    model: VLAPolicy,
+    norm_stats: dict,
+    tokenizer: ByteTokenizer,
+    run_config: dict | None = None,
+    extra: dict | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write a checkpoint atomically; ``extra_tensors`` (e.g. optimizer state) go beside the weights."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, tmp / "model.safetensors")
+    if extra_tensors:
+        save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()}, tmp / "extra.safetensors")
+    files = {
+        "meta.json": {"format": CKPT_FORMAT, "version": CKPT_VERSION, **(extra or {})},
+        "config.json": {"policy": to_dict(model.cfg), "run": run_config or {}},
+        "norm_stats.json": norm_stats,
+    }
+    for name, data in files.items():
+        (tmp / name).write_text(json.dumps(data, indent=2))
+    (tmp / "tokenizer.json").write_text(tokenizer.to_json())
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def read_meta(path: str | Path) -> dict:
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        raise CheckpointError(f"{path} is not a pushcut checkpoint (no meta.json)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {CKPT_FORMAT!r}")
+    if meta.get("version") != CKPT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {meta.get('version')!r}; this pushcut reads {CKPT_VERSION}")
+    return meta
+
+
+def config_mismatch(a: PolicyConfig, b: PolicyConfig) -> list[str]:
+    """Architecture fields on which two policy configs differ, as 'field: a != b'."""
+    da, db = to_dict(a), to_dict(b)
+    return [f"{k}: {da[k]} != {db[k]}" for k in ARCHITECTURE_FIELDS if da[k] != db[k]]
+
+
+def load(path: str | Path, expected: PolicyConfig | None = None, map_location: str = "cpu"):
+    """Load ``(model, norm_stats, tokenizer, meta, run_config)`` from a checkpoint directory."""
+    path = Path(path)
+    meta = read_meta(path)
+    cfg_data = json.loads((path / "config.json").read_text())
+    cfg = to_dataclass(PolicyConfig, cfg_data["policy"], "checkpoint.policy")
+    if expected is not None:
+        diff = config_mismatch(cfg, expected)
+        if diff:
+            raise CheckpointError(f"{path} does not match the configured policy: " + "; ".join(diff))
+    model = VLAPolicy(cfg)
+    state = load_file(path / "model.safetensors", device=map_location)
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match the config (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+        )
+    bad = [k for k, v in model.state_dict().items() if v.shape != state[k].shape]
+    if bad:
+        raise CheckpointError(f"{path}: weight shapes do not match the config: {bad[:5]}")
+    model.load_state_dict(state)
+    norm_stats = json.loads((path / "norm_stats.json").read_text())
+    tokenizer = ByteTokenizer.from_json((path / "tokenizer.json").read_text())
+    return model, norm_stats, tokenizer, meta, cfg_data.get("run", {})
+
+
+def load_extra(path: str | Path) -> dict[str, torch.Tensor]:
+    f = Path(path) / "extra.safetensors"
+    return load_file(f) if f.exists() else {}

@@ -1,0 +1,73 @@
+"""Typed policy configuration (the ``policy/`` Hydra group): an OpenVLA-OFT-style VLA."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pushcut.configs import require
+
+# Fields that fix the weights' shapes: a checkpoint must match the config on all of them.
+ARCHITECTURE_FIELDS = ("vision", "llm", "action_dim", "chunk_len", "n_bins", "cameras", "proprio_dim", "use_proprio")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisionConfig:
+    """A SigLIP-style ViT over each camera image."""
+
+    image_size: int = 64
+    patch_size: int = 16
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+
+    def __post_init__(self) -> None:
+        require(self.image_size % self.patch_size == 0, "vision.image_size must be a multiple of patch_size")
+        require(self.hidden_size % self.num_heads == 0, "vision.hidden_size must divide by num_heads")
+        require(min(self.image_size, self.patch_size, self.num_layers, self.num_heads) > 0, "vision sizes must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LLMConfig:
+    """A Llama-style backbone, attending bidirectionally for parallel decoding."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    intermediate_size: int = 256
+    vocab_size: int = 513  # byte tokenizer (257) + 256 action bins
+    max_positions: int = 2048
+
+    def __post_init__(self) -> None:
+        require(self.hidden_size % self.num_heads == 0, "llm.hidden_size must divide by num_heads")
+        require(self.num_heads % self.num_kv_heads == 0, "llm.num_heads must divide by num_kv_heads")
+        require(min(self.num_layers, self.num_heads, self.vocab_size) > 0, "llm sizes must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyConfig:
+    name: str = "tiny"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    cameras: tuple[str, ...] = ("head",)
+    action_dim: int = 14
+    chunk_len: int = 25
+    n_bins: int = 256
+    proprio_dim: int = 14
+    use_proprio: bool = True
+    normalization: Literal["q01_q99", "min_max"] = "min_max"
+    max_prompt_len: int = 64
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self) -> None:
+        require(self.action_dim > 0 and self.chunk_len > 0, "action_dim and chunk_len must be > 0")
+        require(self.n_bins >= 2, "n_bins must be >= 2")
+        require(self.llm.vocab_size >= self.n_bins, "llm.vocab_size must hold the n_bins action tokens")
+        require(len(self.cameras) > 0, "policy.cameras must name at least one camera")
+        require(self.max_prompt_len > 0, "max_prompt_len must be > 0")
+
+    @property
+    def n_action_tokens(self) -> int:
+        return self.chunk_len * self.action_dim

@@ -1,0 +1,76 @@
+"""TorchPolicy: a VLAPolicy with its statistics and tokenizer behind the ``Policy`` protocol.
+
+``infer(obs) -> actions (chunk_len, action_dim)`` decodes greedily (evaluation); ``act_batch``
+samples at a temperature for RL rollouts and also returns the tokens and their log-probs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from pushcut.policy import sampling
+from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer
+from pushcut.policy.modeling import VLAPolicy
+from pushcut.policy.preprocess import ByteTokenizer, build_inputs, proprio_normalizer
+
+
+class TorchPolicy:
+    def __init__(self, model: VLAPolicy, norm_stats: Mapping, tokenizer: ByteTokenizer, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.cfg = model.cfg
+        self.device = device
+        self.tokenizer = tokenizer
+        if "action" not in norm_stats:
+            raise KeyError("normalisation statistics lack 'action'")
+        self.action_norm = Normalizer(norm_stats["action"], self.cfg.normalization, self.cfg.action_dim)
+        self.proprio_norm = proprio_normalizer(norm_stats, self.cfg.proprio_dim)
+        self.action_tokenizer = ActionTokenizer(self.cfg.n_bins, self.cfg.llm.vocab_size)
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str = "cpu") -> TorchPolicy:
+        from pushcut.policy import checkpoint
+
+        model, stats, tok, _, _ = checkpoint.load(path, map_location=device)
+        return cls(model, stats, tok, device)
+
+    def inputs(self, observations: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        arrays = build_inputs(
+            observations, self.cfg.cameras, self.cfg.vision.image_size, self.tokenizer, self.proprio_norm
+        )
+        return {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
+
+    def decode(self, bins: np.ndarray) -> np.ndarray:
+        """Bin indices (B, A) -> un-normalised action chunks (B, chunk_len, action_dim)."""
+        norm = self.action_tokenizer.from_bins(bins).reshape(len(bins), self.cfg.chunk_len, self.cfg.action_dim)
+        return self.action_norm.unnormalize(norm)
+
+    @torch.no_grad()
+    def logits(self, observations: Sequence[Mapping]) -> torch.Tensor:
+        return self.model(**self.inputs(observations))
+
+    def act_batch(
+        self, observations: Sequence[Mapping], temperature: float, generator: torch.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sampled chunks (B, T, D), their bins (B, A) and chunk log-probs (B,) at ``temperature``.
+
+        ``temperature == 0`` decodes greedily (log-probs are then those at T=1).
+        """
+        logits = self.logits(observations)
+        if temperature > 0:
+            bins = sampling.sample(logits, temperature, generator)
+            logp = sampling.chunk_log_prob(logits, bins, temperature)
+        else:
+            bins = sampling.greedy(logits)
+            logp = sampling.chunk_log_prob(logits, bins, 1.0)
+        b = bins.cpu().numpy()
+        return self.decode(b), b, logp.cpu().numpy()
+
+    def infer(self, obs: Mapping) -> np.ndarray:
+        """Greedy action chunk (chunk_len, action_dim) for one observation dict."""
+        return self.act_batch([obs], temperature=0.0)[0][0]
+
+    def reset(self) -> None:
+        pass

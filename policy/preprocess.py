@@ -1,0 +1,94 @@
+"""Observation pre-processing shared by training and the ONNX engine (numpy + OpenCV only).
+
+Images: resize to the vision tower's square input (area interpolation), scale to [-1, 1]
+(SigLIP's mean 0.5 / std 0.5), channels first, cameras stacked in the policy's camera order.
+Text: a byte-level tokenizer for the built-in presets, or the tokenizer files of a real
+checkpoint. The prompt follows OpenVLA: "In: What action should the robot take to {task}?\nOut:".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import cv2
+import numpy as np
+
+PROMPT = "In: What action should the robot take to {task}?\nOut:"
+
+
+def preprocess_images(images: Mapping[str, np.ndarray], cameras: Sequence[str], size: int) -> np.ndarray:
+    """uint8 (H, W, 3) per camera -> float32 (n_cameras, 3, size, size) in [-1, 1]."""
+    missing = [c for c in cameras if c not in images]
+    if missing:
+        raise KeyError(f"observation lacks camera(s) {missing}; it has {sorted(images)}")
+    out = np.empty((len(cameras), 3, size, size), dtype=np.float32)
+    for i, cam in enumerate(cameras):
+        img = np.asarray(images[cam])
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"camera {cam!r}: expected uint8 (H, W, 3), got {img.dtype} {img.shape}")
+        if img.shape[:2] != (size, size):
+            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        out[i] = (img.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)
+    return out
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids ``offset .. offset+255``; id 0 pads. Serialisable to JSON."""
+
+    kind = "byte"
+
+    def __init__(self, offset: int = 1, max_len: int = 64):
+        self.offset, self.max_len = offset, max_len
+        self.pad_id = 0
+        self.vocab_size = offset + 256
+
+    def encode(self, text: str) -> np.ndarray:
+        ids = np.frombuffer(PROMPT.format(task=text.lower().strip()).encode("utf-8"), dtype=np.uint8)
+        return (ids[: self.max_len].astype(np.int64) + self.offset)
+
+    def batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded ids (B, L) and a bool mask (B, L) of real tokens."""
+        enc = [self.encode(t) for t in texts]
+        length = max(len(e) for e in enc)
+        ids = np.full((len(enc), length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(enc), length), dtype=bool)
+        for i, e in enumerate(enc):
+            ids[i, : len(e)] = e
+            mask[i, : len(e)] = True
+        return ids, mask
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "offset": self.offset, "max_len": self.max_len})
+
+    @classmethod
+    def from_json(cls, text: str) -> ByteTokenizer:
+        d = json.loads(text)
+        if d.get("kind") != cls.kind:
+            raise ValueError(f"not a byte tokenizer: {d.get('kind')!r}")
+        return cls(offset=d["offset"], max_len=d["max_len"])
+
+
+def proprio_normalizer(stats: Mapping[str, Mapping], dim: int):
+    """Min/max normaliser of the proprio vector (OpenVLA-OFT normalises proprio by bounds)."""
+    from pushcut.policy.action_tokenizer import Normalizer
+
+    if "proprio" not in stats:
+        raise KeyError("normalisation statistics lack 'proprio'")
+    return Normalizer(stats["proprio"], "min_max", dim)
+
+
+def build_inputs(
+    observations: Sequence[Mapping],
+    cameras: Sequence[str],
+    image_size: int,
+    tokenizer: ByteTokenizer,
+    proprio_norm,
+) -> dict[str, np.ndarray]:
+    """A batch of observation dicts (``pushcut.spec`` keys) -> the model's numpy inputs."""
+    from pushcut import spec
+
+    pixels = np.stack([preprocess_images(o[spec.IMAGES], cameras, image_size) for o in observations])
+    proprio = np.stack([proprio_norm.normalize(o[spec.PROPRIO]) for o in observations]).astype(np.float32)
+    ids, mask = tokenizer.batch([o[spec.INSTRUCTION] for o in observations])
+    return {"pixels": pixels, "proprio": proprio, "input_ids": ids, "text_mask": mask}
