@@ -68,6 +68,10 @@ class TorchPolicy:
         b = bins.cpu().numpy()
         return self.decode(b), b, logp.cpu().numpy()
 
+    def infer_batch(self, observations: Sequence[Mapping]) -> np.ndarray:
+        """Greedy action chunks (B, chunk_len, action_dim)."""
+        return self.act_batch(observations, temperature=0.0)[0]
+
     def infer(self, obs: Mapping) -> np.ndarray:
         """Greedy action chunk (chunk_len, action_dim) for one observation dict."""
         return self.act_batch([obs], temperature=0.0)[0][0]

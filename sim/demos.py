@@ -11,7 +11,10 @@ Format (version 1), one folder per task::
                                         seed () int64
 
 An observation is stored where each executed chunk starts (the moments a chunked policy is
-queried). Only successful episodes are kept. Statistics are per action dimension (min, max,
+queried). To give a chunked policy more than a couple of states per demo, the recorded action
+stream is replayed from the same seed with the chunk boundaries shifted by each of
+``obs_offsets`` steps, and the observations at those boundaries are kept too (the smoothing then
+differs slightly, a realistic perturbation); ``obs_steps`` is sorted. Only successful episodes are kept. Statistics are per action dimension (min, max,
 q01, q99, mean, std) over all kept actions. Files are written atomically; npz is read with
 ``allow_pickle=False``.
 """
@@ -38,9 +41,11 @@ class DemosConfig:
     num_episodes: int = 50
     seed_start: int = 0
     chunk_len: int = 25
+    obs_offsets: tuple[int, ...] = (5, 10, 15, 20)  # extra replays with shifted chunk boundaries
     out_dir: str = "demos"
 
     def __post_init__(self) -> None:
+        require(all(0 < o < self.chunk_len for o in self.obs_offsets), "obs_offsets must lie in (0, chunk_len)")
         require(self.num_episodes > 0, "num_episodes must be > 0")
         require(self.seed_start >= 0, "seed_start must be >= 0")
         require(self.chunk_len > 0, "chunk_len must be > 0")
@@ -74,6 +79,20 @@ def _save_npz_atomic(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
+def _replay(env, seed: int, actions: np.ndarray, offset: int, chunk_len: int, steps: list, frames: list) -> None:
+    """Replay ``actions`` from ``seed`` in chunks starting at ``offset``; add the observations."""
+    env.reset(seed)
+    if offset >= len(actions):
+        return
+    step = env.step(actions[:offset])
+    start = offset
+    while start < len(actions) and not step.done:
+        steps.append(start)
+        frames.append(step.obs)
+        step = env.step(actions[start : start + chunk_len])
+        start += chunk_len
+
+
 def record(cfg: DemosConfig, progress: bool = True) -> Path:
     """Record ``cfg.num_episodes`` successful expert episodes; return the task's folder."""
     from tqdm import tqdm
@@ -102,6 +121,11 @@ def record(cfg: DemosConfig, progress: bool = True) -> Path:
             if ok:
                 name = f"episode_{len(episodes):05d}.npz"
                 acts = np.concatenate(actions).astype(np.float32)
+                for offset in cfg.obs_offsets:
+                    _replay(env, seed, acts, offset, cfg.chunk_len, steps, frames)
+                order = np.argsort(steps, kind="stable")
+                steps = [steps[i] for i in order]
+                frames = [frames[i] for i in order]
                 _save_npz_atomic(
                     out / name,
                     actions=acts,

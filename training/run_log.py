@@ -1,0 +1,87 @@
+"""Run logging: ``metrics.jsonl`` (always), wandb (offline by default), learning-curve PNGs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pushcut.configs import to_dict
+
+
+class RunLogger:
+    def __init__(self, run_dir: str | Path, config, wandb_cfg, job: str, resume: bool = False):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        self._file = open(self.path, "a" if resume else "w")
+        self._wandb = None
+        if wandb_cfg.mode != "disabled":
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self._wandb = wandb.init(
+                project=wandb_cfg.project,
+                entity=wandb_cfg.entity,
+                mode=wandb_cfg.mode,
+                dir=str(self.run_dir),
+                job_type=job,
+                config=to_dict(config),
+                resume="allow" if resume else None,
+                id=self._run_id(resume),
+            )
+
+    def _run_id(self, resume: bool) -> str:
+        f = self.run_dir / "wandb_id.txt"
+        if resume and f.exists():
+            return f.read_text().strip()
+        import uuid
+
+        rid = uuid.uuid4().hex[:12]
+        f.write_text(rid)
+        return rid
+
+    def log(self, metrics: dict, step: int) -> None:
+        row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(metrics_path: str | Path, keys: list[str], out_png: str | Path, title: str = "") -> Path | None:
+    """One panel per metric in ``keys`` against step; skips keys never logged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    keys = [k for k in keys if any(k in r for r in rows)]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        pts = [(r["step"], r[k]) for r in rows if k in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 50 else None)
+        ax.set_title(k)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return Path(out_png)

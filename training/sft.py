@@ -1,0 +1,151 @@
+"""``pushcut-sft``: supervised fine-tuning of the VLA on expert demos.
+
+Cross-entropy on the action tokens of each demo chunk (the known pitfall: an SFT that trains a
+regression head leaves the token head untrained and RL then starts from 0%). Normalisation
+statistics are computed from exactly the demos used, and saved in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pushcut import spec
+from pushcut.configs import to_dict
+from pushcut.policy import checkpoint
+from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer
+from pushcut.policy.config import PolicyConfig
+from pushcut.policy.modeling import VLAPolicy
+from pushcut.policy.preprocess import ByteTokenizer, build_inputs, proprio_normalizer
+from pushcut.sim import demos
+from pushcut.training.config import SFTConfig
+from pushcut.training.run_log import RunLogger, plot_curves
+
+
+def ensure_demos(cfg: SFTConfig, task: str) -> Path:
+    """The task's demo folder, recorded with the scripted expert if it lacks enough episodes."""
+    folder = Path(cfg.demos_dir) / task
+    meta = folder / "meta.json"
+    if meta.exists():
+        try:
+            if len(demos.load(folder).meta["episodes"]) >= cfg.demos_per_task:
+                return folder
+        except ValueError:
+            pass
+    env_cfg = cfg.env if cfg.env.task == task else type(cfg.env)(**{**cfg.env.__dict__, "task": task})
+    return demos.record(
+        demos.DemosConfig(env=env_cfg, num_episodes=cfg.demos_per_task, chunk_len=cfg.policy.chunk_len,
+                          out_dir=cfg.demos_dir)
+    )
+
+
+def chunk_targets(actions: np.ndarray, start: int, chunk_len: int) -> np.ndarray:
+    """Actions ``start .. start+chunk_len`` of an episode, padded by repeating the last one."""
+    chunk = actions[start : start + chunk_len]
+    if len(chunk) < chunk_len:
+        chunk = np.vstack([chunk, np.repeat(actions[-1:], chunk_len - len(chunk), axis=0)])
+    return chunk
+
+
+def build_dataset(policy_cfg: PolicyConfig, sets: list[demos.DemoSet]):
+    """Model inputs and target bins for every stored observation; plus the norm stats used."""
+    acts = np.concatenate([e["actions"] for s in sets for e in s.episodes])
+    props = np.concatenate([e["obs_proprio"] for s in sets for e in s.episodes])
+    norm_stats = {"action": demos.array_stats(acts), "proprio": demos.array_stats(props)}
+    action_norm = Normalizer(norm_stats["action"], policy_cfg.normalization, policy_cfg.action_dim)
+    tok = ActionTokenizer(policy_cfg.n_bins, policy_cfg.llm.vocab_size)
+    text = ByteTokenizer(max_len=policy_cfg.max_prompt_len)
+    observations, bins = [], []
+    for s in sets:
+        for e in s.episodes:
+            for k, step in enumerate(e["obs_steps"]):
+                observations.append({
+                    spec.IMAGES: {c: e[f"images_{c}"][k] for c in policy_cfg.cameras},
+                    spec.PROPRIO: e["obs_proprio"][k],
+                    spec.INSTRUCTION: s.meta["instruction"],
+                })
+                target = chunk_targets(e["actions"], int(step), policy_cfg.chunk_len)
+                bins.append(tok.to_bins(action_norm.normalize(target)).reshape(-1))
+    inputs = build_inputs(observations, policy_cfg.cameras, policy_cfg.vision.image_size, text,
+                          proprio_normalizer(norm_stats, policy_cfg.proprio_dim))
+    data = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    data["bins"] = torch.from_numpy(np.stack(bins))
+    return data, norm_stats, text
+
+
+def lr_at(step: int, cfg: SFTConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
+    """Train and write ``<run_dir>/checkpoint``; returns its path."""
+    run_dir = Path(run_dir)
+    torch.manual_seed(cfg.seed)
+    sets = []
+    for task in cfg.task_list:
+        folder = ensure_demos(cfg, task)
+        sets.append(demos.load(folder, max_episodes=cfg.demos_per_task))
+    data, norm_stats, text_tok = build_dataset(cfg.policy, sets)
+    n = len(data["bins"])
+    model = VLAPolicy(cfg.policy)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    logger = RunLogger(run_dir, cfg, cfg.wandb, job="sft")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    bar = tqdm(range(cfg.steps), desc=f"sft {'+'.join(cfg.task_list)} ({n} samples)", disable=not progress)
+    model.train()
+    for step in bar:
+        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
+        logits = model(data["pixels"][idx], data["proprio"][idx], data["input_ids"][idx], data["text_mask"][idx])
+        target = data["bins"][idx]  # (B, A)
+        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten())
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            with torch.no_grad():
+                acc = (logits.argmax(-1) == target).float().mean()
+                bin_err = (logits.argmax(-1) - target).abs().float().mean()
+            logger.log({"loss": loss.item(), "token_acc": acc.item(), "bin_err": bin_err.item(),
+                        "grad_norm": grad_norm.item(), "lr": lr_at(step, cfg)}, step)
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc.item():.2f}")
+    model.eval()
+    ckpt = checkpoint.save(run_dir / "checkpoint", model, norm_stats, text_tok, run_config=to_dict(cfg),
+                           extra={"job": "sft", "tasks": list(cfg.task_list), "demos_per_task": cfg.demos_per_task,
+                                  "samples": n, "steps": cfg.steps})
+    plot_curves(logger.path, ["loss", "token_acc", "bin_err"], run_dir / "sft_curve.png", "SFT")
+    if cfg.eval_episodes:
+        from pushcut.policy.inference import TorchPolicy
+        from pushcut.training.eval import run_episodes, summarize
+
+        policy = TorchPolicy(model, norm_stats, text_tok)
+        seeds = list(range(100_000, 100_000 + cfg.eval_episodes))
+        s = summarize(run_episodes(policy, cfg.env, seeds, cfg.num_envs, progress), cfg.env.task)
+        logger.log({"eval_success": s["success_rate"]}, cfg.steps)
+    logger.close()
+    return ckpt
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from pushcut.configs import CONFIG_DIR, from_hydra
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="sft", version_base="1.3")
+    def _run(cfg) -> None:
+        conf = from_hydra(SFTConfig, cfg)
+        ckpt = train(conf, HydraConfig.get().runtime.output_dir)
+        print(f"checkpoint: {ckpt}")
+
+    _run()
