@@ -38,9 +38,10 @@ def ensure_demos(cfg: SFTConfig, task: str) -> Path:
         except ValueError:
             pass
     env_cfg = cfg.env if cfg.env.task == task else type(cfg.env)(**{**cfg.env.__dict__, "task": task})
+    every = max(1, cfg.policy.chunk_len // 5)  # four replays with shifted chunk boundaries
     return demos.record(
         demos.DemosConfig(env=env_cfg, num_episodes=cfg.demos_per_task, chunk_len=cfg.policy.chunk_len,
-                          out_dir=cfg.demos_dir)
+                          obs_offsets=tuple(range(every, cfg.policy.chunk_len, every))[:4], out_dir=cfg.demos_dir)
     )
 
 
