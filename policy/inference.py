@@ -23,6 +23,7 @@ class TorchPolicy:
         self.cfg = model.cfg
         self.device = device
         self.tokenizer = tokenizer
+        self.norm_stats = dict(norm_stats)
         if "action" not in norm_stats:
             raise KeyError("normalisation statistics lack 'action'")
         self.action_norm = Normalizer(norm_stats["action"], self.cfg.normalization, self.cfg.action_dim)

@@ -72,3 +72,64 @@ class EvalConfig:
     def __post_init__(self) -> None:
         require((self.checkpoint is None) != (self.bundle is None), "give exactly one of checkpoint= or bundle=")
         require(self.episodes >= 1 and self.num_envs >= 1, "episodes and num_envs must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutConfig:
+    backend: Literal["ray", "local"] = "ray"
+    num_workers: int = 2  # Ray actors (rollout workers), each with persistent envs and a policy copy
+    envs_per_worker: int = 4
+    threads_per_worker: int = 1
+    ray_address: str | None = None  # an existing cluster ("auto" or host:port); None starts one locally
+
+    def __post_init__(self) -> None:
+        require(self.num_workers >= 1 and self.envs_per_worker >= 1, "rollout workers and envs must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LearnerConfig:
+    backend: Literal["gloo", "nccl"] = "gloo"  # torch.distributed backend when launched by torchrun
+    device: str = "cpu"
+    threads: int = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    init_checkpoint: str | None = None  # the SFT checkpoint to start from
+    n_samples: int = 8  # rollouts per (task, initial state)
+    groups_per_iter: int = 8  # groups kept per iteration (the batch)
+    max_draw_rounds: int = 4  # dynamic sampling: draw at most this many batches of groups
+    dynamic_sampling: bool = True
+    temperature: float = 1.6
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.28
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    lr: float = 5e-6
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    mini_batches: int = 4  # optimiser steps per iteration (one pass over the data)
+    iterations: int = 100
+    time_budget_s: float | None = None  # stop when this much wall time has been used (resumes count)
+    eval_every: int = 5
+    eval_episodes: int = 50
+    eval_seed_start: int = 100_000
+    train_seed_start: int = 0
+    save_every: int = 1
+    seed: int = 0
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        require(self.n_samples >= 2, "n_samples must be >= 2 (group-normalised advantages need a group)")
+        require(self.groups_per_iter >= 1 and self.max_draw_rounds >= 1, "groups_per_iter, max_draw_rounds >= 1")
+        require(self.temperature > 0, "temperature must be > 0")
+        require(0 <= self.clip_ratio_low < 1 and self.clip_ratio_high >= 0, "clip ratios out of range")
+        require(self.kl_coef >= 0 and self.entropy_coef >= 0, "kl_coef and entropy_coef must be >= 0")
+        require(self.lr > 0 and self.mini_batches >= 1 and self.iterations >= 1, "lr, mini_batches, iterations")
+        require(self.eval_every >= 0 and self.eval_episodes >= 0 and self.save_every >= 1, "eval/save cadence")
+        check_policy_fits_env(self.policy, self.env)

@@ -1,0 +1,371 @@
+"""``pushcut-train``: GRPO with a binary task-success reward, the SimpleVLA-RL recipe.
+
+Per iteration (reads top to bottom, quantities named as in the paper and all logged):
+  1. rollout   groups of ``n_samples`` episodes per initial state at temperature T (Ray workers)
+  2. filter    dynamic sampling: drop groups whose successes are 0/n or n/n, draw more groups
+               until ``groups_per_iter`` are kept (at most ``max_draw_rounds`` draws)
+  3. adv       A = (R - mean_group) / (std_group + 1e-6), unbiased std, broadcast to every
+               executed action token of the trajectory (tokens past the episode end masked)
+  4. update    one pass in ``mini_batches`` optimiser steps of the token-level PPO clip loss with
+               ratio clamped to [1 - clip_ratio_low, 1 + clip_ratio_high]; token-mean inside a
+               trajectory, then mean over trajectories; optional KL to the frozen SFT reference
+               (k3 estimator) and entropy bonus; AdamW, grad-norm clip
+  5. eval      greedy success on held-out seeds every ``eval_every`` iterations
+  6. save      policy + optimiser + RNG + counters, atomically, every ``save_every`` iterations
+
+The learner runs under torch.distributed when launched by torchrun (gloo on CPU, nccl on GPU):
+every rank gets the same batch, computes its shard, and gradients are summed across ranks, so
+any world size gives the update of one process on the whole batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from pushcut.configs import to_dict
+from pushcut.policy import checkpoint, sampling
+from pushcut.policy.inference import TorchPolicy
+from pushcut.policy.preprocess import build_inputs
+from pushcut.training.config import TrainConfig
+from pushcut.training.rollout import Job, Trajectory, WorkerPool
+from pushcut.training.run_log import RunLogger, plot_curves, read_metrics
+
+EPS = 1e-6
+
+
+# --- 2. dynamic sampling and 3. advantages -----------------------------------------------------
+def group_rewards(trajs: list[Trajectory]) -> dict[int, np.ndarray]:
+    groups: dict[int, list[float]] = {}
+    for t in trajs:
+        groups.setdefault(t.group, []).append(t.reward)
+    return {g: np.array(r) for g, r in groups.items()}
+
+
+def mixed_groups(trajs: list[Trajectory]) -> set[int]:
+    """Groups with at least one success and one failure (the ones dynamic sampling keeps)."""
+    return {g for g, r in group_rewards(trajs).items() if 0 < r.sum() < len(r)}
+
+
+def grpo_advantages(rewards: np.ndarray) -> np.ndarray:
+    """(R - mean) / (unbiased std + 1e-6) within one group."""
+    r = np.asarray(rewards, dtype=np.float64)
+    std = r.std(ddof=1) if len(r) > 1 else 0.0
+    return (r - r.mean()) / (std + EPS)
+
+
+# --- 4. the loss -------------------------------------------------------------------------------
+def ppo_clip_loss(
+    logp: torch.Tensor,  # (N, A) new per-token log-probs
+    old_logp: torch.Tensor,  # (N, A)
+    adv: torch.Tensor,  # (N,) per chunk (its trajectory's advantage)
+    mask: torch.Tensor,  # (N, A) executed tokens
+    traj_tokens: torch.Tensor,  # (N,) executed tokens of the chunk's whole trajectory
+    n_traj: int,  # trajectories in the full batch (all ranks, all mini-batches)
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Token-level PPO clip; token-mean per trajectory, then mean over trajectories.
+
+    Returned as this shard's share of the full-batch loss (a sum over its chunks divided by
+    ``n_traj``), so shards' losses and gradients add up to the full batch's.
+    """
+    mask = mask.float()
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    a = adv[:, None]
+    pg1 = -a * ratio
+    pg2 = -a * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    per_token = torch.maximum(pg1, pg2)  # (N, A)
+    weight = mask / traj_tokens[:, None].clamp(min=1)  # token-mean inside each trajectory
+    loss = (per_token * weight).sum() / n_traj
+    n_tok = mask.sum().clamp(min=1)
+    stats = {
+        "ratio": (ratio * mask).sum() / n_tok,
+        "clipfrac": (((ratio < 1.0 - clip_low) | (ratio > 1.0 + clip_high)).float() * mask).sum() / n_tok,
+        "approx_kl": (((ratio - 1.0) - log_ratio) * mask).sum() / n_tok,
+    }
+    return loss, stats
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi || ref) on the sampled tokens."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1.0
+
+
+# --- the batch ----------------------------------------------------------------------------------
+def flatten(trajs: list[Trajectory], adv: dict[tuple[int, int], float]) -> dict:
+    """Chunk-level arrays of the kept trajectories (``adv`` keyed by (group, index in group))."""
+    rows = {"obs": [], "bins": [], "logp": [], "mask": [], "adv": [], "traj_tokens": [], "traj": []}
+    seen: dict[int, int] = {}
+    for ti, t in enumerate(trajs):
+        k = seen.get(t.group, 0)
+        seen[t.group] = k + 1
+        a = adv[(t.group, k)]
+        total = int(sum(m.sum() for m in t.token_mask))
+        for o, b, lp, m in zip(t.observations, t.bins, t.logp, t.token_mask):
+            rows["obs"].append(o)
+            rows["bins"].append(b)
+            rows["logp"].append(lp)
+            rows["mask"].append(m)
+            rows["adv"].append(a)
+            rows["traj_tokens"].append(total)
+            rows["traj"].append(ti)
+    return rows
+
+
+def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int, cfg: TrainConfig,
+           gen: torch.Generator) -> dict[str, float]:
+    """One pass over ``batch`` in ``cfg.mini_batches`` optimiser steps; returns mean metrics."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    n = len(batch["bins"])
+    order = torch.randperm(n, generator=gen).numpy()
+    metrics: dict[str, list[float]] = {}
+    model.train()
+    for mb in np.array_split(order, cfg.mini_batches):
+        mine = mb[rank::world]  # this rank's shard of the mini-batch
+        opt.zero_grad(set_to_none=True)
+        if len(mine):
+            inputs = policy.inputs([batch["obs"][i] for i in mine])
+            logits = model(**inputs)  # (n, A, n_bins)
+            bins = torch.from_numpy(np.stack([batch["bins"][i] for i in mine]))
+            logp = sampling.token_log_probs(logits, bins, cfg.temperature)  # (n, A)
+            old = torch.from_numpy(np.stack([batch["logp"][i] for i in mine]))
+            mask = torch.from_numpy(np.stack([batch["mask"][i] for i in mine]))
+            adv = torch.tensor([batch["adv"][i] for i in mine], dtype=torch.float32)
+            traj_tokens = torch.tensor([batch["traj_tokens"][i] for i in mine], dtype=torch.float32)
+            pg_loss, stats = ppo_clip_loss(logp, old, adv, mask, traj_tokens, n_traj,
+                                           cfg.clip_ratio_low, cfg.clip_ratio_high)
+            weight = mask.float() / traj_tokens[:, None].clamp(min=1) / n_traj
+            ent = sampling.entropy(logits, cfg.temperature)
+            loss = pg_loss - cfg.entropy_coef * (ent * weight).sum()
+            if ref_model is not None and cfg.kl_coef > 0:
+                with torch.no_grad():
+                    ref_logp = sampling.token_log_probs(ref_model(**inputs), bins, cfg.temperature)
+                kl = kl_k3(logp, ref_logp)
+                loss = loss + cfg.kl_coef * (kl * weight).sum()
+                stats["kl_ref"] = (kl * mask).sum() / mask.sum().clamp(min=1)
+            loss.backward()
+            stats.update(pg_loss=pg_loss, entropy=(ent * mask).sum() / mask.sum().clamp(min=1))
+            for k, v in stats.items():
+                metrics.setdefault(k, []).append(float(v.detach()))
+        else:  # a rank with no rows still joins the all-reduce with zero gradients
+            for p in model.parameters():
+                p.grad = torch.zeros_like(p)
+        if world > 1:
+            for p in model.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        metrics.setdefault("grad_norm", []).append(float(grad_norm))
+        opt.step()
+    model.eval()
+    return {k: float(np.mean(v)) for k, v in metrics.items()}
+
+
+# --- checkpoint and resume ----------------------------------------------------------------------
+def _opt_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            out[f"opt.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return out
+
+
+def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def save_state(run_dir: Path, model, opt, policy: TorchPolicy, cfg: TrainConfig, state: dict, gen: torch.Generator):
+    extra = _opt_tensors(opt)
+    extra["rng.torch"] = torch.get_rng_state()
+    extra["rng.update"] = gen.get_state()
+    checkpoint.save(run_dir / "checkpoint", model, policy.norm_stats, policy.tokenizer,
+                    run_config=to_dict(cfg), extra={"job": "grpo", "trainer": state}, extra_tensors=extra)
+
+
+def load_state(run_dir: Path, model, opt, gen: torch.Generator) -> dict:
+    ckpt = run_dir / "checkpoint"
+    meta = checkpoint.read_meta(ckpt)
+    if meta.get("job") != "grpo":
+        raise checkpoint.CheckpointError(f"{ckpt} is not a GRPO checkpoint (job {meta.get('job')!r})")
+    loaded, _, _, _, _ = checkpoint.load(ckpt, expected=model.cfg)
+    model.load_state_dict(loaded.state_dict())
+    extra = checkpoint.load_extra(ckpt)
+    _load_opt(opt, extra)
+    torch.set_rng_state(extra["rng.torch"])
+    gen.set_state(extra["rng.update"])
+    return meta["trainer"]
+
+
+# --- the loop -----------------------------------------------------------------------------------
+def _init_distributed(cfg: TrainConfig) -> tuple[int, int]:
+    if "RANK" in os.environ and not dist.is_initialized():
+        dist.init_process_group(backend=cfg.learner.backend)
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def collect(pool: WorkerPool, cfg: TrainConfig, state: dict) -> tuple[list[Trajectory], dict]:
+    """Draw groups until ``groups_per_iter`` are kept (dynamic sampling) or draws run out."""
+    kept: list[Trajectory] = []
+    drawn: list[Trajectory] = []
+    n_kept, rounds = 0, 0
+    while n_kept < cfg.groups_per_iter and rounds < cfg.max_draw_rounds:
+        need = cfg.groups_per_iter - n_kept
+        jobs = []
+        for g in range(need):
+            gid = state["next_group"] + g
+            seed = cfg.train_seed_start + gid
+            jobs += [Job(gid, seed, s, cfg.seed * 1_000_003 + gid * 64 + s) for s in range(cfg.n_samples)]
+        state["next_group"] += need
+        trajs = pool.rollout(jobs, cfg.temperature)
+        drawn += trajs
+        keep = mixed_groups(trajs) if cfg.dynamic_sampling else {t.group for t in trajs}
+        kept += [t for t in trajs if t.group in keep]
+        n_kept += len(keep)
+        rounds += 1
+        if not cfg.dynamic_sampling:
+            break
+    info = {
+        "reward": float(np.mean([t.reward for t in drawn])),
+        "drawn_groups": len(group_rewards(drawn)),
+        "kept_groups": n_kept,
+        "draw_rounds": rounds,
+        "episode_steps": float(np.mean([t.steps for t in drawn])),
+    }
+    return kept, info
+
+
+def evaluate(pool: WorkerPool, cfg: TrainConfig) -> float:
+    seeds = range(cfg.eval_seed_start, cfg.eval_seed_start + cfg.eval_episodes)
+    trajs = pool.rollout([Job(i, s, 0, 0) for i, s in enumerate(seeds)], temperature=0.0)
+    return float(np.mean([t.success for t in trajs]))
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
+    """Run (or resume) GRPO in ``run_dir``; returns the checkpoint path."""
+    run_dir = Path(run_dir)
+    rank, world = _init_distributed(cfg)
+    torch.set_num_threads(cfg.learner.threads)
+    if cfg.init_checkpoint is None:
+        raise ValueError("init_checkpoint is required: GRPO starts from an SFT checkpoint")
+    model, norm_stats, tokenizer, _, _ = checkpoint.load(cfg.init_checkpoint, expected=cfg.policy)
+    ref_model = None
+    if cfg.kl_coef > 0:
+        ref_model, *_ = checkpoint.load(cfg.init_checkpoint)
+        ref_model.eval().requires_grad_(False)
+    policy = TorchPolicy(model, norm_stats, tokenizer)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    resume = (run_dir / "checkpoint" / "meta.json").exists()
+    state = {"iteration": 0, "next_group": 0, "wall_s": 0.0, "env_steps": 0}
+    if resume:
+        state = load_state(run_dir, model, opt, gen)
+    is_main = rank == 0
+    if resume and is_main:  # rows logged after the last checkpoint are redone: drop them
+        keep = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] <= state["iteration"]]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+    logger = RunLogger(run_dir, cfg, cfg.wandb, job="grpo", resume=resume) if is_main else None
+    pool = WorkerPool(cfg.rollout, cfg.env, cfg.policy, norm_stats, tokenizer.to_json()) if is_main else None
+    bar = tqdm(total=cfg.iterations, initial=state["iteration"], desc="grpo", disable=not (progress and is_main))
+    try:
+        if is_main and state["iteration"] == 0 and cfg.eval_every and cfg.eval_episodes:
+            pool.set_weights(model)
+            logger.log({"eval_success": evaluate(pool, cfg)}, 0)
+        while state["iteration"] < cfg.iterations:
+            if cfg.time_budget_s is not None and state["wall_s"] >= cfg.time_budget_s:
+                break
+            t_iter = time.perf_counter()
+            # 1-2. rollouts with dynamic sampling (rank 0), shared with every learner rank
+            payload = [None]
+            if is_main:
+                pool.set_weights(model)
+                t0 = time.perf_counter()
+                kept, info = collect(pool, cfg, state)
+                info["rollout_s"] = time.perf_counter() - t0
+                payload = [(kept, info, state["next_group"])]
+            if world > 1:
+                dist.broadcast_object_list(payload, src=0)
+            kept, info, state["next_group"] = payload[0]
+            # 3. advantages, broadcast over each trajectory's tokens
+            adv = {}
+            for g, r in group_rewards(kept).items():
+                for k, a in enumerate(grpo_advantages(r)):
+                    adv[(g, k)] = float(a)
+            batch = flatten(kept, adv)
+            # 4. the update
+            t0 = time.perf_counter()
+            metrics = update(model, ref_model, opt, policy, batch, len(kept), cfg, gen) if kept else {}
+            metrics["update_s"] = time.perf_counter() - t0
+            state["iteration"] += 1
+            it = state["iteration"]
+            if is_main:
+                timing = pool.take_timing()
+                state["env_steps"] += timing["env_steps"]
+                iter_s = time.perf_counter() - t_iter
+                state["wall_s"] += iter_s
+                metrics.update(info)
+                metrics.update(
+                    success=info["reward"],
+                    env_steps_per_s=timing["env_steps"] / max(info["rollout_s"], 1e-9),
+                    sim_s=timing["sim_s"], inference_s=timing["inference_s"], iter_s=iter_s,
+                    wall_s=state["wall_s"], chunks=len(batch["bins"]),
+                )
+                # 5. evaluation
+                if cfg.eval_every and cfg.eval_episodes and it % cfg.eval_every == 0:
+                    pool.set_weights(model)
+                    metrics["eval_success"] = evaluate(pool, cfg)
+                logger.log(metrics, it)
+                bar.update(1)
+                bar.set_postfix(reward=f"{info['reward']:.2f}", kept=info["kept_groups"],
+                                eval=f"{metrics.get('eval_success', float('nan')):.2f}")
+                # 6. checkpoint
+                if it % cfg.save_every == 0 or it == cfg.iterations:
+                    save_state(run_dir, model, opt, policy, cfg, state, gen)
+            if world > 1:
+                dist.barrier()
+        if is_main:
+            save_state(run_dir, model, opt, policy, cfg, state, gen)
+            plot_curves(logger.path, ["eval_success", "reward", "kept_groups", "clipfrac", "approx_kl", "entropy"],
+                        run_dir / "learning_curve.png", "GRPO")
+    finally:
+        bar.close()
+        if logger:
+            logger.close()
+        if pool:
+            pool.close()
+    return run_dir / "checkpoint"
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from pushcut.configs import CONFIG_DIR, from_hydra
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+    def _run(cfg) -> None:
+        conf = from_hydra(TrainConfig, cfg)
+        out = train(conf, HydraConfig.get().runtime.output_dir)
+        print(f"checkpoint: {out}")
+        print(json.dumps({"run_dir": str(Path(out).parent)}))
+
+    _run()
