@@ -1,0 +1,96 @@
+"""GRPO pieces against hand computations."""
+
+import numpy as np
+import pytest
+import torch
+
+from pushcut.training import grpo
+from pushcut.training.rollout import Trajectory, executed_token_mask
+
+
+def test_advantages_on_hand_made_groups():
+    adv = grpo.grpo_advantages([1, 0, 0, 0])
+    std = np.std([1, 0, 0, 0], ddof=1)  # unbiased: 0.5
+    np.testing.assert_allclose(adv, (np.array([1, 0, 0, 0]) - 0.25) / (std + 1e-6))
+    assert adv[0] == pytest.approx(1.5, rel=1e-5) and adv[1] == pytest.approx(-0.5, rel=1e-5)
+    np.testing.assert_allclose(grpo.grpo_advantages([1, 1, 1, 1]), 0.0)  # uniform groups carry nothing
+    np.testing.assert_allclose(grpo.grpo_advantages([0, 1]), [-1 / (np.sqrt(0.5) + 1e-6) * 0.5] + [0.5 / (np.sqrt(0.5) + 1e-6)])
+
+
+def test_clipped_loss_against_hand_computation():
+    # two trajectories: traj 0 has 1 chunk (2 executed tokens of 3), traj 1 has 1 chunk (3 tokens)
+    old = torch.zeros(2, 3)
+    ratio = torch.tensor([[1.5, 0.5, 2.0], [0.7, 1.1, 1.3]])
+    logp = torch.log(ratio)
+    adv = torch.tensor([1.0, -2.0])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    traj_tokens = torch.tensor([2.0, 3.0])
+    loss, stats = grpo.ppo_clip_loss(logp, old, adv, mask, traj_tokens, n_traj=2, clip_low=0.2, clip_high=0.28)
+    # positive advantage: ratio clipped above at 1.28 -> -min(1.5, 1.28) = -1.28; 0.5 -> -0.5
+    traj0 = (-1.28 + -0.5) / 2
+    # negative advantage (-2): max(-A r, -A clip(r)) = max(2r, 2clip(r)); 0.7 -> max(1.4, 1.6) = 1.6;
+    # 1.1 -> 2.2; 1.3 -> max(2.6, 2.56) = 2.6
+    traj1 = (1.6 + 2.2 + 2.6) / 3
+    assert loss.item() == pytest.approx((traj0 + traj1) / 2, rel=1e-6)
+    # clipped tokens: 1.5 (>1.28), 0.5 (<0.8), 0.7 (<0.8), 1.3 (>1.28); masked 2.0 is excluded
+    assert stats["clipfrac"].item() == pytest.approx(4 / 5)
+    np.testing.assert_allclose(stats["ratio"].item(), (1.5 + 0.5 + 0.7 + 1.1 + 1.3) / 5, rtol=1e-6)
+
+
+def test_loss_shards_add_up():
+    torch.manual_seed(0)
+    logp, old = torch.randn(6, 4), torch.randn(6, 4)
+    adv, mask = torch.randn(6), torch.rand(6, 4) > 0.3
+    tt = torch.tensor([5.0, 5.0, 7.0, 7.0, 3.0, 3.0])
+    full, _ = grpo.ppo_clip_loss(logp, old, adv, mask, tt, 3, 0.2, 0.28)
+    parts = sum(grpo.ppo_clip_loss(logp[s], old[s], adv[s], mask[s], tt[s], 3, 0.2, 0.28)[0]
+                for s in (slice(0, 2), slice(2, 5), slice(5, 6)))
+    assert full.item() == pytest.approx(parts.item(), rel=1e-6)
+
+
+def test_executed_token_mask():
+    m = executed_token_mask(2, chunk_len=3, action_dim=2)
+    assert m.tolist() == [True, True, True, True, False, False]
+
+
+class ScriptedPool:
+    """A stand-in for the rollout pool that returns preset outcomes: tests the refill logic only."""
+
+    def __init__(self, outcomes):
+        self.outcomes = list(outcomes)  # one list of successes per drawn group, in draw order
+        self.calls = []
+
+    def rollout(self, jobs, temperature):
+        self.calls.append(len(jobs))
+        out = []
+        for g in sorted({j.group for j in jobs}):
+            res = self.outcomes.pop(0)
+            out += [Trajectory(group=g, seed=g, success=bool(r), steps=10) for r in res]
+        return out
+
+
+def _cfg(**kw):
+    from pushcut.training.config import TrainConfig
+    from tests.training.conftest import MICRO_ENV, MICRO_POLICY
+
+    return TrainConfig(env=MICRO_ENV, policy=MICRO_POLICY, n_samples=2, groups_per_iter=2, **kw)
+
+
+def test_dynamic_sampling_drops_uniform_groups_and_refills():
+    pool = ScriptedPool([[1, 1], [0, 1], [0, 0], [1, 0]])
+    state = {"next_group": 0}
+    kept, info = grpo.collect(pool, _cfg(), state)
+    assert {t.group for t in kept} == {1, 3}  # all-1 group 0 and all-0 group 2 dropped
+    # 2 groups x 2 samples; one kept -> refill one group (all-0, dropped) -> refill one more
+    assert pool.calls == [4, 2, 2]
+    assert info["kept_groups"] == 2 and info["drawn_groups"] == 4 and info["draw_rounds"] == 3
+    assert state["next_group"] == 4
+
+
+def test_dynamic_sampling_gives_up_after_max_rounds_and_off_keeps_all():
+    pool = ScriptedPool([[0, 0]] * 4)
+    kept, info = grpo.collect(pool, _cfg(max_draw_rounds=2), {"next_group": 0})
+    assert kept == [] and info["draw_rounds"] == 2
+    pool = ScriptedPool([[0, 0], [1, 1]])
+    kept, info = grpo.collect(pool, _cfg(dynamic_sampling=False), {"next_group": 0})
+    assert len(kept) == 4 and info["draw_rounds"] == 1
