@@ -19,6 +19,7 @@ import mujoco
 import numpy as np
 
 from pushcut import spec
+from pushcut.deploy.policy import smooth_path
 from pushcut.sim.config import EnvConfig
 from pushcut.sim.core import Obs, Step, as_chunk
 from pushcut.sim.tasks import TASKS
@@ -28,27 +29,6 @@ from pushcut.sim.twin.randomize import Randomizer
 
 _LO, _HI = (np.array(v) for v in spec.dual_arm_limits())
 GRIP_CLOSE_CMD = 0.5  # commanded opening below this closes a grasp
-
-
-def smooth_path(start: np.ndarray, waypoints: np.ndarray, substeps: int) -> np.ndarray:
-    """Physics-rate targets ``(T * substeps, D)`` through ``waypoints`` (T, D) from ``start`` (D,).
-
-    Catmull-Rom tangents inside the chunk and zero velocity at its two ends; the path passes
-    exactly through every waypoint at the end of its control period.
-    """
-    pts = np.vstack([start[None], waypoints])  # (T+1, D)
-    n = len(pts)
-    tangents = np.zeros_like(pts)
-    if n > 2:
-        tangents[1:-1] = 0.5 * (pts[2:] - pts[:-2])
-    s = np.arange(1, substeps + 1) / substeps  # (S,)
-    h00 = 2 * s**3 - 3 * s**2 + 1
-    h10 = s**3 - 2 * s**2 + s
-    h01 = -2 * s**3 + 3 * s**2
-    h11 = s**3 - s**2
-    p0, p1, m0, m1 = pts[:-1, None], pts[1:, None], tangents[:-1, None], tangents[1:, None]
-    path = h00[:, None] * p0 + h10[:, None] * m0 + h01[:, None] * p1 + h11[:, None] * m1  # (T, S, D)
-    return path.reshape(-1, pts.shape[1])
 
 
 class TwinEnv:

@@ -1,0 +1,114 @@
+"""Engine: runs an exported bundle with onnxruntime; numpy + onnxruntime only (no torch).
+
+Loads and verifies the bundle (hashes, version), opens an InferenceSession with the requested
+providers in order of preference (TensorRT, CUDA, CPU by default on GPU machines) and reports the
+ones it actually got (onnxruntime silently falls back to CPU when CUDA is missing), pre-processes
+observations exactly as training did (``pushcut.policy.preprocess``), decodes greedily or by
+sampling, un-normalises with the bundle's statistics and returns an action chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from pushcut.deploy.bundle import BundleError, load_manifest
+from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer
+from pushcut.policy.preprocess import ByteTokenizer, build_inputs, proprio_normalizer
+
+log = logging.getLogger(__name__)
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+class Engine:
+    """A bundle behind the ``Policy`` protocol (``infer``/``reset``) plus batch inference."""
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        variant: str = "fp32",  # "fp32" | "int8" (dynamic quantisation, made at export) | "fp16" (GPU)
+        graph_optimization: str = "all",
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        temperature: float = 0.0,  # 0: greedy
+        seed: int = 0,
+    ):
+        self.path = Path(bundle)
+        self.manifest = load_manifest(self.path)
+        m = self.manifest
+        models = m["models"]
+        if variant not in models:
+            raise BundleError(f"{self.path} has no {variant!r} model; it has {sorted(models)}")
+        if graph_optimization not in OPT_LEVELS:
+            raise ValueError(f"graph_optimization must be one of {list(OPT_LEVELS)}")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = OPT_LEVELS[graph_optimization]
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = inter_op_threads
+        available = ort.get_available_providers()
+        wanted = [p for p in providers if p in available]
+        if not wanted:
+            raise BundleError(f"none of the providers {list(providers)} is available; onnxruntime has {available}")
+        self.session = ort.InferenceSession(str(self.path / models[variant]), sess_options=opts, providers=wanted)
+        self.providers = self.session.get_providers()
+        if self.providers[0] != wanted[0]:
+            log.warning("asked for %s, onnxruntime runs on %s", wanted[0], self.providers[0])
+        self.variant = variant
+        space = m["action_space"]
+        self.action_dim, self.chunk_len, self.n_bins = space["dim"], space["chunk_len"], space["n_bins"]
+        self.cameras = [c["name"] for c in m["cameras"]]
+        self.image_size = m["cameras"][0]["image_size"]
+        stats = m["norm_stats"]
+        self.action_norm = Normalizer(stats["action"], space["normalization"], self.action_dim)
+        self.proprio_norm = proprio_normalizer(stats, m["proprio"]["dim"])
+        self.tokenizer = ByteTokenizer.from_json((self.path / m["instruction"]["tokenizer"]).read_text())
+        self.action_tokenizer = ActionTokenizer(self.n_bins, space["vocab_size"])
+        self.temperature = temperature
+        self.rng = np.random.default_rng(seed)
+
+    def logits(self, observations: Sequence[Mapping]) -> np.ndarray:
+        inputs = build_inputs(observations, self.cameras, self.image_size, self.tokenizer, self.proprio_norm)
+        return self.session.run(["logits"], inputs)[0]  # (B, A, n_bins)
+
+    def decode(self, logits: np.ndarray, temperature: float) -> np.ndarray:
+        if temperature <= 0:
+            bins = logits.argmax(-1)
+        else:
+            p = _softmax(logits.astype(np.float64) / temperature)
+            cdf = p.cumsum(-1)
+            u = self.rng.random(p.shape[:-1] + (1,))
+            bins = np.minimum((cdf < u).sum(-1), self.n_bins - 1)
+        return bins
+
+    def infer_batch(self, observations: Sequence[Mapping], temperature: float | None = None) -> np.ndarray:
+        """Action chunks (B, chunk_len, action_dim), un-normalised, for a batch of observations."""
+        t = self.temperature if temperature is None else temperature
+        bins = self.decode(self.logits(observations), t)
+        norm = self.action_tokenizer.from_bins(bins).reshape(len(bins), self.chunk_len, self.action_dim)
+        chunks = self.action_norm.unnormalize(norm)
+        if not np.all(np.isfinite(chunks)):
+            raise FloatingPointError("the model produced non-finite actions")
+        return chunks
+
+    def infer(self, obs: Mapping) -> np.ndarray:
+        return self.infer_batch([obs])[0]
+
+    def reset(self) -> None:
+        pass

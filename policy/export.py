@@ -1,0 +1,196 @@
+"""``pushcut-export``: a torch checkpoint -> a deployable ONNX bundle, gated on parity.
+
+Parity is checked before the bundle is written: on real twin observations and on random inputs,
+onnxruntime's logits must lie within ``parity_atol`` of torch's (fp32) and the greedy actions
+must be identical; otherwise the export fails and says by how much. The optional dynamically
+quantised int8 model gets its own report (greedy agreement, logit error) instead of a gate.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pushcut.configs import require, to_dict
+from pushcut.deploy.bundle import BundleError, write_manifest
+from pushcut.policy import checkpoint
+from pushcut.policy.inference import TorchPolicy
+from pushcut.policy.preprocess import PROMPT
+from pushcut.sim.config import EnvConfig
+from pushcut.spec import dual_arm_names
+
+INPUTS = ("pixels", "proprio", "input_ids", "text_mask")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    checkpoint: str
+    out_dir: str | None = None
+    opset: int = 18
+    exporter: str = "dynamo"
+    parity_atol: float = 1e-4
+    parity_env_samples: int = 8
+    parity_random_samples: int = 8
+    int8: bool = True
+    max_batch: int = 1024
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.exporter in ("dynamo", "legacy"), "exporter must be 'dynamo' or 'legacy'")
+        require(self.opset >= 17, "opset must be >= 17")
+        require(self.exporter == "legacy" or self.opset >= 18, "the dynamo exporter needs opset >= 18")
+        require(self.parity_atol > 0, "parity_atol must be > 0")
+        require(self.parity_env_samples + self.parity_random_samples >= 1, "parity needs samples")
+
+
+class ParityError(RuntimeError):
+    pass
+
+
+def _export_onnx(model, example: dict[str, torch.Tensor], path: Path, cfg: ExportConfig) -> str:
+    args = tuple(example[k] for k in INPUTS)
+    if cfg.exporter == "dynamo":
+        b = torch.export.Dim("batch", min=1, max=cfg.max_batch)
+        text = torch.export.Dim("text", min=2, max=model.cfg.max_prompt_len)
+        shapes = {"pixels": {0: b}, "proprio": {0: b}, "input_ids": {0: b, 1: text}, "text_mask": {0: b, 1: text}}
+        torch.onnx.export(model, args, str(path), dynamo=True, input_names=list(INPUTS), output_names=["logits"],
+                          dynamic_shapes=shapes, opset_version=cfg.opset, verbose=False)
+    else:
+        axes = {k: {0: "batch"} for k in (*INPUTS, "logits")}
+        axes["input_ids"][1] = axes["text_mask"][1] = "text"
+        torch.onnx.export(model, args, str(path), dynamo=False, input_names=list(INPUTS), output_names=["logits"],
+                          dynamic_axes=axes, opset_version=cfg.opset)
+    return cfg.exporter
+
+
+def parity_observations(policy: TorchPolicy, env_cfg: EnvConfig, n_env: int, n_random: int, seed: int) -> list[dict]:
+    """Real twin observations (seeded resets, then a step of the policy) plus random ones."""
+    from pushcut.sim.registry import make_env
+
+    obs: list[dict] = []
+    if n_env:
+        env = make_env(env_cfg)
+        for i in range(n_env):
+            o = env.reset(seed + i).as_dict()
+            obs.append(o)
+            if i % 2 == 1:
+                obs[-1] = env.step(policy.infer(o)).obs.as_dict()
+        env.close()
+    rng = np.random.default_rng(seed)
+    template = obs[0] if obs else None
+    for _ in range(n_random):
+        h, w = env_cfg.image_size
+        obs.append({
+            "images": {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in policy.cfg.cameras},
+            "proprio": (template["proprio"] if template else np.zeros(policy.cfg.proprio_dim, np.float32))
+            + rng.normal(scale=0.1, size=policy.cfg.proprio_dim).astype(np.float32),
+            "instruction": template["instruction"] if template else "do the task",
+        })
+    return obs
+
+
+def compare(policy: TorchPolicy, session, observations: list[dict]) -> dict:
+    inputs = policy.inputs(observations)
+    with torch.no_grad():
+        ref = policy.model(**inputs).numpy()
+    out = session.run(["logits"], {k: v.numpy() for k, v in inputs.items()})[0]
+    return {
+        "samples": len(observations),
+        "max_abs_logit_diff": float(np.abs(out - ref).max()),
+        "greedy_agreement": float((out.argmax(-1) == ref.argmax(-1)).mean()),
+    }
+
+
+def export(cfg: ExportConfig, progress: bool = True) -> Path:
+    import onnxruntime as ort
+
+    t0 = time.perf_counter()
+    ckpt = Path(cfg.checkpoint)
+    model, stats, tokenizer, meta, run = checkpoint.load(ckpt)
+    model.eval()
+    pcfg = model.cfg
+    policy = TorchPolicy(model, stats, tokenizer)
+    out = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent / "bundle"
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    obs = parity_observations(policy, cfg.env, cfg.parity_env_samples, cfg.parity_random_samples, cfg.seed)
+    example = policy.inputs(obs[:2] if len(obs) >= 2 else obs * 2)
+    exporter = _export_onnx(model, example, tmp / "model.onnx", cfg)
+    session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
+    parity = {
+        "env": compare(policy, session, obs[: cfg.parity_env_samples]) if cfg.parity_env_samples else None,
+        "random": compare(policy, session, obs[cfg.parity_env_samples :]) if cfg.parity_random_samples else None,
+        "atol": cfg.parity_atol,
+    }
+    for name in ("env", "random"):
+        p = parity[name]
+        if p and (p["max_abs_logit_diff"] > cfg.parity_atol or p["greedy_agreement"] < 1.0):
+            shutil.rmtree(tmp)
+            raise ParityError(
+                f"export parity failed on {name} inputs: max |logit diff| {p['max_abs_logit_diff']:.3g} "
+                f"(allowed {cfg.parity_atol:g}), greedy agreement {p['greedy_agreement']:.2%} (need 100%)"
+            )
+    models = {"fp32": "model.onnx"}
+    if cfg.int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8)
+        q = ort.InferenceSession(str(tmp / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+        parity["int8"] = compare(policy, q, obs)
+        models["int8"] = "model.int8.onnx"
+    (tmp / "tokenizer.json").write_text(tokenizer.to_json())
+    manifest = {
+        "models": models,
+        "opset": cfg.opset,
+        "exporter": exporter,
+        "inputs": {k: list(v.shape[1:]) for k, v in example.items()},
+        "action_space": {
+            "dim": pcfg.action_dim,
+            "chunk_len": pcfg.chunk_len,
+            "n_bins": pcfg.n_bins,
+            "vocab_size": pcfg.llm.vocab_size,
+            "normalization": pcfg.normalization,
+            "names": dual_arm_names() if pcfg.action_dim == 14 else [f"a{i}" for i in range(pcfg.action_dim)],
+        },
+        "cameras": [{"name": c, "image_size": pcfg.vision.image_size} for c in pcfg.cameras],
+        "proprio": {"dim": pcfg.proprio_dim, "used": pcfg.use_proprio},
+        "instruction": {"tokenizer": "tokenizer.json", "prompt": PROMPT,
+                        "default": obs[0]["instruction"] if obs else ""},
+        "norm_stats": stats,
+        "policy_config": to_dict(pcfg),
+        "source_checkpoint": {"path": str(ckpt.resolve()), "meta": meta},
+        "parity": parity,
+        "export_seconds": time.perf_counter() - t0,
+    }
+    write_manifest(tmp, manifest)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def main() -> None:
+    import hydra
+
+    from pushcut.configs import CONFIG_DIR, from_hydra
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="export", version_base="1.3")
+    def _run(cfg) -> None:
+        conf = from_hydra(ExportConfig, cfg)
+        try:
+            out = export(conf)
+        except (ParityError, BundleError, checkpoint.CheckpointError) as exc:
+            raise SystemExit(f"export failed: {exc}") from exc
+        parity = json.loads((out / "manifest.json").read_text())["parity"]
+        print(f"bundle: {out}\nparity: {json.dumps(parity)}")
+
+    _run()
