@@ -65,6 +65,7 @@ class TwinEnv:
         self.randomizer = Randomizer(m, cfg.randomization)
         self.target = np.zeros(self.action_dim)
         self.steps = 0
+        self._physics = 0
         self.succeeded = False
         self.layout: dict = {}
 
@@ -82,6 +83,7 @@ class TwinEnv:
         for _ in range(int(0.2 * self.cfg.physics_hz)):  # let objects settle
             mujoco.mj_step(self.model, self.data)
         self.steps = 0
+        self._physics = 0
         self.succeeded = False
         return self.observe()
 
@@ -92,27 +94,48 @@ class TwinEnv:
         chunk = self.randomizer.delay(chunk)
         chunk = chunk[: self.max_steps - self.steps]
         path = smooth_path(self.target, chunk, self.cfg.substeps)
-        gripper = self.gripper_opening()
         for k in range(len(chunk)):
-            for target in path[k * self.cfg.substeps : (k + 1) * self.cfg.substeps]:
-                self._apply_ctrl(target)
-                mujoco.mj_step(self.model, self.data)
-                gripper = self.gripper_opening()
-                if not self.succeeded and self.task.success(self.data, gripper):
-                    self.succeeded = True
+            self._follow(path[k * self.cfg.substeps : (k + 1) * self.cfg.substeps])
             self.target = chunk[k]
             self.steps += 1
             self._update_grasps(chunk[k])
             if self.succeeded:
                 break
-        done = self.succeeded or self.steps >= self.max_steps
-        return Step(
-            obs=self.observe(),
-            reward=float(self.succeeded),
-            success=self.succeeded,
-            done=done,
-            steps=self.steps,
-        )
+        return self._result()
+
+    def servo(self, target: np.ndarray, physics_steps: int) -> bool:
+        """Move linearly to one 14-dim ``target`` over ``physics_steps`` (a robot-style servo tick).
+
+        Used by the ROS twin node, whose commands arrive at the control rate; the episode's
+        step count advances by ``physics_steps / substeps`` control steps. Renders nothing (the
+        node renders at its camera rate); returns whether the episode is done.
+        """
+        if self.done:
+            raise RuntimeError("episode is done; call reset() first")
+        target = np.clip(as_chunk(target, self.action_dim)[0], _LO, _HI)
+        s = np.arange(1, physics_steps + 1)[:, None] / physics_steps
+        self._follow(self.target + s * (target - self.target))
+        self.target = target
+        self._physics += physics_steps
+        self.steps = self._physics // self.cfg.substeps
+        self._update_grasps(target)
+        return self.done
+
+    @property
+    def done(self) -> bool:
+        return self.succeeded or self.steps >= self.max_steps
+
+    def _follow(self, path: np.ndarray) -> None:
+        """Track physics-rate targets, checking success at every physics step (it latches)."""
+        for target in path:
+            self._apply_ctrl(target)
+            mujoco.mj_step(self.model, self.data)
+            if not self.succeeded and self.task.success(self.data, self.gripper_opening()):
+                self.succeeded = True
+
+    def _result(self) -> Step:
+        return Step(obs=self.observe(), reward=float(self.succeeded), success=self.succeeded,
+                    done=self.done, steps=self.steps)
 
     def close(self) -> None:
         if self._renderer is not None:

@@ -1,0 +1,53 @@
+"""Real-robot evaluation: three cameras, the ONNX policy, both Piper arms and the trial protocol.
+
+    ros2 launch pushcut_ros robot_eval.launch.py task:=stack_bowls_two bundle:=/path/to/bundle \\
+        head_device:=/dev/video0 left_wrist_device:=/dev/video2 right_wrist_device:=/dev/video4 \\
+        left_can:=can_left right_can:=can_right calibration_dir:=calib/ sim:=hardware
+
+``sim:=emulated`` runs both arm nodes against emulated Pipers on virtual CAN buses. The arm
+nodes are lifecycle nodes: this file configures, then activates them once configured.
+"""
+
+import lifecycle_msgs.msg
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.events import matches_action
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+
+from pushcut_ros.composition import robot_eval
+
+ARGS = {"task": "click_bell", "bundle": "", "num_trials": "10", "log_dir": "trials", "control_hz": "200",
+        "head_device": "0", "left_wrist_device": "2", "right_wrist_device": "4", "left_can": "can_left",
+        "right_can": "can_right", "calibration_dir": "", "sim": "hardware"}
+
+
+def _nodes(context):
+    v = {k: LaunchConfiguration(k).perform(context) for k in ARGS}
+    cameras = {"head": v["head_device"], "left_wrist": v["left_wrist_device"], "right_wrist": v["right_wrist_device"]}
+    specs = robot_eval(v["task"], v["bundle"], cameras, {"left": v["left_can"], "right": v["right_can"]},
+                       int(v["num_trials"]), v["log_dir"], int(v["control_hz"]), v["sim"] == "emulated",
+                       v["calibration_dir"])
+    actions = []
+    for s in specs:
+        if not s.lifecycle:
+            actions.append(Node(package="pushcut_ros", executable=s.executable, name=s.name, namespace=s.namespace,
+                                parameters=[s.parameters], output="screen"))
+            continue
+        node = LifecycleNode(package="pushcut_ros", executable=s.executable, name=s.name, namespace=s.namespace,
+                             parameters=[s.parameters], output="screen")
+        configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                                transition_id=lifecycle_msgs.msg.Transition.TRANSITION_CONFIGURE))
+        activate = RegisterEventHandler(OnStateTransition(
+            target_lifecycle_node=node, goal_state="inactive",
+            entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                                  transition_id=lifecycle_msgs.msg.Transition.TRANSITION_ACTIVATE))]))
+        actions += [node, activate, configure]
+    return actions
+
+
+def generate_launch_description():
+    return LaunchDescription([DeclareLaunchArgument(k, default_value=d) for k, d in ARGS.items()]
+                             + [OpaqueFunction(function=_nodes)])

@@ -1,0 +1,70 @@
+"""Which nodes make up each stack, with which parameters: the one place that says so.
+
+The launch files (``launch/*.launch.py``) turn these specs into ``launch_ros`` actions; the
+in-process runner (``pushcut_ros.runner``, used by ``make demo`` and the tests, since the
+``launch`` tooling is not on PyPI) instantiates the same node classes with the same parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pushcut.spec import ARMS, TWIN_CAMERAS
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    executable: str  # console script of the pushcut_ros package
+    name: str
+    namespace: str = ""
+    parameters: dict = field(default_factory=dict)
+    lifecycle: bool = False
+
+
+def bundle_cameras(bundle: str) -> list[str]:
+    from pushcut.deploy.bundle import load_manifest
+
+    return [c["name"] for c in load_manifest(bundle, verify=False)["cameras"]]
+
+
+def twin_eval(task: str, bundle: str, num_trials: int = 10, log_dir: str = "trials", image_size: int = 64,
+              control_hz: int = 50, max_steps: int = 0, seed_start: int = 100000, record: bool = True) -> list[NodeSpec]:
+    """Twin + policy + trial node: the whole robot stack with the twin instead of hardware."""
+    cams = bundle_cameras(bundle)
+    return [
+        NodeSpec("twin_node", "twin", parameters={"task": task, "cameras": cams, "image_height": image_size,
+                                                  "image_width": image_size, "control_hz": control_hz,
+                                                  "camera_hz": 25, "max_steps": max_steps}),
+        NodeSpec("policy_node", "policy", parameters={"bundle": bundle, "control_hz": control_hz, "step_hz": 25}),
+        NodeSpec("trial_node", "trial", parameters={"task": task, "num_trials": num_trials, "log_dir": log_dir,
+                                                    "bundle": bundle, "mode": "twin", "seed_start": seed_start,
+                                                    "cameras": cams, "record": record}),
+    ]
+
+
+def robot_eval(task: str, bundle: str, cameras: dict[str, str], can_ports: dict[str, str] | None = None,
+               num_trials: int = 10, log_dir: str = "trials", control_hz: int = 200, emulate: bool = False,
+               calibration_dir: str = "", terminal_ui: bool = True) -> list[NodeSpec]:
+    """Cameras + policy + both Piper arm nodes + trial node (operator-judged)."""
+    can_ports = can_ports or {arm: f"can_{arm}" for arm in ARMS}
+    unknown = [c for c in cameras if c not in TWIN_CAMERAS]
+    if unknown:
+        raise ValueError(f"unknown camera(s) {unknown}; the workcell has {list(TWIN_CAMERAS)}")
+    specs = [
+        NodeSpec("camera_node", f"camera_{name}", parameters={
+            "camera_name": name, "device": device,
+            "calibration_file": f"{calibration_dir}/camera_{name}.json" if calibration_dir else ""})
+        for name, device in cameras.items()
+    ]
+    specs += [
+        NodeSpec("piper_arm_node", "piper_arm", namespace=arm, lifecycle=True,
+                 parameters={"can_port": can_ports[arm], "emulate": emulate, "rate_hz": float(control_hz)})
+        for arm in ARMS
+    ]
+    specs += [
+        NodeSpec("policy_node", "policy", parameters={"bundle": bundle, "control_hz": control_hz, "step_hz": 25}),
+        NodeSpec("trial_node", "trial", parameters={"task": task, "num_trials": num_trials, "log_dir": log_dir,
+                                                    "bundle": bundle, "mode": "operator", "cameras": list(cameras),
+                                                    "terminal_ui": terminal_ui}),
+    ]
+    return specs

@@ -1,0 +1,154 @@
+"""piper_arm_node: one Piper arm as a ROS 2 lifecycle node over ``pushcut.deploy.piper``.
+
+configure = open the CAN bus and wait for feedback; activate = enable the arm and gripper in CAN
+joint-position mode; deactivate = hold and disable; cleanup = close the bus. Publishes
+``joint_states`` (joint1..joint6 rad, gripper m, as piper_ros) at ``rate_hz`` and ``arm_status``,
+takes ``joint_command``; ``~/estop`` and the global ``/estop`` topic call the SDK's emergency stop;
+``~/reinit`` is the explicit recovery after a lost bus. With ``emulate: true`` an emulated arm
+(``PiperEmulator``) answers on a virtual bus inside this process, for dry runs and tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import rclpy
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
+
+from pushcut.deploy.piper.driver import ArmFault, DriverConfig, PiperArm
+from pushcut.deploy.piper.safety import SafetyConfig
+
+from .conversions import arm_array, arm_state_msg
+
+
+class PiperArmNode(LifecycleNode):
+    def __init__(self, name: str = "piper_arm", **kwargs):
+        super().__init__(name, **kwargs)
+        self.declare_parameter("can_port", "can0")
+        self.declare_parameter("emulate", False)
+        self.declare_parameter("rate_hz", 200.0)
+        self.declare_parameter("speed_rate", 50)
+        self.declare_parameter("gripper_effort", 1.0)
+        self.declare_parameter("max_joint_step", 0.05)
+        self.declare_parameter("max_gripper_step", 0.005)
+        self.declare_parameter("watchdog_s", 0.2)
+        self.declare_parameter("stale_s", 0.1)
+        self.arm: PiperArm | None = None
+        self.emulator = None
+        self.timer = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        g = lambda n: self.get_parameter(n).value  # noqa: E731
+        emulate = g("emulate")
+        cfg = DriverConfig(
+            can_port=g("can_port"), bus="virtual" if emulate else "socketcan", speed_rate=g("speed_rate"),
+            gripper_effort=g("gripper_effort"), stale_s=g("stale_s"),
+            safety=SafetyConfig(max_joint_step=g("max_joint_step"), max_gripper_step=g("max_gripper_step"),
+                                watchdog_s=g("watchdog_s")),
+        )
+        if emulate:
+            from pushcut.deploy.piper.emulator import PiperEmulator
+
+            self.emulator = PiperEmulator(cfg.can_port).start()
+        self.arm = PiperArm(cfg)
+        try:
+            self.arm.connect()
+            self.arm.wait_for_feedback()
+        except (ArmFault, ConnectionError) as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.state_pub = self.create_lifecycle_publisher(JointState, "joint_states", 10)
+        self.status_pub = self.create_lifecycle_publisher(String, "arm_status", 10)
+        self.create_subscription(JointState, "joint_command", self._on_command, 10)
+        self.create_subscription(Bool, "/estop", lambda m: self._estop() if m.data else None, 10)
+        self.create_service(Trigger, "~/estop", self._srv_estop)
+        self.create_service(Trigger, "~/reinit", self._srv_reinit)
+        self.timer = self.create_timer(1.0 / g("rate_hz"), self._tick)
+        self.get_logger().info(f"configured on {cfg.can_port} ({cfg.bus})")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.arm.enable()
+        except ArmFault as exc:
+            self.get_logger().error(str(exc))
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info("arm enabled")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.arm.disable()
+        self.get_logger().info("arm holding and disabled")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._shutdown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.arm is not None and self.arm.enabled:
+            self.arm.disable()
+        self._shutdown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _shutdown(self) -> None:
+        if self.timer is not None:
+            self.destroy_timer(self.timer)
+            self.timer = None
+        if self.arm is not None:
+            self.arm.close()
+        if self.emulator is not None:
+            self.emulator.stop()
+            self.emulator = None
+
+    # --- runtime --------------------------------------------------------------------------------
+    def _on_command(self, msg: JointState) -> None:
+        try:
+            target = arm_array(msg)
+        except ValueError as exc:
+            self.arm.safety._count("rejected_malformed", str(exc))
+            return
+        self.arm.command(target)
+
+    def _tick(self) -> None:
+        if self.arm is None:
+            return
+        self.arm.tick()
+        fb = self.arm.feedback()
+        stamp = self.get_clock().now().to_msg()
+        self.state_pub.publish(arm_state_msg(np.concatenate([fb.q, [fb.gripper]]), stamp))
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(self.arm.safety.counts.items()))
+        status = f"enabled={self.arm.enabled} fault={self.arm.fault or 'none'} err=0x{fb.err_code:04x} {counts}"
+        self.status_pub.publish(String(data=status))
+
+    def _estop(self) -> None:
+        if self.arm is not None:
+            self.arm.estop()
+
+    def _srv_estop(self, request, response):
+        self._estop()
+        response.success, response.message = True, "emergency stop sent"
+        return response
+
+    def _srv_reinit(self, request, response):
+        try:
+            self.arm.reinit()
+            response.success, response.message = True, "bus re-initialised; activate again to move"
+            self.arm.enabled = False
+        except ArmFault as exc:
+            response.success, response.message = False, str(exc)
+        return response
+
+
+def main(args=None) -> None:
+    with rclpy.init(args=args):
+        node = PiperArmNode()
+        try:
+            rclpy.spin(node)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            node.destroy_node()

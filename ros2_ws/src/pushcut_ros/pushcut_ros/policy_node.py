@@ -1,0 +1,166 @@
+"""policy_node: cameras + joint states + instruction -> ONNX engine -> one smoothed command per tick.
+
+Builds an observation only from inputs that are fresh (``max_age_s``), time-aligned
+(``max_skew_s``) and taken after the last command it sent (never acting on frames from before
+the motion it commanded); runs the bundle's engine (``pushcut.deploy.engine``) on a worker thread;
+hands the chunk to the action-chunk broker, which publishes one command per control tick along
+the twin's smoothed path. With stale inputs it publishes nothing (the arm drivers hold).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64, String
+
+from pushcut import spec
+from pushcut.deploy.bundle import check_compatible
+from pushcut.deploy.engine import Engine
+from pushcut.deploy.policy import ActionChunkBroker
+
+from .conversions import arm_array, camera_topic, image_array, join_state, joint_command_topic, joint_states_topic, split_action, stamp_to_s, arm_state_msg
+
+
+class PolicyNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("policy", **kwargs)
+        self.declare_parameter("bundle", "")
+        self.declare_parameter("providers", ["CPUExecutionProvider"])
+        self.declare_parameter("variant", "fp32")
+        self.declare_parameter("control_hz", 200)
+        self.declare_parameter("step_hz", 25)  # the policy's action period (the twin's control rate)
+        self.declare_parameter("max_age_s", 0.25)
+        self.declare_parameter("max_skew_s", 0.1)
+        self.declare_parameter("instruction", "")
+        g = self.get_parameter
+        bundle = g("bundle").value
+        if not bundle:
+            raise ValueError("parameter 'bundle' (an exported bundle directory) is required")
+        self.engine = Engine(bundle, providers=g("providers").value, variant=g("variant").value)
+        check_compatible(self.engine.manifest, spec.DUAL_ARM_DIM, list(spec.TWIN_CAMERAS))
+        self.get_logger().info(f"bundle {bundle} on {self.engine.providers[0]}")
+        control_hz, step_hz = g("control_hz").value, g("step_hz").value
+        if control_hz % step_hz:
+            raise ValueError(f"control_hz {control_hz} must be a multiple of step_hz {step_hz}")
+        self.broker = ActionChunkBroker(control_hz // step_hz)
+        self.max_age, self.max_skew = g("max_age_s").value, g("max_skew_s").value
+        self.instruction = g("instruction").value or self.engine.manifest["instruction"].get("default", "")
+        self.images: dict[str, tuple[np.ndarray, float]] = {}
+        self.states: dict[str, tuple[np.ndarray, float]] = {}
+        for cam in self.engine.cameras:
+            self.create_subscription(Image, camera_topic(cam), lambda m, c=cam: self._on_image(c, m), 5)
+        for arm in spec.ARMS:
+            self.create_subscription(JointState, joint_states_topic(arm), lambda m, a=arm: self._on_state(a, m), 10)
+        self.create_subscription(String, "/instruction", self._on_instruction, 10)
+        self.cmd_pubs = {a: self.create_publisher(JointState, joint_command_topic(a), 10) for a in spec.ARMS}
+        self.latency_pub = self.create_publisher(Float64, "/policy/latency_ms", 10)
+        self.last_command_stamp = 0.0
+        self.stale_drops = 0
+        self.inferences = 0
+        self.latencies_ms: list[float] = []
+        self.tick_times: list[float] = []
+        self._lock = threading.Lock()
+        self._pending: tuple[np.ndarray, float] | None = None
+        self._busy = False
+        self._first_of_chunk = False
+        self.timer = self.create_timer(1.0 / control_hz, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+
+    # --- inputs ---------------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_image(self, cam: str, msg: Image) -> None:
+        self.images[cam] = (image_array(msg), stamp_to_s(msg.header.stamp))
+
+    def _on_state(self, arm: str, msg: JointState) -> None:
+        try:
+            self.states[arm] = (arm_array(msg), stamp_to_s(msg.header.stamp))
+        except ValueError as exc:
+            self.get_logger().warning(f"ignoring malformed joint state of {arm}: {exc}")
+
+    def _on_instruction(self, msg: String) -> None:
+        """A new instruction starts a new episode: drop the current chunk."""
+        with self._lock:
+            self.instruction = msg.data
+            self.broker.reset()
+            self._pending = None
+            self.last_command_stamp = 0.0
+
+    def observation(self, now: float) -> tuple[dict, float] | None:
+        """The observation and its oldest stamp, or None when inputs are missing or stale."""
+        if set(self.images) != set(self.engine.cameras) or set(self.states) != set(spec.ARMS):
+            return None
+        stamps = [t for _, t in self.images.values()] + [t for _, t in self.states.values()]
+        if now - min(stamps) > self.max_age or max(stamps) - min(stamps) > self.max_skew:
+            return None
+        if min(stamps) <= self.last_command_stamp:
+            return None  # frames from before the last command: wait for the next ones
+        obs = {
+            spec.IMAGES: {c: img for c, (img, _) in self.images.items()},
+            spec.PROPRIO: join_state({a: q for a, (q, _) in self.states.items()}).astype(np.float32),
+            spec.INSTRUCTION: self.instruction,
+        }
+        return obs, min(stamps)
+
+    # --- control --------------------------------------------------------------------------------
+    def _infer(self, obs: dict, stamp: float) -> None:
+        try:
+            chunk = self.engine.infer(obs)
+            with self._lock:
+                self._pending = (chunk, stamp)
+            self.inferences += 1
+        except Exception as exc:  # a failed inference holds the arms, it does not crash the node
+            self.get_logger().error(f"inference failed: {exc}")
+        finally:
+            self._busy = False
+
+    def _tick(self) -> None:
+        now = self._now()
+        self.tick_times.append(time.perf_counter())
+        with self._lock:
+            if self.broker.remaining == 0 and self._pending is not None:
+                chunk, stamp = self._pending
+                self._pending = None
+                current = join_state({a: q for a, (q, _) in self.states.items()})
+                self.broker.set_chunk(chunk, current)
+                self._first_of_chunk = stamp
+        if self.broker.remaining == 0:
+            if not self._busy:
+                got = self.observation(now)
+                if got is None:
+                    self.stale_drops += 1
+                    return  # stale, missing or pre-command inputs: publish nothing, the arms hold
+                self._busy = True
+                threading.Thread(target=self._infer, args=got, daemon=True).start()
+            return
+        command = self.broker.next()
+        stamp = self.get_clock().now().to_msg()
+        self.last_command_stamp = stamp_to_s(stamp)
+        for arm, target in split_action(command).items():
+            self.cmd_pubs[arm].publish(arm_state_msg(target, stamp))
+        if self._first_of_chunk:
+            latency = (self._now() - self._first_of_chunk) * 1000
+            self.latencies_ms.append(latency)
+            self.latency_pub.publish(Float64(data=latency))
+            self._first_of_chunk = False
+
+
+def main(args=None) -> None:
+    from rclpy.executors import MultiThreadedExecutor
+
+    with rclpy.init(args=args):
+        node = PolicyNode()
+        executor = MultiThreadedExecutor()
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            node.destroy_node()

@@ -1,0 +1,211 @@
+"""trial_node: the real-world evaluation protocol for stack_bowls and click_bell.
+
+Per trial: prompt the operator to reset the scene (in dry runs: reset the twin to the trial's
+seed), send the instruction, and stop at success, failure or timeout. The outcome comes from the
+operator (``/trial/mark`` SetBool, ``/trial/abort``, or the terminal UI) or, in dry runs, from the
+twin's ``/twin/success``. Every finished trial is appended to ``<log_dir>/trials.jsonl`` with
+fsync (``pushcut.deploy.trials``) and recorded as MCAP (cameras, joint states, commands).
+Numbering resumes from the log, so a killed node loses no finished trial.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Int64, String
+from std_srvs.srv import SetBool, Trigger
+
+from pushcut.deploy.bundle import load_manifest
+from pushcut.deploy.trials import TrialLog
+from pushcut.sim.tasks import TASKS
+from pushcut.spec import ARMS
+
+from .conversions import camera_topic, joint_command_topic, joint_states_topic
+from .recorder import McapRecorder
+
+IDLE, RESETTING, RUNNING = "idle", "resetting", "running"
+
+
+class TrialNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("trial", **kwargs)
+        self.declare_parameter("task", "click_bell")
+        self.declare_parameter("num_trials", 10)  # 0: until stopped
+        self.declare_parameter("log_dir", "trials")
+        self.declare_parameter("bundle", "")
+        self.declare_parameter("mode", "operator")  # operator | twin (dry run: twin resets and judges)
+        self.declare_parameter("seed_start", 100000)
+        self.declare_parameter("timeout_s", 0.0)  # 0: the task's step limit at 25 Hz
+        self.declare_parameter("cameras", ["head", "left_wrist", "right_wrist"])
+        self.declare_parameter("record", True)
+        self.declare_parameter("terminal_ui", False)
+        self.declare_parameter("notes", "")
+        g = lambda n: self.get_parameter(n).value  # noqa: E731
+        self.task, self.mode, self.num_trials = g("task"), g("mode"), g("num_trials")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; known: {sorted(TASKS)}")
+        if self.mode not in ("operator", "twin"):
+            raise ValueError("mode must be 'operator' or 'twin'")
+        task = TASKS[self.task]()
+        self.instruction = task.instruction
+        # operator mode: the task's step limit at 25 Hz; dry runs end on /twin/done, this is a backstop
+        self.timeout_s = g("timeout_s") or task.max_steps / 25.0 * (1 if self.mode == "operator" else 20)
+        self.seed_start, self.record, self.notes = g("seed_start"), g("record"), g("notes")
+        self.bundle_sha = self._bundle_hash(g("bundle"))
+        self.log_dir = Path(g("log_dir"))
+        self.log = TrialLog(self.log_dir / "trials.jsonl")
+        self.trial = self.log.next_trial(self.task)
+        self.completed = 0
+        self.state = IDLE
+        self.recorder: McapRecorder | None = None
+        self.started = 0.0
+        self.success = False
+        self._outcome: str | None = None
+        self.instruction_pub = self.create_publisher(String, "/instruction", 10)
+        self.reset_pub = self.create_publisher(Int64, "/twin/reset", 10)
+        self.create_subscription(Int64, "/twin/ready", self._on_ready, 10)
+        self.create_subscription(Bool, "/twin/success", self._on_success, 10)
+        self.create_subscription(Bool, "/twin/done", self._on_done, 10)
+        for cam in g("cameras"):
+            self.create_subscription(Image, camera_topic(cam), lambda m, t=camera_topic(cam): self._rec(t, "sensor_msgs/msg/Image", m), 5)
+        for arm in ARMS:
+            for topic in (joint_states_topic(arm), joint_command_topic(arm)):
+                self.create_subscription(JointState, topic, lambda m, t=topic: self._rec(t, "sensor_msgs/msg/JointState", m), 10)
+        self.create_service(Trigger, "/trial/start", self._srv_start)
+        self.create_service(SetBool, "/trial/mark", self._srv_mark)
+        self.create_service(Trigger, "/trial/abort", self._srv_abort)
+        self.create_timer(0.02, self._tick)
+        self.get_logger().info(f"{self.task}: next trial {self.trial}, log {self.log.path}")
+        if self.mode == "twin":
+            self._start()
+        elif g("terminal_ui"):
+            threading.Thread(target=self._terminal_ui, daemon=True).start()
+
+    @staticmethod
+    def _bundle_hash(bundle: str) -> str:
+        if not bundle:
+            return ""
+        m = load_manifest(bundle, verify=False)
+        return m["files"].get(m["models"]["fp32"], "")
+
+    # --- protocol -------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.num_trials > 0 and self.completed >= self.num_trials
+
+    def _start(self) -> bool:
+        if self.state != IDLE or self.finished:
+            return False
+        self.success = False
+        self._outcome = None
+        if self.mode == "twin":
+            self.state = RESETTING
+            self.reset_pub.publish(Int64(data=self.seed_start + self.trial - 1))
+        else:
+            self.get_logger().info(f"trial {self.trial}: scene reset by the operator; running")
+            self._run()
+        return True
+
+    def _on_ready(self, msg: Int64) -> None:
+        if self.state == RESETTING and msg.data == self.seed_start + self.trial - 1:
+            self._run()
+
+    def _run(self) -> None:
+        if self.record:
+            self.recorder = McapRecorder(self.log_dir / "recordings" / f"{self.task}_{self.trial:04d}.mcap")
+        self.instruction_pub.publish(String(data=self.instruction))
+        self.started = time.monotonic()
+        self.state = RUNNING
+
+    def _on_success(self, msg: Bool) -> None:
+        if self.mode == "twin" and self.state == RUNNING and msg.data:
+            self._outcome = "success"
+
+    def _on_done(self, msg: Bool) -> None:
+        """In dry runs the twin's own step limit ends a trial (its time runs with the commands)."""
+        if self.mode == "twin" and self.state == RUNNING and msg.data and self._outcome is None:
+            self._outcome = "timeout"
+
+    def _tick(self) -> None:
+        if self.state != RUNNING:
+            return
+        if self._outcome is None and time.monotonic() - self.started > self.timeout_s:
+            self._outcome = "timeout"
+        if self._outcome is not None:
+            self._finish(self._outcome)
+
+    def _finish(self, outcome: str) -> None:
+        duration = time.monotonic() - self.started
+        recording = ""
+        if self.recorder is not None:
+            self.recorder.close()
+            recording = str(self.recorder.path)
+            self.recorder = None
+        record = self.log.append({
+            "task": self.task, "trial": self.trial, "outcome": outcome, "duration_s": round(duration, 3),
+            "bundle_sha256": self.bundle_sha, "seed": self.seed_start + self.trial - 1 if self.mode == "twin" else None,
+            "mode": self.mode, "notes": self.notes, "recording": recording, "finished_at": time.time(),
+        })
+        self.get_logger().info(f"trial {self.trial}: {outcome} in {duration:.1f}s")
+        self.instruction_pub.publish(String(data=""))  # stop: the policy drops its chunk
+        self.trial += 1
+        self.completed += 1
+        self.state = IDLE
+        if self.mode == "twin" and not self.finished:
+            self._start()
+        return record
+
+    def _rec(self, topic: str, datatype: str, msg) -> None:
+        if self.recorder is not None and self.state == RUNNING:
+            self.recorder.write(topic, datatype, msg)
+
+    # --- operator -------------------------------------------------------------------------------
+    def _srv_start(self, request, response):
+        response.success = self._start()
+        response.message = f"trial {self.trial} running" if response.success else f"cannot start in state {self.state}"
+        return response
+
+    def _srv_mark(self, request, response):
+        if self.state != RUNNING:
+            response.success, response.message = False, "no trial is running"
+            return response
+        self._outcome = "success" if request.data else "failure"
+        response.success, response.message = True, f"trial {self.trial} marked {self._outcome}"
+        return response
+
+    def _srv_abort(self, request, response):
+        if self.state != RUNNING:
+            response.success, response.message = False, "no trial is running"
+            return response
+        self._outcome = "aborted"
+        response.success, response.message = True, f"trial {self.trial} aborted"
+        return response
+
+    def _terminal_ui(self) -> None:
+        print("[enter] start trial   s: success   f: failure   a: abort", flush=True)
+        for line in sys.stdin:
+            key = line.strip().lower()
+            if key == "" and self.state == IDLE:
+                self._start()
+            elif key in ("s", "f") and self.state == RUNNING:
+                self._outcome = "success" if key == "s" else "failure"
+            elif key == "a" and self.state == RUNNING:
+                self._outcome = "aborted"
+
+
+def main(args=None) -> None:
+    with rclpy.init(args=args):
+        node = TrialNode()
+        try:
+            while rclpy.ok() and not node.finished:
+                rclpy.spin_once(node, timeout_sec=0.1)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            node.destroy_node()
