@@ -81,7 +81,8 @@ class PiperArm:
         while time.monotonic() < deadline:
             fb = self.feedback()
             fresh = fb.stamp > 0 and time.time() - fb.stamp < self.cfg.stale_s
-            if fresh and self.sdk.GetCanFps() >= self.cfg.min_fps:  # the SDK's rate needs a window
+            # the SDK's frame rate and isOk() are computed over windows: wait until both agree
+            if fresh and self.sdk.GetCanFps() >= self.cfg.min_fps and self.sdk.isOk():
                 return fb
             time.sleep(0.01)
         raise ArmFault(f"{self.cfg.can_port}: no joint feedback within {timeout}s (is the arm powered and the bus up?)")

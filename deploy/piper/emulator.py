@@ -8,7 +8,7 @@ disable 0x471, emergency stop 0x150), moves its joints toward the targets at a r
 
 Faults for tests: ``drop_prob`` (feedback frames lost), ``silent`` (no feedback at all),
 ``error_code`` (arm status reports an error), ``garbage`` (random frames, and joint feedback
-frames with absurd values, interleaved with the real ones).
+frames at +-250 degrees, beyond every joint's range, interleaved with the real ones).
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ class PiperEmulator:
         self._send(GRIPPER_FB, struct.pack(">ihBB", g, 0, 0x01 if self.enabled else 0x00, 0))
         if self.garbage:
             self._send(self._rng.randrange(0x700), bytes(self._rng.randrange(256) for _ in range(8)))
-            self._send(J12, struct.pack(">ii", 2_000_000_000, -2_000_000_000))  # absurd angles
+            for jid in (J12, J34, J56):  # impossible angles the SDK's own 300-degree filter lets through
+                self._send(jid, struct.pack(">ii", 250_000, -250_000))
 
     def _run(self) -> None:
         next_t = time.perf_counter()

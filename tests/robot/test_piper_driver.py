@@ -1,0 +1,214 @@
+"""The Piper driver through the real piper_sdk, against the CAN emulator on python-can's virtual bus."""
+
+import itertools
+import struct
+import time
+
+import numpy as np
+import pytest
+
+from pushcut.deploy.piper import units
+from pushcut.deploy.piper.driver import ArmFault, DriverConfig, PiperArm
+from pushcut.deploy.piper.emulator import ENABLE, GRIPPER_CMD, JC12, JC34, JC56, MOTION_1, MOTION_2, PiperEmulator
+from pushcut.deploy.piper.safety import SafetyConfig, SafetyLayer
+
+_bus_ids = itertools.count()
+START = np.array([0.0, 0.5, -0.5, 0.0, 0.0, 0.0, 0.02])
+
+
+@pytest.fixture
+def rig():
+    """A fresh emulator + driver pair on a bus name never used before (the SDK caches per name)."""
+    made = []
+
+    def make(**driver_kw):
+        name = f"vcan_test_{next(_bus_ids)}"
+        emu = PiperEmulator(name, initial=START).start()
+        arm = PiperArm(DriverConfig(can_port=name, bus="virtual", speed_rate=100, **driver_kw))
+        arm.connect()
+        made.append((emu, arm))
+        return emu, arm
+
+    yield make
+    for emu, arm in made:
+        arm.close()
+        emu.stop()
+
+
+def drive(arm, target, seconds, rate=200.0):
+    sent = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        arm.command(target)
+        out = arm.tick()
+        if out is not None:
+            sent.append(out)
+        time.sleep(1.0 / rate)
+    return sent
+
+
+def test_units_round_trip():
+    assert units.rad_to_millideg(np.pi / 2) == 90_000
+    assert units.millideg_to_rad(-45_000) == pytest.approx(-np.pi / 4)
+    assert units.m_to_micrometre(0.07) == 70_000 and units.micrometre_to_m(35_000) == 0.035
+    assert units.gripper_normalised_to_m(1.0) == 0.07 and units.gripper_normalised_to_m(2.0) == 0.07
+    assert units.gripper_m_to_normalised(0.035) == pytest.approx(0.5)
+    assert units.nm_to_milli(1.5) == 1500
+
+
+def test_enable_disable_sequence_and_frames(rig):
+    emu, arm = rig()
+    arm.enable()
+    time.sleep(0.05)
+    assert emu.enabled and emu.ctrl_mode == 0x01 and emu.move_mode == 0x01 and emu.speed_rate == 100
+    enable = emu.commands(ENABLE)[-1]
+    assert bytes(enable.data[:2]) == bytes([7, 0x02])
+    assert emu.commands(MOTION_2) and emu.commands(GRIPPER_CMD)
+    arm.disable()
+    time.sleep(0.05)
+    assert not emu.enabled and bytes(emu.commands(ENABLE)[-1].data[:2]) == bytes([7, 0x01])
+
+
+def test_commands_arrive_in_sdk_units_and_feedback_comes_back(rig):
+    emu, arm = rig()
+    arm.enable()
+    target = np.array([0.3, 0.8, -0.7, 0.1, 0.2, -0.1, 0.05])
+    drive(arm, target, 1.0)
+    last = {i: emu.commands(i)[-1] for i in (JC12, JC34, JC56, GRIPPER_CMD)}
+    assert struct.unpack(">ii", bytes(last[JC12].data)) == (units.rad_to_millideg(0.3), units.rad_to_millideg(0.8))
+    assert struct.unpack(">ii", bytes(last[JC56].data)) == (units.rad_to_millideg(0.2), units.rad_to_millideg(-0.1))
+    angle, effort, code, _ = struct.unpack(">iHBB", bytes(last[GRIPPER_CMD].data))
+    assert angle == 50_000 and effort == 1000 and code == 0x01
+    q, g = emu.state()
+    np.testing.assert_allclose(q, target[:6], atol=2e-3)
+    fb = arm.feedback()
+    np.testing.assert_allclose(fb.q, q, atol=1e-5)  # 0.001 degree resolution
+    assert fb.gripper == pytest.approx(g, abs=1e-6)
+
+
+def test_safety_clamps_limits_and_step_per_tick(rig):
+    emu, arm = rig()
+    arm.enable()
+    sent = drive(arm, np.array([5.0, 4.0, 1.0, 0.0, 0.0, 0.0, 0.2]), 0.6)
+    sent = np.array(sent)
+    assert np.all(np.abs(np.diff(sent[:, :6], axis=0)) <= arm.cfg.safety.max_joint_step + 1e-9)
+    assert sent[-1, 0] == pytest.approx(2.6179) and sent[-1, 1] == pytest.approx(3.14) and sent[-1, 2] == 0.0
+    assert sent[-1, 6] == pytest.approx(0.07)
+    assert arm.safety.counts["clamped_limits"] > 0 and arm.safety.counts["clamped_step"] > 0
+
+
+@pytest.mark.parametrize("bad,count", [([np.nan] * 7, "rejected_nonfinite"), ([0.0] * 6, "rejected_size"),
+                                       ([np.inf] + [0.0] * 6, "rejected_nonfinite"), ("abc", "rejected_malformed")])
+def test_bad_commands_never_move_the_arm(rig, bad, count):
+    emu, arm = rig()
+    arm.enable()
+    for _ in range(20):
+        assert arm.command(bad) is False
+        arm.tick()
+        time.sleep(0.005)
+    assert arm.safety.counts[count] == 20
+    q, _ = emu.state()
+    np.testing.assert_allclose(q, START[:6], atol=2e-5)  # held: only 0.001 degree quantisation
+
+
+def test_watchdog_holds_when_commands_go_stale():
+    layer = SafetyLayer(SafetyConfig(watchdog_s=0.2))
+    cur = np.zeros(7)
+    cmd = np.array([0.01, 0.01, -0.01, 0.01, 0.01, 0.01, 0.004])  # within limits and one tick's step
+    layer.accept(cmd, now=0.0)
+    np.testing.assert_allclose(layer.target(cur, now=0.1), cmd)
+    layer.accept(cmd + 0.02, now=0.1)  # a newer command ...
+    held = layer.target(cur, now=0.5)  # ... gone stale 0.4 s later: hold the last sent target
+    np.testing.assert_allclose(held, cmd)
+    assert layer.counts["watchdog_hold"] == 1
+
+
+def test_emergency_stop(rig):
+    emu, arm = rig()
+    arm.enable()
+    arm.estop()
+    time.sleep(0.05)
+    assert emu.estopped and bytes(emu.commands(MOTION_1)[-1].data[:1]) == b"\x01"
+    assert arm.tick() is None  # no longer enabled: nothing is sent
+    q0, _ = emu.state()
+    drive(arm, np.array([0.5] * 6 + [0.05]), 0.2)
+    np.testing.assert_allclose(emu.state()[0], q0)
+
+
+def test_refuses_to_enable_when_the_arm_reports_errors(rig):
+    emu, arm = rig()
+    emu.error_code = 0x0004
+    time.sleep(0.05)
+    with pytest.raises(ArmFault, match="error code 0x0004"):
+        arm.enable()
+    assert not emu.enabled
+
+
+def test_bus_loss_stops_all_commands_until_reinit(rig):
+    emu, arm = rig()
+    arm.enable()
+    drive(arm, START + 0.05, 0.2)
+    emu.silent = True
+    t_lost = time.monotonic()
+    detected = None
+    while time.monotonic() - t_lost < 1.0:
+        n_before = len(emu.commands(JC12))
+        arm.command(START + 0.1)
+        if arm.tick() is None:
+            detected = time.monotonic() - t_lost
+            break
+        time.sleep(0.005)
+    assert detected is not None and detected <= arm.cfg.stale_s + 0.1  # within 100 ms of the watchdog period
+    assert "stale" in arm.fault
+    n_after_loss = len(emu.commands(JC12))
+    drive(arm, START + 0.1, 0.3)
+    assert len(emu.commands(JC12)) == n_after_loss >= n_before  # no command sent after the loss
+    emu.silent = False
+    arm.reinit()
+    arm.enable()
+    drive(arm, START + 0.1, 0.5)
+    assert len(emu.commands(JC12)) > n_after_loss and arm.fault is None
+
+
+def test_two_arms_on_two_buses_without_crosstalk(rig):
+    emu_l, left = rig()
+    emu_r, right = rig()
+    left.enable()
+    right.enable()
+    tl, tr = START + np.array([0.2, 0.1, -0.1, 0, 0, 0, 0]), START + np.array([-0.2, 0.3, -0.3, 0, 0, 0, 0])
+    end = time.monotonic() + 0.8
+    while time.monotonic() < end:
+        left.command(tl)
+        right.command(tr)
+        left.tick()
+        right.tick()
+        time.sleep(0.005)
+    np.testing.assert_allclose(emu_l.state()[0], tl[:6], atol=2e-3)
+    np.testing.assert_allclose(emu_r.state()[0], tr[:6], atol=2e-3)
+    np.testing.assert_allclose(left.feedback().q, tl[:6], atol=2e-3)
+    np.testing.assert_allclose(right.feedback().q, tr[:6], atol=2e-3)
+
+
+def test_fault_injection_dropped_frames_keep_control(rig):
+    emu, arm = rig()
+    emu.drop_prob = 0.05
+    arm.enable()
+    target = START + np.array([0.3, 0.2, -0.2, 0.1, 0.1, 0.1, 0.0])
+    drive(arm, target, 1.0)
+    assert arm.fault is None
+    np.testing.assert_allclose(emu.state()[0], target[:6], atol=2e-3)
+
+
+def test_fault_injection_garbage_never_becomes_motion(rig):
+    emu, arm = rig()
+    arm.enable()
+    emu.garbage = True
+    sent = drive(arm, START + 0.2, 0.5)
+    q, _ = emu.state()
+    # the absurd joint feedback is detected: the driver stops sending, the arm barely moved
+    assert arm.fault is not None and "implausible" in arm.fault
+    assert np.all(np.abs(q - START[:6]) < 0.25)
+    for frame in emu.commands(JC12) + emu.commands(JC34) + emu.commands(JC56):
+        a, b = struct.unpack(">ii", bytes(frame.data))
+        assert abs(a) < 200_000 and abs(b) < 200_000  # every command stayed within the joint range
+    assert len(sent) < 100
