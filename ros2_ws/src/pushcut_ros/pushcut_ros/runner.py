@@ -103,3 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     out = dry_run(args.task, args.bundle, args.trials, args.log_dir, args.max_steps, args.seed_start)
     print(json.dumps(out["summary"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
