@@ -45,6 +45,7 @@ class EnvConfig:
     physics_hz: int = 250
     control_hz: int = 25  # one action (joint target) per control step
     num_wait_steps: int = 10  # LIBERO: no-op steps after reset
+    head_calibration: str | None = None  # twin: camera_head.json from pushcut-calibrate (sim-to-real)
     randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
 
     def __post_init__(self) -> None:

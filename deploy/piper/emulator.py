@@ -25,6 +25,7 @@ from pushcut.deploy.piper import units
 from pushcut.spec import GRIPPER_RANGE_M, JOINT_LIMITS
 
 STATUS, J12, J34, J56, GRIPPER_FB = 0x2A1, 0x2A5, 0x2A6, 0x2A7, 0x2A8
+JOINT_CONFIG, SET_ZERO = 0x475, 0xAE
 MOTION_1, MOTION_2, JC12, JC34, JC56, GRIPPER_CMD, ENABLE = 0x150, 0x151, 0x155, 0x156, 0x157, 0x159, 0x471
 
 
@@ -39,6 +40,10 @@ class PiperEmulator:
         self.q = np.zeros(6) if initial is None else np.asarray(initial[:6], dtype=float).copy()
         self.gripper = 0.0 if initial is None else float(initial[6])
         self.q_target = self.q.copy()
+        # encoder zero offsets: reported angle = physical angle - offset (calibration sets them)
+        self.zero_offset = np.zeros(6)
+        self.gripper_zero_offset = 0.0
+        self.motor_enabled = np.zeros(6, dtype=bool)
         self.gripper_target = self.gripper
         self.enabled = False
         self.estopped = False
@@ -80,14 +85,19 @@ class PiperEmulator:
         with self._lock:
             self.received.append(msg)
             if msg.arbitration_id == ENABLE and len(d) >= 2:
-                if d[1] == 0x02:
-                    self.enabled = True
-                elif d[1] == 0x01:
-                    self.enabled = False
+                motors = range(6) if d[0] in (0xFF, 7) else [d[0] - 1] if 1 <= d[0] <= 6 else []
+                for m in motors:
+                    self.motor_enabled[m] = d[1] == 0x02
+                self.enabled = bool(self.motor_enabled.all())
+            elif msg.arbitration_id == JOINT_CONFIG and len(d) >= 2 and d[1] == SET_ZERO:
+                joints = range(6) if d[0] == 7 else [d[0] - 1] if 1 <= d[0] <= 6 else []
+                for j in joints:
+                    if not self.motor_enabled[j]:  # the firmware zeroes only a released joint
+                        self.zero_offset[j] = self.q[j]
             elif msg.arbitration_id == MOTION_1 and len(d) >= 1:
                 if d[0] == 0x01:
                     self.estopped = True
-                    self.q_target, self.gripper_target = self.q.copy(), self.gripper
+                    self.q_target, self.gripper_target = self.q - self.zero_offset, self.gripper
                 elif d[0] == 0x02:
                     self.estopped = False
             elif msg.arbitration_id == MOTION_2 and len(d) >= 3:
@@ -99,16 +109,20 @@ class PiperEmulator:
                     self.q_target[i] = units.millideg_to_rad(a)
                     self.q_target[i + 1] = units.millideg_to_rad(b)
             elif msg.arbitration_id == GRIPPER_CMD and len(d) == 8:
-                angle, _effort, code, _zero = struct.unpack(">iHBB", d)
-                if self.enabled and not self.estopped and code & 0x01:
+                angle, _effort, code, zero = struct.unpack(">iHBB", d)
+                if zero == SET_ZERO:
+                    self.gripper_zero_offset = self.gripper
+                elif self.enabled and not self.estopped and code & 0x01:
                     self.gripper_target = units.micrometre_to_m(angle)
 
     def _move(self) -> None:
         with self._lock:
             if not self.enabled or self.estopped:
                 return
+            # commands are in reported (calibrated) angles; the motors move physical ones
+            q_goal = self.q_target + self.zero_offset
             step = self.max_joint_speed * max(self.speed_rate, 1) / 100.0 * self.dt
-            self.q += np.clip(self.q_target - self.q, -step, step)
+            self.q += np.clip(q_goal - self.q, -step, step)
             lo = np.array([lim[0] for lim in JOINT_LIMITS])
             hi = np.array([lim[1] for lim in JOINT_LIMITS])
             self.q = np.clip(self.q, lo, hi)
@@ -125,8 +139,8 @@ class PiperEmulator:
 
     def _feedback(self) -> None:
         with self._lock:
-            q = [units.rad_to_millideg(v) for v in self.q]
-            g = units.m_to_micrometre(self.gripper)
+            q = [units.rad_to_millideg(v) for v in self.q - self.zero_offset]
+            g = units.m_to_micrometre(self.gripper - self.gripper_zero_offset)
             arm_status = 0x01 if self.estopped else 0x00
             status = struct.pack(">BBBBBBH", self.ctrl_mode, arm_status, self.move_mode, 0, 0, 0, self.error_code)
         self._send(STATUS, status)
@@ -155,6 +169,18 @@ class PiperEmulator:
                 self._stop.wait(delay)
             else:
                 next_t = time.perf_counter()
+
+    # --- the operator's hands --------------------------------------------------------------------
+    def move_by_hand(self, joint: int | None = None, angle: float = 0.0, gripper: float | None = None) -> None:
+        """Back-drive a released joint (1..6) to a physical ``angle``, or the gripper to ``gripper`` m."""
+        with self._lock:
+            if joint is not None:
+                if self.motor_enabled[joint - 1]:
+                    raise RuntimeError(f"joint {joint} is powered; release it before moving it by hand")
+                self.q[joint - 1] = angle
+                self.q_target[joint - 1] = angle - self.zero_offset[joint - 1]
+            if gripper is not None:
+                self.gripper = self.gripper_target = gripper
 
     # --- inspection -----------------------------------------------------------------------------
     def state(self) -> tuple[np.ndarray, float]:

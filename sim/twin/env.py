@@ -42,6 +42,10 @@ class TwinEnv:
         self.task = TASKS[cfg.task]()
         self.instruction = self.task.instruction
         self.max_steps = cfg.max_steps or self.task.max_steps
+        if head is None and cfg.head_calibration:
+            from pushcut.calibration.files import load_intrinsics
+
+            head = HeadCamera.from_calibration(load_intrinsics(cfg.head_calibration))
         h, w = cfg.image_size
         self.model = mujoco.MjModel.from_xml_string(
             build_mjcf(self.task.scene_objects(), head or HeadCamera(), offscreen=(w, h))

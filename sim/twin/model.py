@@ -84,11 +84,38 @@ def mat_to_quat(m: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class HeadCamera:
-    """Pose and lens of the head camera; overridden by a calibration file for sim-to-real."""
+    """Pose and lens of the head camera; a calibration file replaces them for sim-to-real.
+
+    ``quat`` (wxyz, MuJoCo camera frame) overrides ``target``; ``intrinsics`` =
+    (fx, fy, cx, cy, width, height) in OpenCV pixels overrides ``fovy``.
+    """
 
     pos: tuple[float, float, float] = (0.0, -0.78, 0.72)
     target: tuple[float, float, float] = (0.0, -0.12, 0.0)
     fovy: float = HEAD_FOVY_DEG
+    quat: tuple[float, float, float, float] | None = None
+    intrinsics: tuple[float, float, float, float, int, int] | None = None
+
+    @classmethod
+    def from_calibration(cls, cal) -> HeadCamera:
+        """From a ``pushcut.calibration.files.CameraCalibration`` with world-frame extrinsics."""
+        if cal.T_base_camera is None or cal.frame != "world":
+            raise ValueError(f"calibration of {cal.camera!r} has no world-frame extrinsics (run hand-eye first)")
+        T = np.asarray(cal.T_base_camera, dtype=float)
+        R_mj = T[:3, :3] @ np.diag([1.0, -1.0, -1.0])  # OpenCV camera frame -> MuJoCo's
+        K = np.asarray(cal.K, dtype=float)
+        return cls(pos=tuple(T[:3, 3]), quat=tuple(mat_to_quat(R_mj)), fovy=cal.fovy_deg,
+                   intrinsics=(K[0, 0], K[1, 1], K[0, 2], K[1, 2], cal.width, cal.height))
+
+    def xml(self) -> str:
+        quat = self.quat if self.quat is not None else look_at_quat(np.array(self.pos), np.array(self.target))
+        lens = f'fovy="{self.fovy}"'
+        if self.intrinsics is not None:
+            fx, fy, cx, cy, w, h = self.intrinsics
+            # MuJoCo: principal point as an offset from the image centre, ((w-1)/2, (h-1)/2) in OpenCV
+            lens = (f'resolution="{w} {h}" focalpixel="{fx} {fy}" principalpixel="{(w - 1) / 2 - cx} {(h - 1) / 2 - cy}"'
+                    f' sensorsize="{w * 1e-5} {h * 1e-5}"')
+        return f'<camera name="head" pos="{_fmt(self.pos)}" quat="{_fmt(quat)}" {lens}/>'
 
 
 @dataclass
@@ -207,7 +234,6 @@ def grasp_weld_xml(arm: str, body: str) -> str:
 
 def build_mjcf(objects: SceneObjects, head: HeadCamera = HeadCamera(), offscreen=(320, 240)) -> str:
     """The complete MJCF string of the workcell with the given task objects."""
-    head_quat = look_at_quat(np.array(head.pos), np.array(head.target))
     arms = "".join(_arm_xml(a) for a in ARMS)
     actuators = "".join(_actuators_xml(a) for a in ARMS)
     couplings = "".join(
@@ -235,7 +261,7 @@ def build_mjcf(objects: SceneObjects, head: HeadCamera = HeadCamera(), offscreen
     <light name="key" pos="0 -0.2 1.6" dir="0 0.1 -1" diffuse="0.7 0.7 0.7" castshadow="false"/>
     <geom name="floor" type="plane" pos="0 0 -0.75" size="2 2 0.1" rgba="0.3 0.3 0.32 1"/>
     <geom name="table" type="box" pos="0 -0.15 -0.025" size="0.7 0.45 0.025" material="table"/>
-    <camera name="head" pos="{_fmt(head.pos)}" quat="{_fmt(head_quat)}" fovy="{head.fovy}"/>
+    {head.xml()}
     {arms}
     {"".join(objects.bodies)}
   </worldbody>
