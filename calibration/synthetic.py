@@ -82,14 +82,18 @@ class CalibrationScene:
 
 
 def random_board_poses_in_front(T_world_camera: np.ndarray, n: int, rng: np.random.Generator,
-                                distance=(0.35, 0.6), tilt_deg: float = 35.0, spread: float = 0.08) -> list[np.ndarray]:
-    """Board poses facing the camera at varied distance, offset and tilt (for intrinsics)."""
+                                distance=(0.35, 0.6), tilt_deg: float = 35.0, spread: float = 0.08,
+                                up: float = 0.0) -> list[np.ndarray]:
+    """Board poses facing the camera at varied distance, offset and tilt (for intrinsics).
+
+    ``up`` raises the board in the view (m per m of distance), e.g. above a wrist camera's fingers.
+    """
     from scipy.spatial.transform import Rotation
 
     poses = []
     for _ in range(n):
         d = rng.uniform(*distance)
-        offset = np.array([rng.uniform(-spread, spread), rng.uniform(-spread, spread) * 0.75, d])
+        offset = np.array([rng.uniform(-spread, spread), rng.uniform(-spread, spread) * 0.75 - up * d, d])
         tilt = Rotation.from_euler("xyz", [rng.uniform(-tilt_deg, tilt_deg), rng.uniform(-tilt_deg, tilt_deg),
                                            rng.uniform(-20, 20)], degrees=True).as_matrix()
         # board z towards the camera: rotate 180 degrees about x, then tilt

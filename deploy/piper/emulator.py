@@ -87,6 +87,8 @@ class PiperEmulator:
             if msg.arbitration_id == ENABLE and len(d) >= 2:
                 motors = range(6) if d[0] in (0xFF, 7) else [d[0] - 1] if 1 <= d[0] <= 6 else []
                 for m in motors:
+                    if d[1] == 0x02 and not self.motor_enabled[m]:
+                        self.q_target[m] = self.q[m] - self.zero_offset[m]  # a motor holds where it wakes up
                     self.motor_enabled[m] = d[1] == 0x02
                 self.enabled = bool(self.motor_enabled.all())
             elif msg.arbitration_id == JOINT_CONFIG and len(d) >= 2 and d[1] == SET_ZERO:
@@ -94,6 +96,7 @@ class PiperEmulator:
                 for j in joints:
                     if not self.motor_enabled[j]:  # the firmware zeroes only a released joint
                         self.zero_offset[j] = self.q[j]
+                        self.q_target[j] = 0.0
             elif msg.arbitration_id == MOTION_1 and len(d) >= 1:
                 if d[0] == 0x01:
                     self.estopped = True
