@@ -31,3 +31,44 @@ def rate(fn, n: int) -> float:
     for _ in range(n):
         fn()
     return n / (time.perf_counter() - t0)
+
+
+CACHE = Path(__file__).resolve().parent / "cache"
+
+
+def env_int(name: str, default: int) -> int:
+    """A benchmark size, overridable from the environment (e.g. PUSHCUT_BENCH_EVAL_SEEDS=50)."""
+    return int(os.environ.get(name, default))
+
+
+def percentiles(values, qs=(50, 99)) -> dict:
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    return {f"p{q}": float(np.percentile(v, q)) for q in qs} | {"mean": float(v.mean()), "n": int(v.size)}
+
+
+def sft_checkpoint(demos_per_task: int, steps: int, task: str = "click_bell") -> Path:
+    """The tiny policy SFT'd on ``demos_per_task`` expert demos, cached under bench/cache/."""
+    from pushcut.configs import compose, from_hydra
+    from pushcut.training import sft
+    from pushcut.training.config import SFTConfig
+
+    run = CACHE / f"sft_{task}_{demos_per_task}demos_{steps}steps"
+    if (run / "checkpoint" / "meta.json").exists():
+        return run / "checkpoint"
+    cfg = from_hydra(SFTConfig, compose("sft", [f"env={task}", f"demos_dir={CACHE / 'demos'}",
+                                                f"demos_per_task={demos_per_task}", f"steps={steps}"]))
+    return sft.train(cfg, run)
+
+
+def greedy_success(policy, task: str, episodes: int, num_envs: int = 2) -> dict:
+    from pushcut.configs import compose, from_hydra
+    from pushcut.sim.config import EnvConfig
+    from pushcut.training.eval import run_episodes
+
+    env = from_hydra(EnvConfig, compose("sft", [f"env={task}"]).env)
+    seeds = list(range(100_000, 100_000 + episodes))
+    results = run_episodes(policy, env, seeds, num_envs, progress=False)
+    ok = [r["success"] for r in results]
+    return {"success_rate": sum(ok) / len(ok), "episodes": len(ok), "seeds": [seeds[0], seeds[-1]]}
