@@ -199,3 +199,7 @@ def main() -> None:
             raise SystemExit(f"calibration failed: {exc}") from exc
 
     _run()
+
+
+if __name__ == "__main__":
+    main()

@@ -132,3 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         run.log({"trials_plot": wandb.Image(str(png)), "trials": wandb.Table(
             columns=list(rows[0].keys()), data=[[r.get(k) for k in rows[0]] for r in rows])})
         run.finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -194,3 +194,7 @@ def main() -> None:
         print(f"bundle: {out}\nparity: {json.dumps(parity)}")
 
     _run()
+
+
+if __name__ == "__main__":
+    main()

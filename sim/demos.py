@@ -206,3 +206,7 @@ def main() -> None:
         print(f"wrote {conf.num_episodes} demos to {out}")
 
     _run()
+
+
+if __name__ == "__main__":
+    main()

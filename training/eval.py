@@ -101,3 +101,7 @@ def main() -> None:
         print(f"{conf.env.task}: success {s['success_rate']:.1%} over {s['episodes']} episodes -> {run_dir}/eval.json")
 
     _run()
+
+
+if __name__ == "__main__":
+    main()

@@ -369,3 +369,7 @@ def main() -> None:
         print(json.dumps({"run_dir": str(Path(out).parent)}))
 
     _run()
+
+
+if __name__ == "__main__":
+    main()

@@ -150,3 +150,7 @@ def main() -> None:
         print(f"checkpoint: {ckpt}")
 
     _run()
+
+
+if __name__ == "__main__":
+    main()
