@@ -129,10 +129,12 @@ class WorkerPool:
         self.backend = rollout_cfg.backend
         args = (env_cfg, policy_cfg, norm_stats, tokenizer_json, rollout_cfg.envs_per_worker,
                 rollout_cfg.threads_per_worker)
+        self._owns_ray = False
         if self.backend == "ray":
             import ray
 
             if not ray.is_initialized():
+                self._owns_ray = True
                 if rollout_cfg.ray_address:
                     ray.init(address=rollout_cfg.ray_address, log_to_driver=False)
                 else:
@@ -183,6 +185,8 @@ class WorkerPool:
 
             for w in self.workers:
                 ray.kill(w)
+            if self._owns_ray:  # a local cluster started here ends here (its threads slow the host)
+                ray.shutdown()
         else:
             for w in self.workers:
                 w.close()

@@ -62,6 +62,7 @@ class PiperArm:
         self.sdk = None
         self.enabled = False
         self.fault: str | None = None
+        self._low_fps_since: float | None = None
 
     # --- bus ------------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -100,6 +101,7 @@ class PiperArm:
         self.sdk.ConnectPort(can_init=True, piper_init=self.cfg.bus != "virtual")
         self.wait_for_feedback()
         self.fault = None
+        self._low_fps_since = None
         self.safety.reset()
         log.info("%s: bus re-initialised", self.cfg.can_port)
 
@@ -129,8 +131,8 @@ class PiperArm:
             reason = "SDK reports the CAN link down (isOk() is false)"
         elif fb.stamp <= 0 or now - fb.stamp > self.cfg.stale_s:
             reason = f"joint feedback is stale ({now - fb.stamp:.3f}s old)"
-        elif self.sdk.GetCanFps() < self.cfg.min_fps:
-            reason = f"feedback rate {self.sdk.GetCanFps():.0f} fps below {self.cfg.min_fps:.0f}"
+        elif self._rate_low(now):
+            reason = f"feedback rate {self.sdk.GetCanFps():.0f} fps below {self.cfg.min_fps:.0f} for {self.cfg.stale_s}s"
         elif np.any(fb.q < LOWER[:6] - PLAUSIBLE_MARGIN) or np.any(fb.q > UPPER[:6] + PLAUSIBLE_MARGIN):
             reason = f"implausible joint feedback {np.round(fb.q, 2).tolist()}"
         elif fb.err_code:
@@ -139,6 +141,16 @@ class PiperArm:
             self.fault = reason
             log.error("%s: %s; holding, no further commands until re-init", self.cfg.can_port, reason)
         return reason
+
+    def _rate_low(self, now: float) -> bool:
+        """The SDK's frame rate is sampled per 0.1 s window and can read low for one window under
+        load: only a rate that stays low for ``stale_s`` counts."""
+        if self.sdk.GetCanFps() >= self.cfg.min_fps:
+            self._low_fps_since = None
+            return False
+        if self._low_fps_since is None:
+            self._low_fps_since = now
+        return now - self._low_fps_since > self.cfg.stale_s
 
     # --- commands -------------------------------------------------------------------------------
     def enable(self) -> None:

@@ -2,7 +2,7 @@ import time
 
 import pytest
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 
 from tests.deploy.conftest import bundle  # noqa: F401  (session fixtures)
 from tests.training.conftest import sft_checkpoint  # noqa: F401
@@ -14,7 +14,7 @@ class Graph:
     def __init__(self):
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.nodes = []
 
     def add(self, node):

@@ -1,9 +1,9 @@
 """In-process runner of a composition: the same nodes and parameters as the launch files.
 
 ``ros2 launch`` is not installable from PyPI, so ``make demo``, the tests and ``bench-ros`` start
-the specs of ``pushcut_ros.composition`` here: one rclpy context, every node in a
-MultiThreadedExecutor, lifecycle nodes configured and activated, until the trial node has
-finished its trials (or a timeout).
+the specs of ``pushcut_ros.composition`` here: one rclpy context, every node spinning on its
+own thread, lifecycle nodes configured and activated, until the trial node has finished its
+trials (or a timeout).
 
     pushcut-dryrun --task click_bell --bundle runs/.../bundle --trials 10
 """
@@ -16,8 +16,10 @@ import json
 import time
 from pathlib import Path
 
+import threading
+
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, ShutdownException, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
 from .composition import NodeSpec, twin_eval
@@ -47,32 +49,52 @@ def instantiate(spec: NodeSpec, context):
 
 
 def run(specs: list[NodeSpec], timeout_s: float = 600.0) -> dict:
-    """Run until every trial node has finished; returns the nodes by name for inspection."""
+    """Run until every trial node has finished; returns the nodes by name for inspection.
+
+    Like ``ros2 launch``, which gives every node its own process, every node gets its own
+    single-threaded executor on its own thread: a node blocked in a callback never starves
+    another node's timers.
+    """
     context = rclpy.Context()
     rclpy.init(context=context)
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
-    nodes = {}
+    nodes, executors, threads = {}, [], []
     try:
         for spec in specs:
             node = instantiate(spec, context)
             nodes[f"{spec.namespace}/{spec.name}".lstrip("/")] = node
-            executor.add_node(node)
             if spec.lifecycle:
                 node.trigger_configure()
                 node.trigger_activate()
+            executor = SingleThreadedExecutor(context=context)
+            executor.add_node(node)
+            executors.append(executor)
+            thread = threading.Thread(target=_spin, args=(executor,), name=f"spin-{spec.name}", daemon=True)
+            thread.start()
+            threads.append(thread)
         trials = [n for n in nodes.values() if type(n).__name__ == "TrialNode"]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not all(t.finished for t in trials):
-            executor.spin_once(timeout_sec=0.05)
+            if not all(t.is_alive() for t in threads):
+                raise RuntimeError("a node's executor stopped (see the error above)")
+            time.sleep(0.05)
         if trials and not all(t.finished for t in trials):
             raise TimeoutError(f"the trials did not finish within {timeout_s}s")
     finally:
+        for executor in executors:
+            executor.shutdown()
+        for thread in threads:
+            thread.join(timeout=5)
         for node in nodes.values():
-            executor.remove_node(node)
             node.destroy_node()
-        executor.shutdown()
         rclpy.shutdown(context=context)
     return nodes
+
+
+def _spin(executor) -> None:
+    try:
+        executor.spin()
+    except (ExternalShutdownException, ShutdownException):
+        pass
 
 
 def dry_run(task: str, bundle: str, trials: int, log_dir: str, max_steps: int = 0, seed_start: int = 100000,
