@@ -12,7 +12,7 @@ import numpy as np
 
 from pushcut.calibration.board import Board
 from pushcut.calibration.files import CalibrationError, load_intrinsics, save_arm, save_intrinsics
-from pushcut.configs import require
+from pushcut.configs import hydra_entry, require
 from pushcut.spec import TWIN_CAMERAS
 
 
@@ -186,19 +186,7 @@ def run(cfg: CalibrateConfig) -> Path:
     return zeroing(cfg)
 
 
-def main() -> None:
-    import hydra
-
-    from pushcut.configs import CONFIG_DIR, from_hydra
-
-    @hydra.main(config_path=str(CONFIG_DIR), config_name="calibrate", version_base="1.3")
-    def _run(cfg) -> None:
-        try:
-            run(from_hydra(CalibrateConfig, cfg))
-        except CalibrationError as exc:
-            raise SystemExit(f"calibration failed: {exc}") from exc
-
-    _run()
+main = hydra_entry("calibrate", CalibrateConfig, lambda cfg, run_dir: run(cfg))
 
 
 if __name__ == "__main__":

@@ -165,3 +165,27 @@ def require(condition: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``condition``; used by ``__post_init__`` checks."""
     if not condition:
         raise ValueError(message)
+
+
+def hydra_entry(config_name: str, cls: type[T], run: typing.Callable[[T, Path], object]) -> typing.Callable[[], None]:
+    """A console-script ``main`` for ``run(config, run_dir)`` with ``configs/<config_name>.yaml``.
+
+    Composes with Hydra (command-line overrides), converts once to ``cls`` and passes the run's
+    output directory. Known user-facing failures (a ``ValueError`` such as a bad config, a
+    checkpoint or bundle mismatch, a failed parity or calibration) end with one clear line.
+    """
+
+    def main() -> None:
+        import hydra
+        from hydra.core.hydra_config import HydraConfig
+
+        @hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")
+        def _run(cfg) -> None:
+            try:
+                run(from_hydra(cls, cfg), Path(HydraConfig.get().runtime.output_dir))
+            except ValueError as exc:
+                raise SystemExit(f"{config_name} failed: {exc}") from exc
+
+        _run()
+
+    return main

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pushcut.configs import require, to_dict
-from pushcut.deploy.bundle import BundleError, write_manifest
+from pushcut.configs import hydra_entry, require, to_dict
+from pushcut.deploy.bundle import write_manifest
 from pushcut.policy import checkpoint
 from pushcut.policy.inference import TorchPolicy
 from pushcut.policy.preprocess import PROMPT
@@ -178,22 +178,16 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
     return out
 
 
-def main() -> None:
-    import hydra
+def _main(cfg: ExportConfig, run_dir: Path) -> None:
+    try:
+        out = export(cfg)
+    except ParityError as exc:
+        raise SystemExit(f"export failed: {exc}") from exc
+    parity = json.loads((out / "manifest.json").read_text())["parity"]
+    print(f"bundle: {out}\nparity: {json.dumps(parity)}")
 
-    from pushcut.configs import CONFIG_DIR, from_hydra
 
-    @hydra.main(config_path=str(CONFIG_DIR), config_name="export", version_base="1.3")
-    def _run(cfg) -> None:
-        conf = from_hydra(ExportConfig, cfg)
-        try:
-            out = export(conf)
-        except (ParityError, BundleError, checkpoint.CheckpointError) as exc:
-            raise SystemExit(f"export failed: {exc}") from exc
-        parity = json.loads((out / "manifest.json").read_text())["parity"]
-        print(f"bundle: {out}\nparity: {json.dumps(parity)}")
-
-    _run()
+main = hydra_entry("export", ExportConfig, _main)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pushcut.configs import require, to_dict
+from pushcut.configs import hydra_entry, require, to_dict
 from pushcut.sim.config import EnvConfig
 
 DEMO_FORMAT = "pushcut-demos"
@@ -194,18 +194,7 @@ def load(path: str | Path, max_episodes: int | None = None) -> DemoSet:
     return DemoSet(meta=meta, episodes=episodes)
 
 
-def main() -> None:
-    import hydra
-
-    from pushcut.configs import CONFIG_DIR, from_hydra
-
-    @hydra.main(config_path=str(CONFIG_DIR), config_name="demos", version_base="1.3")
-    def _run(cfg) -> None:
-        conf = from_hydra(DemosConfig, cfg)
-        out = record(conf)
-        print(f"wrote {conf.num_episodes} demos to {out}")
-
-    _run()
+main = hydra_entry("demos", DemosConfig, lambda cfg, run_dir: print(f"wrote demos to {record(cfg)}"))
 
 
 if __name__ == "__main__":

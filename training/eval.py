@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pushcut.configs import to_dict
+from pushcut.configs import hydra_entry, to_dict
 from pushcut.sim.config import EnvConfig
 from pushcut.training.config import EvalConfig
 
@@ -87,20 +87,12 @@ def evaluate(cfg: EvalConfig, run_dir: str | Path, progress: bool = True) -> dic
     return summary
 
 
-def main() -> None:
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
+def _main(cfg: EvalConfig, run_dir: Path) -> None:
+    s = evaluate(cfg, run_dir)
+    print(f"{cfg.env.task}: success {s['success_rate']:.1%} over {s['episodes']} episodes -> {run_dir}/eval.json")
 
-    from pushcut.configs import CONFIG_DIR, from_hydra
 
-    @hydra.main(config_path=str(CONFIG_DIR), config_name="eval", version_base="1.3")
-    def _run(cfg) -> None:
-        conf = from_hydra(EvalConfig, cfg)
-        run_dir = HydraConfig.get().runtime.output_dir
-        s = evaluate(conf, run_dir)
-        print(f"{conf.env.task}: success {s['success_rate']:.1%} over {s['episodes']} episodes -> {run_dir}/eval.json")
-
-    _run()
+main = hydra_entry("eval", EvalConfig, _main)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from pushcut.configs import to_dict
+from pushcut.configs import hydra_entry, to_dict
 from pushcut.policy import checkpoint, sampling
 from pushcut.policy.inference import TorchPolicy
-from pushcut.policy.preprocess import build_inputs
 from pushcut.training.config import TrainConfig
 from pushcut.training.rollout import Job, Trajectory, WorkerPool
 from pushcut.training.run_log import RunLogger, plot_curves, read_metrics
@@ -355,20 +354,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     return run_dir / "checkpoint"
 
 
-def main() -> None:
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-
-    from pushcut.configs import CONFIG_DIR, from_hydra
-
-    @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
-    def _run(cfg) -> None:
-        conf = from_hydra(TrainConfig, cfg)
-        out = train(conf, HydraConfig.get().runtime.output_dir)
-        print(f"checkpoint: {out}")
-        print(json.dumps({"run_dir": str(Path(out).parent)}))
-
-    _run()
+main = hydra_entry("train", TrainConfig, lambda cfg, run_dir: print(f"checkpoint: {train(cfg, run_dir)}"))
 
 
 if __name__ == "__main__":

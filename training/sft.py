@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pushcut import spec
-from pushcut.configs import to_dict
+from pushcut.configs import hydra_entry, to_dict
 from pushcut.policy import checkpoint
 from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer
 from pushcut.policy.config import PolicyConfig
@@ -137,19 +137,7 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
     return ckpt
 
 
-def main() -> None:
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-
-    from pushcut.configs import CONFIG_DIR, from_hydra
-
-    @hydra.main(config_path=str(CONFIG_DIR), config_name="sft", version_base="1.3")
-    def _run(cfg) -> None:
-        conf = from_hydra(SFTConfig, cfg)
-        ckpt = train(conf, HydraConfig.get().runtime.output_dir)
-        print(f"checkpoint: {ckpt}")
-
-    _run()
+main = hydra_entry("sft", SFTConfig, lambda cfg, run_dir: print(f"checkpoint: {train(cfg, run_dir)}"))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pushcut.policy import checkpoint, sampling
 from pushcut.policy.config import PolicyConfig

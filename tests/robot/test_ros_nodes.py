@@ -1,6 +1,5 @@
 """The ROS 2 nodes with real rclpy and DDS on loopback."""
 
-import json
 import os
 import signal
 import subprocess
@@ -132,6 +131,7 @@ def test_camera_node_publishes_frames_from_opencv(graph, tmp_path):
     probe.create_subscription(Image, "/cameras/head/image_raw", got.append, 10)
     assert graph.spin_until(lambda: len(got) >= 15, timeout=5)  # loops past the file's 10 frames
     m = got[-1]
+    assert cam.frames >= len(got) and not cam.lost
     assert (m.width, m.height, m.encoding) == (40, 30, "rgb8")
     img = np.frombuffer(m.data, np.uint8).reshape(30, 40, 3)
     assert img[..., 0].mean() > 150 and img[..., 2].mean() < 50  # converted to RGB

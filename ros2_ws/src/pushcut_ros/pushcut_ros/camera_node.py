@@ -8,13 +8,12 @@ camera is logged once, publishes nothing, and is reopened every ``reopen_s``.
 from __future__ import annotations
 
 import cv2
-import rclpy
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from pushcut.calibration.files import load_intrinsics
 
-from .conversions import camera_topic, image_msg
+from .conversions import spin_main, camera_topic, image_msg
 
 
 class CameraNode(Node):
@@ -100,11 +99,4 @@ class CameraNode(Node):
 
 
 def main(args=None) -> None:
-    with rclpy.init(args=args):
-        node = CameraNode()
-        try:
-            rclpy.spin(node)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            node.destroy_node()
+    spin_main(CameraNode, args)

@@ -1,4 +1,4 @@
-"""numpy <-> ROS message conversions and topic names, shared by the nodes."""
+"""numpy <-> ROS message conversions, topic names and the standard ``main``, shared by the nodes."""
 
 from __future__ import annotations
 
@@ -82,3 +82,19 @@ def join_state(per_arm: dict[str, np.ndarray]) -> np.ndarray:
         a[6] = units.gripper_m_to_normalised(a[6])
         parts.append(a)
     return np.concatenate(parts)
+
+
+def spin_main(node_cls, args=None, executor_cls=None) -> None:
+    """The ROS 2 demos' ``main``: rclpy.init as a context, spin, a clean exit on Ctrl-C."""
+    import rclpy
+
+    with rclpy.init(args=args):
+        node = node_cls()
+        executor = executor_cls() if executor_cls else rclpy.executors.SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+            pass
+        finally:
+            node.destroy_node()

@@ -11,7 +11,6 @@ takes ``joint_command``; ``~/estop`` and the global ``/estop`` topic call the SD
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
@@ -20,7 +19,7 @@ from std_srvs.srv import Trigger
 from pushcut.deploy.piper.driver import ArmFault, DriverConfig, PiperArm
 from pushcut.deploy.piper.safety import SafetyConfig
 
-from .conversions import arm_array, arm_state_msg
+from .conversions import spin_main, arm_array, arm_state_msg
 
 
 class PiperArmNode(LifecycleNode):
@@ -144,11 +143,4 @@ class PiperArmNode(LifecycleNode):
 
 
 def main(args=None) -> None:
-    with rclpy.init(args=args):
-        node = PiperArmNode()
-        try:
-            rclpy.spin(node)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            node.destroy_node()
+    spin_main(PiperArmNode, args)

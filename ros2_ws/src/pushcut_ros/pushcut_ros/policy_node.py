@@ -13,7 +13,6 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
@@ -24,7 +23,7 @@ from pushcut.deploy.bundle import check_compatible
 from pushcut.deploy.engine import Engine
 from pushcut.deploy.policy import ActionChunkBroker
 
-from .conversions import arm_array, camera_topic, image_array, join_state, joint_command_topic, joint_states_topic, split_action, stamp_to_s, arm_state_msg
+from .conversions import spin_main, arm_array, camera_topic, image_array, join_state, joint_command_topic, joint_states_topic, split_action, stamp_to_s, arm_state_msg
 
 
 class PolicyNode(Node):
@@ -154,13 +153,4 @@ class PolicyNode(Node):
 def main(args=None) -> None:
     from rclpy.executors import MultiThreadedExecutor
 
-    with rclpy.init(args=args):
-        node = PolicyNode()
-        executor = MultiThreadedExecutor()
-        executor.add_node(node)
-        try:
-            executor.spin()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            node.destroy_node()
+    spin_main(PolicyNode, args, MultiThreadedExecutor)

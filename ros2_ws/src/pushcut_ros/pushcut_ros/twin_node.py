@@ -13,7 +13,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import rclpy
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Int64
@@ -22,7 +21,7 @@ from pushcut.sim.config import EnvConfig
 from pushcut.sim.twin.env import TwinEnv
 from pushcut.spec import ARMS
 
-from .conversions import stamp_to_s, arm_array, arm_state_msg, camera_topic, image_msg, join_state, joint_command_topic, joint_states_topic, split_action
+from .conversions import spin_main, stamp_to_s, arm_array, arm_state_msg, camera_topic, image_msg, join_state, joint_command_topic, joint_states_topic, split_action
 
 
 class TwinNode(Node):
@@ -110,11 +109,4 @@ class TwinNode(Node):
 
 
 def main(args=None) -> None:
-    with rclpy.init(args=args):
-        node = TwinNode()
-        try:
-            rclpy.spin(node)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            node.destroy_node()
+    spin_main(TwinNode, args)
