@@ -1,0 +1,88 @@
+"""Launch files as far as this machine allows (no `launch` package on PyPI), and trial summaries."""
+
+import ast
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pushcut.ros import composition
+
+LAUNCH = Path(__file__).resolve().parents[2] / "ros2_ws/src/pushcut_ros/launch"
+
+
+def _launch_args(path: Path) -> dict:
+    tree = ast.parse(path.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and node.targets[0].id == "ARGS":
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{path.name} declares no ARGS")
+
+
+@pytest.mark.parametrize("name,fn", [("twin_eval.launch.py", composition.twin_eval),
+                                     ("robot_eval.launch.py", composition.robot_eval)])
+def test_launch_files_compile_and_use_the_shared_composition(name, fn):
+    path = LAUNCH / name
+    src = path.read_text()
+    compile(src, str(path), "exec")
+    assert "def generate_launch_description" in src and f"from pushcut_ros.composition import {fn.__name__}" in src
+    args = _launch_args(path)
+    assert {"task", "bundle", "num_trials", "log_dir"} <= set(args)
+    if fn is composition.robot_eval:
+        assert {"head_device", "left_wrist_device", "right_wrist_device", "left_can", "right_can", "sim"} <= set(args)
+        assert "LifecycleNode" in src and "TRANSITION_ACTIVATE" in src
+
+
+def test_package_installs_launch_and_params():
+    pkg = LAUNCH.parent
+    setup = (pkg / "setup.py").read_text()
+    assert 'glob("launch/*.launch.py")' in setup and 'glob("config/*.yaml")' in setup
+    xml = (pkg / "package.xml").read_text()
+    assert "<build_type>ament_python</build_type>" in xml
+    for script in ("camera_node", "policy_node", "twin_node", "trial_node", "piper_arm_node"):
+        assert f"{script} = pushcut_ros.{script}:main" in setup
+
+
+def test_compositions_name_real_nodes(bundle):
+    from pushcut.ros.runner import CLASSES
+
+    robot = composition.robot_eval("click_bell", str(bundle), {"head": "0", "left_wrist": "2", "right_wrist": "4"},
+                                   emulate=True)
+    assert {s.executable for s in robot} <= set(CLASSES)
+    arms = [s for s in robot if s.executable == "piper_arm_node"]
+    assert [(s.namespace, s.parameters["can_port"], s.lifecycle) for s in arms] == [
+        ("left", "can_left", True), ("right", "can_right", True)]
+    twin = composition.twin_eval("click_bell", str(bundle))
+    assert [s.executable for s in twin] == ["twin_node", "policy_node", "trial_node"]
+    assert twin[0].parameters["cameras"] == ["head"]  # the bundle's cameras, from its manifest
+    with pytest.raises(ValueError, match="unknown camera"):
+        composition.robot_eval("click_bell", str(bundle), {"belly": "0"})
+    # every node parameter in the compositions is one the node declares
+    for spec in robot + twin:
+        from pushcut.ros.runner import _node_class
+
+        src = inspect.getsource(_node_class(spec.executable))
+        for key in spec.parameters:
+            assert f'"{key}"' in src, (spec.executable, key)
+
+
+def test_trials_summary_command(tmp_path):
+    from pushcut.deploy.trials import TrialLog
+
+    log = TrialLog(tmp_path / "trials.jsonl")
+    for i, outcome in enumerate(["success", "failure", "success", "timeout"], 1):
+        log.append({"task": "click_bell", "trial": i, "outcome": outcome, "duration_s": 10.0})
+    log.append({"task": "stack_bowls_two", "trial": 1, "outcome": "success", "duration_s": 30.0})
+    out = subprocess.run([sys.executable, "-m", "pushcut.deploy.trials", "summary", str(log.path), "--wandb", "offline"],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    assert "click_bell" in out and "2/4" in out and "95% CI" in out and "stack_bowls_two" in out
+    assert (tmp_path / "trials.png").stat().st_size > 1000
+    assert any((tmp_path / "wandb").iterdir())
+    empty = tmp_path / "none.jsonl"
+    empty.write_text("")
+    r = subprocess.run([sys.executable, "-m", "pushcut.deploy.trials", "summary", str(empty)], capture_output=True, text=True)
+    assert r.returncode != 0 and "no finished trials" in r.stderr
+    json.dumps(log.read())
