@@ -92,3 +92,28 @@ def build_inputs(
     proprio = np.stack([proprio_norm.normalize(o[spec.PROPRIO]) for o in observations]).astype(np.float32)
     ids, mask = tokenizer.batch([o[spec.INSTRUCTION] for o in observations])
     return {"pixels": pixels, "proprio": proprio, "input_ids": ids, "text_mask": mask}
+
+
+class HFTokenizer:
+    """A checkpoint's own tokenizer files (e.g. OpenVLA's Llama tokenizer), same interface.
+
+    Needs ``transformers`` (no torch); bundles carry only the byte tokenizer so far.
+    """
+
+    kind = "hf"
+
+    def __init__(self, path: str, max_len: int = 64):
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.max_len = max_len
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+
+    def encode(self, text: str) -> np.ndarray:
+        ids = self.tok(PROMPT.format(task=text.lower().strip()))["input_ids"][: self.max_len]
+        return np.asarray(ids, dtype=np.int64)
+
+    batch = ByteTokenizer.batch
+
+    def to_json(self) -> str:
+        raise NotImplementedError("bundles carry the byte tokenizer only; export a policy trained with it")
