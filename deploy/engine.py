@@ -70,6 +70,8 @@ class Engine:
         self.providers = self.session.get_providers()
         if self.providers[0] != wanted[0]:
             log.warning("asked for %s, onnxruntime runs on %s", wanted[0], self.providers[0])
+        if variant == "fp16" and self.providers[0] == "CPUExecutionProvider":
+            log.warning("the fp16 model is meant for GPU providers; on CPU it is usually slower than fp32")
         self.variant = variant
         space = m["action_space"]
         self.action_dim, self.chunk_len, self.n_bins = space["dim"], space["chunk_len"], space["n_bins"]

@@ -3,7 +3,8 @@
 Parity is checked before the bundle is written: on real twin observations and on random inputs,
 onnxruntime's logits must lie within ``parity_atol`` of torch's (fp32) and the greedy actions
 must be identical; otherwise the export fails and says by how much. The optional dynamically
-quantised int8 model gets its own report (greedy agreement, logit error) instead of a gate.
+quantised int8 model and the fp16 model (for GPU providers) get their own reports (greedy
+agreement, logit error) instead of a gate.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class ExportConfig:
     parity_env_samples: int = 8
     parity_random_samples: int = 8
     int8: bool = True
+    fp16: bool = True  # model.fp16.onnx for GPU providers (inputs/outputs stay fp32)
     max_batch: int = 1024
     seed: int = 0
 
@@ -147,6 +149,18 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
         q = ort.InferenceSession(str(tmp / "model.int8.onnx"), providers=["CPUExecutionProvider"])
         parity["int8"] = compare(policy, q, obs)
         models["int8"] = "model.int8.onnx"
+    if cfg.fp16:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        half = convert_float_to_float16(onnx.load(str(tmp / "model.onnx")), keep_io_types=True)
+        onnx.save(half, str(tmp / "model.fp16.onnx"), save_as_external_data=half.ByteSize() > 1_500_000_000)
+        models["fp16"] = "model.fp16.onnx"
+        try:  # measured on CPU here; the variant is meant for CUDA/TensorRT
+            parity["fp16"] = compare(policy, ort.InferenceSession(str(tmp / "model.fp16.onnx"),
+                                                                  providers=["CPUExecutionProvider"]), obs)
+        except Exception as exc:  # an op without a CPU fp16 kernel: report, do not fail the export
+            parity["fp16"] = {"error": f"not measurable on CPU: {exc}"}
     (tmp / "tokenizer.json").write_text(tokenizer.to_json())
     manifest = {
         "models": models,

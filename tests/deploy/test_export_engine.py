@@ -93,13 +93,21 @@ def test_bundle_that_does_not_fit_the_robot_is_rejected(bundle):
         check_compatible(m, 14, ["cam_high", "cam_left"])
 
 
-def test_int8_variant_runs(bundle):
+def test_int8_and_fp16_variants(bundle):
     e = Engine(bundle, variant="int8", graph_optimization="basic", intra_op_threads=1)
     env = make_env(MICRO_ENV)
     assert e.infer(env.reset(1).as_dict()).shape == (10, 14)
     env.close()
-    with pytest.raises(BundleError, match="no 'fp16' model"):
-        Engine(bundle, variant="fp16")
+    half = Engine(bundle, variant="fp16")
+    m = load_manifest(bundle)
+    assert m["models"]["fp16"] == "model.fp16.onnx"
+    if "error" not in m["parity"]["fp16"]:
+        assert m["parity"]["fp16"]["greedy_agreement"] > 0.5
+        env = make_env(MICRO_ENV)
+        assert half.infer(env.reset(1).as_dict()).shape == (10, 14)
+        env.close()
+    with pytest.raises(BundleError, match="no 'bf16' model"):
+        Engine(bundle, variant="bf16")
 
 
 def test_sampling_decodes_within_bounds(bundle):
