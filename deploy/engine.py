@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from pushcut.deploy.bundle import BundleError, load_manifest
-from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer
+from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer, decode_chunks
 from pushcut.policy.preprocess import ByteTokenizer, build_inputs, proprio_normalizer
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,7 @@ class Engine:
         """Action chunks (B, chunk_len, action_dim), un-normalised, for a batch of observations."""
         t = self.temperature if temperature is None else temperature
         bins = self.decode(self.logits(observations), t)
-        norm = self.action_tokenizer.from_bins(bins).reshape(len(bins), self.chunk_len, self.action_dim)
-        chunks = self.action_norm.unnormalize(norm)
+        chunks = decode_chunks(bins, self.action_tokenizer, self.action_norm, self.chunk_len, self.action_dim)
         if not np.all(np.isfinite(chunks)):
             raise FloatingPointError("the model produced non-finite actions")
         return chunks

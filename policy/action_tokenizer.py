@@ -74,3 +74,10 @@ class ActionTokenizer:
 
     def from_token_ids(self, ids: np.ndarray) -> np.ndarray:
         return self.from_bins(np.asarray(ids) - (self.vocab_size - self.n_bins))
+
+
+def decode_chunks(bins: np.ndarray, tokenizer: ActionTokenizer, normalizer: Normalizer, chunk_len: int,
+                  action_dim: int) -> np.ndarray:
+    """Bin indices (B, chunk_len * action_dim), time-major -> action chunks (B, chunk_len, action_dim)."""
+    norm = tokenizer.from_bins(bins).reshape(len(bins), chunk_len, action_dim)
+    return normalizer.unnormalize(norm)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pushcut.policy import sampling
-from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer
+from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer, decode_chunks
 from pushcut.policy.modeling import VLAPolicy
 from pushcut.policy.preprocess import ByteTokenizer, build_inputs, proprio_normalizer
 
@@ -45,8 +45,7 @@ class TorchPolicy:
 
     def decode(self, bins: np.ndarray) -> np.ndarray:
         """Bin indices (B, A) -> un-normalised action chunks (B, chunk_len, action_dim)."""
-        norm = self.action_tokenizer.from_bins(bins).reshape(len(bins), self.cfg.chunk_len, self.cfg.action_dim)
-        return self.action_norm.unnormalize(norm)
+        return decode_chunks(bins, self.action_tokenizer, self.action_norm, self.cfg.chunk_len, self.cfg.action_dim)
 
     @torch.no_grad()
     def logits(self, observations: Sequence[Mapping]) -> torch.Tensor:

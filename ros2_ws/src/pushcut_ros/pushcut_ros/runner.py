@@ -44,8 +44,7 @@ def instantiate(spec: NodeSpec, context):
     kwargs = dict(context=context, parameter_overrides=params, namespace=spec.namespace or None)
     if spec.executable == "piper_arm_node":
         return cls(name=spec.name, **kwargs)
-    node = cls(**kwargs)
-    return node
+    return cls(**kwargs)
 
 
 def run(specs: list[NodeSpec], timeout_s: float = 600.0) -> dict:
