@@ -18,23 +18,29 @@ from pushcut.sim.config import EnvConfig
 from pushcut.sim.twin.env import TwinEnv
 
 
-def _latency(fn, n: int) -> dict:
-    for _ in range(5):
-        fn()
-    ms = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ms.append(1000 * (time.perf_counter() - t0))
-    return percentiles(ms)
+def _latencies(fns: dict, n: int, block: int = 25, warm: int = 5) -> dict:
+    """Batch-1 latency of each callable, measured in alternating blocks.
+
+    This machine's speed drifts by tens of percent over minutes, so the contenders take turns
+    (``block`` calls each, the first ``warm`` of a block discarded: torch's and onnxruntime's
+    thread pools spin for a while after their last op and would slow the other one down).
+    """
+    ms: dict[str, list[float]] = {name: [] for name in fns}
+    while min(len(v) for v in ms.values()) < n:
+        for name, fn in fns.items():
+            for i in range(block):
+                t0 = time.perf_counter()
+                fn()
+                if i >= warm:
+                    ms[name].append(1000 * (time.perf_counter() - t0))
+    return {name: percentiles(v[:n]) for name, v in ms.items()}
 
 
 def main() -> None:
     torch.set_num_threads(2)
     ckpt = sft_checkpoint(50, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500))
     bundle = CACHE / "bundle_50demos"
-    if not (bundle / "manifest.json").exists():
-        export(ExportConfig(env=EnvConfig(task="click_bell"), checkpoint=str(ckpt), out_dir=str(bundle)))
+    export(ExportConfig(env=EnvConfig(task="click_bell"), checkpoint=str(ckpt), out_dir=str(bundle)))
     env = TwinEnv(EnvConfig(task="click_bell"))
     obs = env.reset(0).as_dict()
     env.close()
@@ -42,10 +48,14 @@ def main() -> None:
     torch_policy = TorchPolicy.from_checkpoint(ckpt)
     fp32 = Engine(bundle, intra_op_threads=2)
     int8 = Engine(bundle, variant="int8", intra_op_threads=2)
+    lat = _latencies({"torch": lambda: torch_policy.infer(obs), "fp32": lambda: fp32.infer(obs),
+                      "int8": lambda: int8.infer(obs)}, n)
     out = {
-        "torch_eager_ms": _latency(lambda: torch_policy.infer(obs), n),
-        "onnx_fp32_ms": _latency(lambda: fp32.infer(obs), n),
-        "onnx_int8_ms": _latency(lambda: int8.infer(obs), n),
+        "torch_eager_ms": lat["torch"],
+        "onnx_fp32_ms": lat["fp32"],
+        "onnx_int8_ms": lat["int8"],
+        "method": "observation -> action chunk (pre-processing, forward, decoding), batch 1, 2 threads each; "
+        "alternating blocks of 25 calls, first 5 of each block discarded",
         "providers": fp32.providers,
     }
     out["speedup_fp32_p50"] = out["torch_eager_ms"]["p50"] / out["onnx_fp32_ms"]["p50"]

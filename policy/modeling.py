@@ -54,6 +54,8 @@ class VLAPolicy(nn.Module):
         self.cfg = cfg
         d = cfg.llm.hidden_size
         self.vision = SiglipVisionModel(siglip_config(cfg))
+        # OFT reads patch features; SigLIP's attention-pooling head is kept (checkpoint keys) but not run.
+        self.vision.use_head = False
         self.projector = nn.Sequential(nn.Linear(cfg.vision.hidden_size, d), nn.GELU(), nn.Linear(d, d))
         self.camera_embed = nn.Parameter(torch.zeros(len(cfg.cameras), 1, d))
         self.proprio_proj = (
@@ -91,6 +93,10 @@ class VLAPolicy(nn.Module):
             ],
             dim=1,
         )  # (B, S)
-        attn = keys[:, None, None, :].expand(b, 1, x.shape[1], x.shape[1])  # bidirectional
+        # Bidirectional: an additive (B, 1, 1, S) mask that broadcasts over queries. No row is fully
+        # masked (the prefix is always visible), so it equals the boolean mask exactly, and the
+        # exported graph needs no Where/IsNaN over (S, S) scores.
+        attn = torch.zeros(keys.shape, dtype=x.dtype, device=x.device).masked_fill(~keys, torch.finfo(x.dtype).min)
+        attn = attn[:, None, None, :]
         h = self.llm(inputs_embeds=x, attention_mask=attn).last_hidden_state[:, -n_act:]  # (B, A, D)
         return F.linear(h, self.lm_head.weight[-self.cfg.n_bins :])  # (B, A, n_bins)
