@@ -35,6 +35,7 @@ class SFTConfig:
     demos_dir: str = "demos"
     demos_per_task: int = 50
     tasks: tuple[str, ...] | None = None
+    norm_bounds: Literal["robot", "demos"] = "robot"
     steps: int = 1500
     batch_size: int = 32
     lr: float = 3e-4

@@ -23,6 +23,7 @@ from pushcut.policy.config import PolicyConfig
 from pushcut.policy.modeling import VLAPolicy
 from pushcut.policy.preprocess import ByteTokenizer, build_inputs, proprio_normalizer
 from pushcut.sim import demos
+from pushcut.sim.registry import robot_bounds
 from pushcut.training.config import SFTConfig
 from pushcut.training.run_log import RunLogger, plot_curves
 
@@ -53,11 +54,25 @@ def chunk_targets(actions: np.ndarray, start: int, chunk_len: int) -> np.ndarray
     return chunk
 
 
-def build_dataset(policy_cfg: PolicyConfig, sets: list[demos.DemoSet]):
-    """Model inputs and target bins for every stored observation; plus the norm stats used."""
+def norm_statistics(sets: list[demos.DemoSet], bounds: dict | None = None) -> dict:
+    """Normalisation statistics of the demos; ``bounds`` (``sim.registry.robot_bounds``) replace
+    their min/max and q01/q99 where given.
+
+    With a handful of demos the demos' own bounds are the trap: one click_bell demo moves one arm,
+    so the other arm's bounds coincide (it can never move) and the moving arm is confined to that
+    one trajectory's box, which no amount of RL can leave. The robot's limits do not have that
+    problem, at the cost of coarser bins than a large dataset's own bounds.
+    """
     acts = np.concatenate([e["actions"] for s in sets for e in s.episodes])
     props = np.concatenate([e["obs_proprio"] for s in sets for e in s.episodes])
-    norm_stats = {"action": demos.array_stats(acts), "proprio": demos.array_stats(props)}
+    stats = {"action": demos.array_stats(acts), "proprio": demos.array_stats(props)}
+    for key, (lo, hi) in (bounds or {}).items():
+        stats[key] |= {"min": list(lo), "max": list(hi), "q01": list(lo), "q99": list(hi)}
+    return stats
+
+
+def build_dataset(policy_cfg: PolicyConfig, sets: list[demos.DemoSet], norm_stats: dict):
+    """Model inputs and target bins for every stored observation, normalised with ``norm_stats``."""
     action_norm = Normalizer(norm_stats["action"], policy_cfg.normalization, policy_cfg.action_dim)
     tok = ActionTokenizer(policy_cfg.n_bins, policy_cfg.llm.vocab_size)
     text = ByteTokenizer(max_len=policy_cfg.max_prompt_len)
@@ -94,7 +109,9 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
     for task in cfg.task_list:
         folder = ensure_demos(cfg, task)
         sets.append(demos.load(folder, max_episodes=cfg.demos_per_task))
-    data, norm_stats, text_tok = build_dataset(cfg.policy, sets)
+    bounds = robot_bounds(cfg.env) if cfg.norm_bounds == "robot" else None
+    norm_stats = norm_statistics(sets, bounds)
+    data, norm_stats, text_tok = build_dataset(cfg.policy, sets, norm_stats)
     n = len(data["bins"])
     model = VLAPolicy(cfg.policy)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
