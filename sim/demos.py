@@ -1,6 +1,6 @@
 """Expert demonstrations: recording (``pushcut-demos``), the on-disk format, and loading.
 
-Format (version 1), one folder per task::
+Format (version 1), one folder per task (a twin task, or ``<suite>_task<k>`` for one LIBERO task)::
 
     <out_dir>/<task>/meta.json          format, version, task, instruction, env config,
                                         chunk_len, cameras, episode list, action/proprio stats
@@ -14,7 +14,8 @@ An observation is stored where each executed chunk starts (the moments a chunked
 queried). To give a chunked policy more than a couple of states per demo, the recorded action
 stream is replayed from the same seed with the chunk boundaries shifted by each of
 ``obs_offsets`` steps, and the observations at those boundaries are kept too (the smoothing then
-differs slightly, a realistic perturbation); ``obs_steps`` is sorted. Only successful episodes are kept. Statistics are per action dimension (min, max,
+differs slightly, a realistic perturbation); ``obs_steps`` is sorted. LIBERO steps one action
+at a time, so its shifted chunk starts are taken from the one run. Only successful episodes are kept. Statistics are per action dimension (min, max,
 q01, q99, mean, std) over all kept actions. Files are written atomically; npz is read with
 ``allow_pickle=False``.
 """
@@ -43,13 +44,29 @@ class DemosConfig:
     chunk_len: int = 25
     obs_offsets: tuple[int, ...] = (5, 10, 15, 20)  # extra replays with shifted chunk boundaries
     out_dir: str = "demos"
+    max_attempts: int = 1000  # seeds to try before giving up on an expert that keeps failing
 
     def __post_init__(self) -> None:
         require(all(0 < o < self.chunk_len for o in self.obs_offsets), "obs_offsets must lie in (0, chunk_len)")
         require(self.num_episodes > 0, "num_episodes must be > 0")
         require(self.seed_start >= 0, "seed_start must be >= 0")
         require(self.chunk_len > 0, "chunk_len must be > 0")
-        require(self.env.kind == "twin", "demos are recorded on the twin (scripted experts)")
+        require(self.env.kind == "twin" or len(self.env.task_ids) == 1,
+                "LIBERO demos are recorded one task at a time: give env.task_ids a single id")
+
+
+def folder_name(env: EnvConfig) -> str:
+    """A task's demo folder under ``out_dir``: the twin task, or ``<suite>_task<k>`` for LIBERO."""
+    return env.task if env.kind == "twin" else f"{env.task}_task{env.task_ids[0]}"
+
+
+def task_envs(env: EnvConfig, tasks: tuple[str, ...] | None = None) -> list[EnvConfig]:
+    """One env config per demo folder: each twin task of ``tasks``, or each id of a LIBERO suite."""
+    from dataclasses import replace
+
+    if env.kind == "twin":
+        return [replace(env, task=t) for t in (tasks or (env.task,))]
+    return [replace(env, task_ids=(k,)) for k in env.task_ids]
 
 
 def array_stats(x: np.ndarray) -> dict[str, list[float]]:
@@ -93,39 +110,64 @@ def _replay(env, seed: int, actions: np.ndarray, offset: int, chunk_len: int, st
         start += chunk_len
 
 
+def _twin_episode(env, seed: int, cfg: DemosConfig):
+    """The expert's actions and the observations at every chunk start (plus shifted replays)."""
+    from pushcut.sim.expert import run_expert
+
+    frames: list = []
+    actions: list = []
+    steps: list = []
+
+    def on_chunk(obs, chunk):
+        steps.append(sum(len(a) for a in actions))
+        frames.append(obs)
+        actions.append(chunk)
+
+    if not run_expert(env, seed, cfg.chunk_len, on_chunk=on_chunk):
+        return None
+    acts = np.concatenate(actions).astype(np.float32)
+    for offset in cfg.obs_offsets:
+        _replay(env, seed, acts, offset, cfg.chunk_len, steps, frames)
+    return acts, steps, frames
+
+
+def _libero_episode(env, seed: int, cfg: DemosConfig):
+    """LIBERO steps one action at a time, so the shifted chunk starts need no replay."""
+    from pushcut.sim.libero_expert import run_libero_expert
+
+    frames: list = []
+    actions: list = []
+    if not run_libero_expert(env, seed, on_step=lambda obs, a: (frames.append(obs), actions.append(a))):
+        return None
+    keep = sorted({t for o in (0, *cfg.obs_offsets) for t in range(o, len(actions), cfg.chunk_len)})
+    return np.stack(actions).astype(np.float32), keep, [frames[t] for t in keep]
+
+
 def record(cfg: DemosConfig, progress: bool = True) -> Path:
     """Record ``cfg.num_episodes`` successful expert episodes; return the task's folder."""
     from tqdm import tqdm
 
-    from pushcut.sim.expert import run_expert
-    from pushcut.sim.twin.env import TwinEnv
+    from pushcut.sim.registry import make_env
 
-    out = Path(cfg.out_dir) / cfg.env.task
+    out = Path(cfg.out_dir) / folder_name(cfg.env)
     out.mkdir(parents=True, exist_ok=True)
-    env = TwinEnv(cfg.env)
+    env = make_env(cfg.env)
+    run_episode = _twin_episode if cfg.env.kind == "twin" else _libero_episode
     episodes, all_actions, all_proprio, failures = [], [], [], []
     seed = cfg.seed_start
-    bar = tqdm(total=cfg.num_episodes, desc=f"demos {cfg.env.task}", disable=not progress)
+    bar = tqdm(total=cfg.num_episodes, desc=f"demos {folder_name(cfg.env)}", disable=not progress)
     try:
         while len(episodes) < cfg.num_episodes:
-            frames: list = []
-            actions: list = []
-            steps: list = []
-
-            def on_chunk(obs, chunk):
-                steps.append(sum(len(a) for a in actions))
-                frames.append(obs)
-                actions.append(chunk)
-
-            ok = run_expert(env, seed, cfg.chunk_len, on_chunk=on_chunk)
-            if ok:
-                name = f"episode_{len(episodes):05d}.npz"
-                acts = np.concatenate(actions).astype(np.float32)
-                for offset in cfg.obs_offsets:
-                    _replay(env, seed, acts, offset, cfg.chunk_len, steps, frames)
+            if seed - cfg.seed_start >= cfg.max_attempts:
+                raise RuntimeError(f"the expert succeeded on {len(episodes)} of {cfg.max_attempts} seeds "
+                                   f"of {folder_name(cfg.env)}; {cfg.num_episodes} were asked for")
+            episode = run_episode(env, seed, cfg)
+            if episode is not None:
+                acts, steps, frames = episode
                 order = np.argsort(steps, kind="stable")
                 steps = [steps[i] for i in order]
                 frames = [frames[i] for i in order]
+                name = f"episode_{len(episodes):05d}.npz"
                 _save_npz_atomic(
                     out / name,
                     actions=acts,
@@ -147,7 +189,7 @@ def record(cfg: DemosConfig, progress: bool = True) -> Path:
     meta = {
         "format": DEMO_FORMAT,
         "version": DEMO_VERSION,
-        "task": cfg.env.task,
+        "task": folder_name(cfg.env),
         "instruction": env.instruction,
         "env": to_dict(cfg.env),
         "chunk_len": cfg.chunk_len,

@@ -53,11 +53,9 @@ class SFTConfig:
         require(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
         require(self.lr > 0, "lr must be > 0")
         require(self.eval_episodes >= 0 and self.num_envs >= 1, "eval_episodes >= 0 and num_envs >= 1")
+        require(self.tasks is None or self.env.kind == "twin",
+                "tasks lists twin tasks; a LIBERO suite trains on its env.task_ids")
         check_policy_fits_env(self.policy, self.env)
-
-    @property
-    def task_list(self) -> tuple[str, ...]:
-        return self.tasks or (self.env.task,)
 
 
 @dataclass(frozen=True, kw_only=True)

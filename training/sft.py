@@ -28,9 +28,9 @@ from pushcut.training.config import SFTConfig
 from pushcut.training.run_log import RunLogger, plot_curves
 
 
-def ensure_demos(cfg: SFTConfig, task: str) -> Path:
+def ensure_demos(cfg: SFTConfig, env_cfg) -> Path:
     """The task's demo folder, recorded with the scripted expert if it lacks enough episodes."""
-    folder = Path(cfg.demos_dir) / task
+    folder = Path(cfg.demos_dir) / demos.folder_name(env_cfg)
     meta = folder / "meta.json"
     if meta.exists():
         try:
@@ -38,8 +38,7 @@ def ensure_demos(cfg: SFTConfig, task: str) -> Path:
                 return folder
         except ValueError:
             pass
-    env_cfg = cfg.env if cfg.env.task == task else type(cfg.env)(**{**cfg.env.__dict__, "task": task})
-    every = max(1, cfg.policy.chunk_len // 5)  # four replays with shifted chunk boundaries
+    every = max(1, cfg.policy.chunk_len // 5)  # four more observations per chunk, shifted
     return demos.record(
         demos.DemosConfig(env=env_cfg, num_episodes=cfg.demos_per_task, chunk_len=cfg.policy.chunk_len,
                           obs_offsets=tuple(range(every, cfg.policy.chunk_len, every))[:4], out_dir=cfg.demos_dir)
@@ -105,10 +104,8 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
     """Train and write ``<run_dir>/checkpoint``; returns its path."""
     run_dir = Path(run_dir)
     torch.manual_seed(cfg.seed)
-    sets = []
-    for task in cfg.task_list:
-        folder = ensure_demos(cfg, task)
-        sets.append(demos.load(folder, max_episodes=cfg.demos_per_task))
+    sets = [demos.load(ensure_demos(cfg, env), max_episodes=cfg.demos_per_task)
+            for env in demos.task_envs(cfg.env, cfg.tasks)]
     bounds = robot_bounds(cfg.env) if cfg.norm_bounds == "robot" else None
     norm_stats = norm_statistics(sets, bounds)
     data, norm_stats, text_tok = build_dataset(cfg.policy, sets, norm_stats)
@@ -117,7 +114,7 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     logger = RunLogger(run_dir, cfg, cfg.wandb, job="sft")
     gen = torch.Generator().manual_seed(cfg.seed)
-    bar = tqdm(range(cfg.steps), desc=f"sft {'+'.join(cfg.task_list)} ({n} samples)", disable=not progress)
+    bar = tqdm(range(cfg.steps), desc=f"sft {'+'.join(s.meta['task'] for s in sets)} ({n} samples)", disable=not progress)
     model.train()
     for step in bar:
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
@@ -139,7 +136,7 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc.item():.2f}")
     model.eval()
     ckpt = checkpoint.save(run_dir / "checkpoint", model, norm_stats, text_tok, run_config=to_dict(cfg),
-                           extra={"job": "sft", "tasks": list(cfg.task_list), "demos_per_task": cfg.demos_per_task,
+                           extra={"job": "sft", "tasks": [s.meta["task"] for s in sets], "demos_per_task": cfg.demos_per_task,
                                   "samples": n, "steps": cfg.steps})
     plot_curves(logger.path, ["loss", "token_acc", "bin_err"], run_dir / "sft_curve.png", "SFT")
     if cfg.eval_episodes:
