@@ -53,14 +53,18 @@ def save(
     run_config: dict | None = None,
     extra: dict | None = None,
     extra_tensors: dict[str, torch.Tensor] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically; ``extra_tensors`` (e.g. optimizer state) go beside the weights."""
+    """Write a checkpoint atomically; ``extra_tensors`` (e.g. optimizer state) go beside the weights.
+
+    ``weights`` replaces ``model.state_dict()`` where the model is sharded (FSDP's full state dict).
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
     save_file(state, tmp / "model.safetensors")
     if extra_tensors:
         save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()}, tmp / "extra.safetensors")

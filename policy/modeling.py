@@ -56,6 +56,7 @@ class VLAPolicy(nn.Module):
         self.vision = SiglipVisionModel(siglip_config(cfg))
         # OFT reads patch features; SigLIP's attention-pooling head is kept (checkpoint keys) but not run.
         self.vision.use_head = False
+        self.vision.head.requires_grad_(False)
         self.projector = nn.Sequential(nn.Linear(cfg.vision.hidden_size, d), nn.GELU(), nn.Linear(d, d))
         self.camera_embed = nn.Parameter(torch.zeros(len(cfg.cameras), 1, d))
         self.proprio_proj = (

@@ -44,7 +44,7 @@ class DemosConfig:
     chunk_len: int = 25
     obs_offsets: tuple[int, ...] = (5, 10, 15, 20)  # extra replays with shifted chunk boundaries
     out_dir: str = "demos"
-    max_attempts: int = 1000  # seeds to try before giving up on an expert that keeps failing
+    max_attempts: int | None = None  # seeds to try before giving up (None: 2 * num_episodes + 10)
 
     def __post_init__(self) -> None:
         require(all(0 < o < self.chunk_len for o in self.obs_offsets), "obs_offsets must lie in (0, chunk_len)")
@@ -157,9 +157,10 @@ def record(cfg: DemosConfig, progress: bool = True) -> Path:
     seed = cfg.seed_start
     bar = tqdm(total=cfg.num_episodes, desc=f"demos {folder_name(cfg.env)}", disable=not progress)
     try:
+        attempts = cfg.max_attempts or 2 * cfg.num_episodes + 10
         while len(episodes) < cfg.num_episodes:
-            if seed - cfg.seed_start >= cfg.max_attempts:
-                raise RuntimeError(f"the expert succeeded on {len(episodes)} of {cfg.max_attempts} seeds "
+            if seed - cfg.seed_start >= attempts:
+                raise RuntimeError(f"the expert succeeded on {len(episodes)} of {attempts} seeds "
                                    f"of {folder_name(cfg.env)}; {cfg.num_episodes} were asked for")
             episode = run_episode(env, seed, cfg)
             if episode is not None:

@@ -90,6 +90,7 @@ class LearnerConfig:
     backend: Literal["gloo", "nccl"] = "gloo"  # torch.distributed backend when launched by torchrun
     device: str = "cpu"
     threads: int = 2
+    fsdp: bool = False  # shard weights, gradients and optimizer state over the ranks (FSDP2); for 7B
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,10 @@ Per iteration (reads top to bottom, quantities named as in the paper and all log
 
 The learner runs under torch.distributed when launched by torchrun (gloo on CPU, nccl on GPU):
 every rank gets the same batch, computes its shard, and gradients are summed across ranks, so
-any world size gives the update of one process on the whole batch.
+any world size gives the update of one process on the whole batch. With ``learner.fsdp`` the
+weights, gradients and optimizer state are sharded too (FSDP2 ``fully_shard`` per transformer
+layer), which the 7B preset needs; rank 0 gathers the full weights for the rollout workers and
+the checkpoint.
 """
 
 from __future__ import annotations
@@ -125,22 +128,26 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
            gen: torch.Generator) -> dict[str, float]:
     """One pass over ``batch`` in ``cfg.mini_batches`` optimiser steps; returns mean metrics."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    sharded = is_sharded(model)
     n = len(batch["bins"])
     order = torch.randperm(n, generator=gen).numpy()
     metrics: dict[str, list[float]] = {}
     model.train()
     for mb in np.array_split(order, cfg.mini_batches):
+        if len(mb) == 0:  # fewer chunks than mini-batches (the same on every rank)
+            continue
         mine = mb[rank::world]  # this rank's shard of the mini-batch
         opt.zero_grad(set_to_none=True)
-        if len(mine):
-            inputs = policy.inputs([batch["obs"][i] for i in mine])
+        if len(mine) or sharded:  # FSDP's collectives need every rank in forward and backward
+            rows = mine if len(mine) else mb[:1]
+            inputs = policy.inputs([batch["obs"][i] for i in rows])
             logits = model(**inputs)  # (n, A, n_bins)
-            bins = torch.from_numpy(np.stack([batch["bins"][i] for i in mine]))
+            bins = torch.from_numpy(np.stack([batch["bins"][i] for i in rows]))
             logp = sampling.token_log_probs(logits, bins, cfg.temperature)  # (n, A)
-            old = torch.from_numpy(np.stack([batch["logp"][i] for i in mine]))
-            mask = torch.from_numpy(np.stack([batch["mask"][i] for i in mine]))
-            adv = torch.tensor([batch["adv"][i] for i in mine], dtype=torch.float32)
-            traj_tokens = torch.tensor([batch["traj_tokens"][i] for i in mine], dtype=torch.float32)
+            old = torch.from_numpy(np.stack([batch["logp"][i] for i in rows]))
+            mask = torch.from_numpy(np.stack([batch["mask"][i] for i in rows]))
+            adv = torch.tensor([batch["adv"][i] for i in rows], dtype=torch.float32)
+            traj_tokens = torch.tensor([batch["traj_tokens"][i] for i in rows], dtype=torch.float32)
             pg_loss, stats = ppo_clip_loss(logp, old, adv, mask, traj_tokens, n_traj,
                                            cfg.clip_ratio_low, cfg.clip_ratio_high)
             weight = mask.float() / traj_tokens[:, None].clamp(min=1) / n_traj
@@ -152,65 +159,122 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
                 kl = kl_k3(logp, ref_logp)
                 loss = loss + cfg.kl_coef * (kl * weight).sum()
                 stats["kl_ref"] = (kl * mask).sum() / mask.sum().clamp(min=1)
-            loss.backward()
-            stats.update(pg_loss=pg_loss, entropy=(ent * mask).sum() / mask.sum().clamp(min=1))
-            for k, v in stats.items():
-                metrics.setdefault(k, []).append(float(v.detach()))
+            # shard losses add up to the batch's; FSDP averages gradients over ranks, so scale back
+            (loss * (world if sharded else 1) * (1 if len(mine) else 0)).backward()
+            if len(mine):
+                stats.update(pg_loss=pg_loss, entropy=(ent * mask).sum() / mask.sum().clamp(min=1))
+                for k, v in stats.items():
+                    metrics.setdefault(k, []).append(float(v.detach()))
         else:  # a rank with no rows still joins the all-reduce with zero gradients
             for p in model.parameters():
                 p.grad = torch.zeros_like(p)
-        if world > 1:
+        if world > 1 and not sharded:
             for p in model.parameters():
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         metrics.setdefault("grad_norm", []).append(float(grad_norm))
         opt.step()
     model.eval()
     return {k: float(np.mean(v)) for k, v in metrics.items()}
 
 
+# --- the learner's weights: replicated (gradients summed) or sharded with FSDP2 ------------------
+def shard(model: torch.nn.Module, device: str) -> None:
+    """FSDP2: each vision and language transformer layer, then the rest, sharded over the ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if not dist.is_initialized():
+        raise RuntimeError("learner.fsdp needs torch.distributed: launch with torchrun (see the README)")
+    mesh = init_device_mesh(torch.device(device).type, (dist.get_world_size(),))
+    for layer in (*model.vision.encoder.layers, *model.llm.layers):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights. Under FSDP a collective: every rank calls it, rank 0 gets them."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options())
+
+
 # --- checkpoint and resume ----------------------------------------------------------------------
-def _opt_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    out = {}
-    for i, st in opt.state_dict()["state"].items():
-        for k, v in st.items():
-            out[f"opt.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-    return out
+def _opt_tensors(model, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """AdamW's state keyed ``opt.<parameter name>.<field>`` (full, gathered on rank 0 under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    sd = get_optimizer_state_dict(model, opt, options=_full_options())
+    return {f"opt.{fqn}.{k}": v if torch.is_tensor(v) else torch.tensor(v)
+            for fqn, st in sd.get("state", {}).items() for k, v in st.items()}  # empty off rank 0
 
 
-def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    sd = opt.state_dict()
-    state: dict[int, dict] = {}
+def _load_opt(model, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state: dict[str, dict] = {}
     for key, v in tensors.items():
         if key.startswith("opt."):
-            _, i, name = key.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
-    sd["state"] = state
-    opt.load_state_dict(sd)
+            fqn, name = key[len("opt."):].rsplit(".", 1)
+            state.setdefault(fqn, {})[name] = v
+    names = {n for n, _ in model.named_parameters()}
+    if set(state) - names:
+        raise checkpoint.CheckpointError(f"optimizer state names parameters this model lacks: {sorted(set(state) - names)[:3]}")
+    # the fresh optimizer's groups (by parameter name), on every rank
+    groups = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True))["param_groups"]
+    set_optimizer_state_dict(model, opt, {"state": state, "param_groups": groups},
+                             options=StateDictOptions(full_state_dict=True))
 
 
-def save_state(run_dir: Path, model, opt, policy: TorchPolicy, cfg: TrainConfig, state: dict, gen: torch.Generator):
-    extra = _opt_tensors(opt)
+def save_state(run_dir: Path, model, opt, policy: TorchPolicy, cfg: TrainConfig, state: dict, gen: torch.Generator,
+               weights: dict[str, torch.Tensor]):
+    """Every rank calls this (gathering is collective under FSDP); rank 0 writes."""
+    extra = _opt_tensors(model, opt)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
     extra["rng.torch"] = torch.get_rng_state()
     extra["rng.update"] = gen.get_state()
-    checkpoint.save(run_dir / "checkpoint", model, policy.norm_stats, policy.tokenizer,
-                    run_config=to_dict(cfg), extra={"job": "grpo", "trainer": state}, extra_tensors=extra)
+    checkpoint.save(run_dir / "checkpoint", model, policy.norm_stats, policy.tokenizer, run_config=to_dict(cfg),
+                    extra={"job": "grpo", "trainer": state}, extra_tensors=extra, weights=weights)
 
 
-def load_state(run_dir: Path, model, opt, gen: torch.Generator) -> dict:
+def load_weights(run_dir: Path, model) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Resume, part 1 (before sharding): the weights; returns the trainer state and the extras."""
     ckpt = run_dir / "checkpoint"
     meta = checkpoint.read_meta(ckpt)
     if meta.get("job") != "grpo":
         raise checkpoint.CheckpointError(f"{ckpt} is not a GRPO checkpoint (job {meta.get('job')!r})")
     loaded, _, _, _, _ = checkpoint.load(ckpt, expected=model.cfg)
     model.load_state_dict(loaded.state_dict())
-    extra = checkpoint.load_extra(ckpt)
-    _load_opt(opt, extra)
+    return meta["trainer"], checkpoint.load_extra(ckpt)
+
+
+def load_optimizer_and_rng(model, opt, gen: torch.Generator, extra: dict[str, torch.Tensor]) -> None:
+    """Resume, part 2 (after the optimizer exists): AdamW's state and the RNGs."""
+    _load_opt(model, opt, extra)
     torch.set_rng_state(extra["rng.torch"])
     gen.set_state(extra["rng.update"])
-    return meta["trainer"]
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -271,13 +335,17 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     if cfg.kl_coef > 0:
         ref_model, *_ = checkpoint.load(cfg.init_checkpoint)
         ref_model.eval().requires_grad_(False)
-    policy = TorchPolicy(model, norm_stats, tokenizer)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     resume = (run_dir / "checkpoint" / "meta.json").exists()
     state = {"iteration": 0, "next_group": 0, "wall_s": 0.0, "env_steps": 0}
     if resume:
-        state = load_state(run_dir, model, opt, gen)
+        state, extra = load_weights(run_dir, model)
+    if cfg.learner.fsdp:
+        shard(model, cfg.learner.device)
+    policy = TorchPolicy(model, norm_stats, tokenizer)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if resume:
+        load_optimizer_and_rng(model, opt, gen, extra)
     is_main = rank == 0
     if resume and is_main:  # rows logged after the last checkpoint are redone: drop them
         keep = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] <= state["iteration"]]
@@ -286,8 +354,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     pool = WorkerPool(cfg.rollout, cfg.env, cfg.policy, norm_stats, tokenizer.to_json()) if is_main else None
     bar = tqdm(total=cfg.iterations, initial=state["iteration"], desc="grpo", disable=not (progress and is_main))
     try:
+        weights = full_weights(model)  # collective under FSDP: every rank takes part
         if is_main and state["iteration"] == 0 and cfg.eval_every and cfg.eval_episodes:
-            pool.set_weights(model)
+            pool.set_weights(weights)
             logger.log({"eval_success": evaluate(pool, cfg)}, 0)
         while state["iteration"] < cfg.iterations:
             if cfg.time_budget_s is not None and state["wall_s"] >= cfg.time_budget_s:
@@ -296,7 +365,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
             # 1-2. rollouts with dynamic sampling (rank 0), shared with every learner rank
             payload = [None]
             if is_main:
-                pool.set_weights(model)
+                pool.set_weights(weights)
                 t0 = time.perf_counter()
                 kept, info = collect(pool, cfg, state)
                 info["rollout_s"] = time.perf_counter() - t0
@@ -314,6 +383,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
             t0 = time.perf_counter()
             metrics = update(model, ref_model, opt, policy, batch, len(kept), cfg, gen) if kept else {}
             metrics["update_s"] = time.perf_counter() - t0
+            weights = full_weights(model)
             state["iteration"] += 1
             it = state["iteration"]
             if is_main:
@@ -330,19 +400,23 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                 )
                 # 5. evaluation
                 if cfg.eval_every and cfg.eval_episodes and it % cfg.eval_every == 0:
-                    pool.set_weights(model)
+                    pool.set_weights(weights)
                     metrics["eval_success"] = evaluate(pool, cfg)
                 logger.log(metrics, it)
                 bar.update(1)
                 bar.set_postfix(reward=f"{info['reward']:.2f}", kept=info["kept_groups"],
                                 eval=f"{metrics.get('eval_success', float('nan')):.2f}")
-                # 6. checkpoint
-                if it % cfg.save_every == 0 or it == cfg.iterations:
-                    save_state(run_dir, model, opt, policy, cfg, state, gen)
+            if world > 1:  # every rank needs rank 0's counters (wall time budget, env steps)
+                payload = [state]
+                dist.broadcast_object_list(payload, src=0)
+                state = payload[0]
+            # 6. checkpoint
+            if it % cfg.save_every == 0 or it == cfg.iterations:
+                save_state(run_dir, model, opt, policy, cfg, state, gen, weights)
             if world > 1:
                 dist.barrier()
+        save_state(run_dir, model, opt, policy, cfg, state, gen, weights)
         if is_main:
-            save_state(run_dir, model, opt, policy, cfg, state, gen)
             plot_curves(logger.path, ["eval_success", "reward", "kept_groups", "clipfrac", "approx_kl", "entropy"],
                         run_dir / "learning_curve.png", "GRPO")
     finally:

@@ -151,8 +151,9 @@ class WorkerPool:
             return ray.get([getattr(w, method).remote(*a) for w, a in zip(self.workers, per_worker_args)])
         return [getattr(w, method)(*a) for w, a in zip(self.workers, per_worker_args)]
 
-    def set_weights(self, model: torch.nn.Module) -> None:
-        state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    def set_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Send the learner's (full) weights to every worker."""
+        state = {k: v.detach().cpu().numpy() for k, v in weights.items()}
         if self.backend == "ray":
             import ray
 

@@ -40,7 +40,7 @@ def _batch(ckpt, n_chunks=6, seed=0):
     return trajs, grpo.flatten(trajs, adv)
 
 
-def _ddp_worker(rank, world, ckpt, port, out):
+def _ddp_worker(rank, world, ckpt, port, out, fsdp=False):
     import torch.distributed as dist
 
     from pushcut.policy.inference import TorchPolicy
@@ -52,27 +52,66 @@ def _ddp_worker(rank, world, ckpt, port, out):
     trajs, batch = _batch(ckpt)
     model, stats, tok, _, _ = checkpoint.load(ckpt)
     cfg = _train_cfg(ckpt)
+    if fsdp:
+        grpo.shard(model, "cpu")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    grpo.update(model, None, opt, TorchPolicy(model, stats, tok), batch, len(trajs), cfg, torch.Generator().manual_seed(0))
-    if rank == 0:
-        torch.save({k: v.clone() for k, v in model.state_dict().items()}, out)
+    metrics = grpo.update(model, None, opt, TorchPolicy(model, stats, tok), batch, len(trajs), cfg,
+                          torch.Generator().manual_seed(0))
+    weights = grpo.full_weights(model)
+    if rank == 0:  # Adam's first step hardly depends on the gradients' scale; their norm does
+        torch.save({"grad_norm": torch.tensor(metrics["grad_norm"]), **{k: v.clone() for k, v in weights.items()}}, out)
     dist.destroy_process_group()
 
 
 def test_two_process_gloo_learner_matches_one_process(sft_checkpoint, tmp_path):
+    """Replicated (gradients summed) and FSDP-sharded learners on 2 ranks give 1 process's update."""
     import torch.multiprocessing as mp
 
     outs = {}
-    for world, port in ((1, 29611), (2, 29612)):
-        out = tmp_path / f"w{world}.pt"
-        mp.spawn(_ddp_worker, args=(world, str(sft_checkpoint), port, str(out)), nprocs=world, join=True)
-        outs[world] = torch.load(out)
+    for name, world, port, fsdp in (("one", 1, 29611, False), ("two", 2, 29612, False), ("fsdp", 2, 29613, True)):
+        out = tmp_path / f"{name}.pt"
+        mp.spawn(_ddp_worker, args=(world, str(sft_checkpoint), port, str(out), fsdp), nprocs=world, join=True)
+        outs[name] = torch.load(out)
+    norms = {name: float(out.pop("grad_norm")) for name, out in outs.items()}
+    assert norms["two"] == pytest.approx(norms["one"], rel=1e-5) and norms["fsdp"] == pytest.approx(norms["one"], rel=1e-5)
     before, *_ = checkpoint.load(sft_checkpoint)
     changed = 0
-    for k, v in outs[1].items():
-        torch.testing.assert_close(outs[2][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    for k, v in outs["one"].items():
+        torch.testing.assert_close(outs["two"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(outs["fsdp"][k], v, rtol=1e-5, atol=1e-6, msg=f"fsdp {k}")
         changed += int(not torch.equal(v, before.state_dict()[k]))
     assert changed > 10  # the update did move the weights
+
+
+def _fsdp_train_worker(rank, world, ckpt, port, run, iterations):
+    import torch.distributed as dist
+
+    from pushcut.training import grpo
+    from pushcut.training.config import LearnerConfig
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    grpo.train(_train_cfg(ckpt, iterations=iterations, learner=LearnerConfig(fsdp=True, threads=1)), run,
+               progress=False)
+    dist.destroy_process_group()
+
+
+def test_fsdp_learner_trains_and_resumes_under_two_ranks(sft_checkpoint, tmp_path):
+    """pushcut-train with learner.fsdp=true on 2 gloo ranks: gathers, checkpoints, resumes."""
+    import torch.multiprocessing as mp
+
+    run = tmp_path / "run"
+    mp.spawn(_fsdp_train_worker, args=(2, str(sft_checkpoint), 29621, str(run), 1), nprocs=2, join=True)
+    assert checkpoint.read_meta(run / "checkpoint")["trainer"]["iteration"] == 1
+    extra = checkpoint.load_extra(run / "checkpoint")
+    model, *_ = checkpoint.load(run / "checkpoint")
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {k[len("opt."):].rsplit(".", 1)[0] for k in extra if k.startswith("opt.")} == trained
+    before, *_ = checkpoint.load(sft_checkpoint)
+    assert any(not torch.equal(p, before.state_dict()[n]) for n, p in model.state_dict().items())
+    # a second launch finds the checkpoint, loads the weights and the optimizer state, and goes on
+    mp.spawn(_fsdp_train_worker, args=(2, str(sft_checkpoint), 29622, str(run), 2), nprocs=2, join=True)
+    assert checkpoint.read_meta(run / "checkpoint")["trainer"]["iteration"] == 2
 
 
 def test_two_iterations_through_ray_on_the_twin(sft_checkpoint, tmp_path):
