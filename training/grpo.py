@@ -140,14 +140,15 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
         opt.zero_grad(set_to_none=True)
         if len(mine) or sharded:  # FSDP's collectives need every rank in forward and backward
             rows = mine if len(mine) else mb[:1]
+            dev = policy.device
             inputs = policy.inputs([batch["obs"][i] for i in rows])
             logits = model(**inputs)  # (n, A, n_bins)
-            bins = torch.from_numpy(np.stack([batch["bins"][i] for i in rows]))
+            bins = torch.from_numpy(np.stack([batch["bins"][i] for i in rows])).to(dev)
             logp = sampling.token_log_probs(logits, bins, cfg.temperature)  # (n, A)
-            old = torch.from_numpy(np.stack([batch["logp"][i] for i in rows]))
-            mask = torch.from_numpy(np.stack([batch["mask"][i] for i in rows]))
-            adv = torch.tensor([batch["adv"][i] for i in rows], dtype=torch.float32)
-            traj_tokens = torch.tensor([batch["traj_tokens"][i] for i in rows], dtype=torch.float32)
+            old = torch.from_numpy(np.stack([batch["logp"][i] for i in rows])).to(dev)
+            mask = torch.from_numpy(np.stack([batch["mask"][i] for i in rows])).to(dev)
+            adv = torch.tensor([batch["adv"][i] for i in rows], dtype=torch.float32, device=dev)
+            traj_tokens = torch.tensor([batch["traj_tokens"][i] for i in rows], dtype=torch.float32, device=dev)
             pg_loss, stats = ppo_clip_loss(logp, old, adv, mask, traj_tokens, n_traj,
                                            cfg.clip_ratio_low, cfg.clip_ratio_high)
             weight = mask.float() / traj_tokens[:, None].clamp(min=1) / n_traj
@@ -182,6 +183,15 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
 
 
 # --- the learner's weights: replicated (gradients summed) or sharded with FSDP2 ------------------
+def learner_device(device: str) -> torch.device:
+    """``cuda`` means this rank's GPU (``LOCAL_RANK`` under torchrun)."""
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device(device)
+
+
 def shard(model: torch.nn.Module, device: str) -> None:
     """FSDP2: each vision and language transformer layer, then the rest, sharded over the ranks."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -340,9 +350,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     state = {"iteration": 0, "next_group": 0, "wall_s": 0.0, "env_steps": 0}
     if resume:
         state, extra = load_weights(run_dir, model)
+    device = learner_device(cfg.learner.device)
+    model.to(device)
+    if ref_model is not None:
+        ref_model.to(device)
     if cfg.learner.fsdp:
-        shard(model, cfg.learner.device)
-    policy = TorchPolicy(model, norm_stats, tokenizer)
+        shard(model, device.type)
+    policy = TorchPolicy(model, norm_stats, tokenizer, device=str(device))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     if resume:
         load_optimizer_and_rng(model, opt, gen, extra)

@@ -54,3 +54,15 @@ def test_libero_expert_demo_sft_export_and_engine_eval(tmp_path):
     assert written["episodes"] == 1 and written["results"][0]["steps"] == 24
     assert summary["per_task"] == {"libero_object": written["success_rate"]}
     assert np.isfinite(written["success_rate"])
+
+
+def test_libero_expert_takes_only_in_container_goals():
+    import pytest
+
+    from pushcut.sim.libero_expert import UnsupportedGoal, pick_place_goal
+
+    assert pick_place_goal({"goal_state": [["in", "milk_1", "basket_1_contain_region"]]}) == ("milk_1", "basket_1")
+    for goal in ([["on", "akita_black_bowl_1", "plate_1"]], [["open", "wooden_cabinet_1_top_region"]],
+                 [["in", "a_1", "basket_1_contain_region"], ["in", "b_1", "basket_1_contain_region"]]):
+        with pytest.raises(UnsupportedGoal, match="one \\(in <object> <container>\\) goal"):
+            pick_place_goal({"goal_state": goal})
