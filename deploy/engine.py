@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from pushcut.deploy.bundle import BundleError, load_manifest
 from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer, decode_chunks
-from pushcut.policy.preprocess import ByteTokenizer, build_inputs, proprio_normalizer
+from pushcut.policy.preprocess import build_inputs, load_tokenizer, proprio_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class Engine:
         stats = m["norm_stats"]
         self.action_norm = Normalizer(stats["action"], space["normalization"], self.action_dim)
         self.proprio_norm = proprio_normalizer(stats, m["proprio"]["dim"])
-        self.tokenizer = ByteTokenizer.from_json((self.path / m["instruction"]["tokenizer"]).read_text())
+        self.tokenizer = load_tokenizer((self.path / m["instruction"]["tokenizer"]).read_text())
         self.action_tokenizer = ActionTokenizer(self.n_bins, space["vocab_size"])
         self.temperature = temperature
         self.rng = np.random.default_rng(seed)

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from pushcut.configs import to_dataclass, to_dict
 from pushcut.policy.config import ARCHITECTURE_FIELDS, PolicyConfig
 from pushcut.policy.modeling import VLAPolicy
-from pushcut.policy.preprocess import ByteTokenizer
+from pushcut.policy.preprocess import ByteTokenizer, HFTokenizer, load_tokenizer
 
 CKPT_FORMAT = "pushcut-checkpoint"
 CKPT_VERSION = 1
@@ -49,7 +49,7 @@ def save(
     path: str | Path,
     model: VLAPolicy,
     norm_stats: dict,
-    tokenizer: ByteTokenizer,
+    tokenizer: ByteTokenizer | HFTokenizer,
     run_config: dict | None = None,
     extra: dict | None = None,
     extra_tensors: dict[str, torch.Tensor] | None = None,
@@ -132,7 +132,7 @@ def load(path: str | Path, expected: PolicyConfig | None = None, map_location: s
         raise CheckpointError(f"{path}: weight shapes do not match the config: {bad[:5]}")
     model.load_state_dict(state)
     norm_stats = json.loads((path / "norm_stats.json").read_text())
-    tokenizer = ByteTokenizer.from_json((path / "tokenizer.json").read_text())
+    tokenizer = load_tokenizer((path / "tokenizer.json").read_text())
     return model, norm_stats, tokenizer, meta, cfg_data.get("run", {})
 
 

@@ -14,11 +14,11 @@ import torch
 from pushcut.policy import sampling
 from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer, decode_chunks
 from pushcut.policy.modeling import VLAPolicy
-from pushcut.policy.preprocess import ByteTokenizer, build_inputs, proprio_normalizer
+from pushcut.policy.preprocess import ByteTokenizer, HFTokenizer, build_inputs, proprio_normalizer
 
 
 class TorchPolicy:
-    def __init__(self, model: VLAPolicy, norm_stats: Mapping, tokenizer: ByteTokenizer, device: str = "cpu"):
+    def __init__(self, model: VLAPolicy, norm_stats: Mapping, tokenizer: ByteTokenizer | HFTokenizer, device: str = "cpu"):
         self.model = model.to(device).eval()
         self.cfg = model.cfg
         self.device = device

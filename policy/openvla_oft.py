@@ -161,7 +161,7 @@ def load_openvla_oft(path: str | Path, action_dim: int = 7, chunk_len: int = 8, 
     norm_stats = {"action": stats["action"], "proprio": stats.get("proprio", {"min": [-1.0] * proprio_dim,
                                                                              "max": [1.0] * proprio_dim})}
     if (path / "tokenizer.json").exists() or (path / "tokenizer.model").exists():
-        tokenizer, tok_kind = HFTokenizer(str(path), pcfg.max_prompt_len), "the checkpoint's tokenizer"
+        tokenizer, tok_kind = HFTokenizer.from_dir(str(path), pcfg.max_prompt_len), "the checkpoint's tokenizer"
     else:
         tokenizer, tok_kind = ByteTokenizer(max_len=pcfg.max_prompt_len), "byte tokenizer (no tokenizer files in the checkpoint)"
     report = {"loaded": len(mapped), "initialised": initialised, "config": pcfg.name, "tokenizer": tok_kind}

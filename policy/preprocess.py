@@ -1,9 +1,10 @@
-"""Observation pre-processing shared by training and the ONNX engine (numpy + OpenCV only).
+"""Observation pre-processing shared by training and the ONNX engine (numpy + OpenCV, and the
+Rust ``tokenizers`` library for a real checkpoint's tokenizer; never torch).
 
 Images: resize to the vision tower's square input (area interpolation), scale to [-1, 1]
 (SigLIP's mean 0.5 / std 0.5), channels first, cameras stacked in the policy's camera order.
-Text: a byte-level tokenizer for the built-in presets, or the tokenizer files of a real
-checkpoint. The prompt follows OpenVLA: "In: What action should the robot take to {task}?\nOut:".
+Text: a byte-level tokenizer for the built-in presets, or a real checkpoint's own tokenizer;
+either is serialised into ``tokenizer.json`` and travels in checkpoints and bundles. The prompt follows OpenVLA: "In: What action should the robot take to {task}?\nOut:".
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def build_inputs(
     observations: Sequence[Mapping],
     cameras: Sequence[str],
     image_size: int,
-    tokenizer: ByteTokenizer,
+    tokenizer: ByteTokenizer | HFTokenizer,
     proprio_norm,
 ) -> dict[str, np.ndarray]:
     """A batch of observation dicts (``pushcut.spec`` keys) -> the model's numpy inputs."""
@@ -95,25 +96,55 @@ def build_inputs(
 
 
 class HFTokenizer:
-    """A checkpoint's own tokenizer files (e.g. OpenVLA's Llama tokenizer), same interface.
+    """A checkpoint's own tokenizer (e.g. OpenVLA's Llama tokenizer), same interface.
 
-    Needs ``transformers`` (no torch); bundles carry only the byte tokenizer so far.
+    Runs on the Rust ``tokenizers`` library (no torch, no transformers), so the engine encodes
+    exactly as training did; it serialises into the same ``tokenizer.json`` file as the byte
+    tokenizer (``{"kind": "hf", "max_len", "pad_id", "tokenizer": <the fast-tokenizer JSON>}``),
+    and so travels in checkpoints and bundles.
     """
 
     kind = "hf"
 
-    def __init__(self, path: str, max_len: int = 64):
+    def __init__(self, fast_json: str, max_len: int = 64, pad_id: int = 0):
+        from tokenizers import Tokenizer
+
+        self.fast_json = fast_json
+        self.tok = Tokenizer.from_str(fast_json)
+        self.max_len, self.pad_id = max_len, pad_id
+
+    @classmethod
+    def from_dir(cls, path: str, max_len: int = 64) -> HFTokenizer:
+        """A Hugging Face tokenizer directory (``tokenizer.json``, or a slow ``tokenizer.model``,
+        which ``transformers`` converts once)."""
         from transformers import AutoTokenizer
 
-        self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.max_len = max_len
-        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if not getattr(tok, "is_fast", False):
+            raise ValueError(f"{path}: no fast tokenizer could be made (install sentencepiece and protobuf?)")
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        return cls(tok.backend_tokenizer.to_str(), max_len, pad)
 
     def encode(self, text: str) -> np.ndarray:
-        ids = self.tok(PROMPT.format(task=text.lower().strip()))["input_ids"][: self.max_len]
+        ids = self.tok.encode(PROMPT.format(task=text.lower().strip())).ids[: self.max_len]
         return np.asarray(ids, dtype=np.int64)
 
     batch = ByteTokenizer.batch
 
     def to_json(self) -> str:
-        raise NotImplementedError("bundles carry the byte tokenizer only; export a policy trained with it")
+        return json.dumps({"kind": self.kind, "max_len": self.max_len, "pad_id": self.pad_id,
+                           "tokenizer": json.loads(self.fast_json)})
+
+    @classmethod
+    def from_json(cls, text: str) -> HFTokenizer:
+        d = json.loads(text)
+        return cls(json.dumps(d["tokenizer"]), d["max_len"], d["pad_id"])
+
+
+def load_tokenizer(text: str) -> ByteTokenizer | HFTokenizer:
+    """The tokenizer a checkpoint or bundle carries in ``tokenizer.json``."""
+    kind = json.loads(text).get("kind")
+    kinds = {c.kind: c for c in (ByteTokenizer, HFTokenizer)}
+    if kind not in kinds:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; known: {sorted(kinds)}")
+    return kinds[kind].from_json(text)

@@ -19,7 +19,7 @@ from pushcut.policy import sampling
 from pushcut.policy.config import PolicyConfig
 from pushcut.policy.inference import TorchPolicy
 from pushcut.policy.modeling import VLAPolicy
-from pushcut.policy.preprocess import ByteTokenizer
+from pushcut.policy.preprocess import load_tokenizer
 from pushcut.sim.config import EnvConfig
 
 
@@ -62,7 +62,7 @@ class RolloutWorker:
         torch.set_num_threads(threads)
         self.cfg = policy_cfg
         self.envs = [make_env(env_cfg) for _ in range(n_envs)]
-        self.policy = TorchPolicy(VLAPolicy(policy_cfg), norm_stats, ByteTokenizer.from_json(tokenizer_json))
+        self.policy = TorchPolicy(VLAPolicy(policy_cfg), norm_stats, load_tokenizer(tokenizer_json))
         self.timing = {"sim_s": 0.0, "inference_s": 0.0, "env_steps": 0}
 
     def set_weights(self, state: dict[str, np.ndarray]) -> None:

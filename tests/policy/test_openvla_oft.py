@@ -102,3 +102,60 @@ def test_refuses_what_it_cannot_load_faithfully(tmp_path):
         load_openvla_oft(tmp_path / "b", dataset="bridge")
     with pytest.raises(OpenVLALoadError, match="no config.json"):
         load_openvla_oft(tmp_path)
+
+
+def _tiny_hf_tokenizer(path) -> None:
+    """A byte-level BPE tokenizer in Hugging Face's layout, with a BOS like Llama's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = ["In: What action should the robot take to put the bowl on the plate?\nOut:",
+            "pick up the alphabet soup and place it in the basket"] * 20
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=280, special_tokens=["<pad>", "<unk>", "<s>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", unk_token="<unk>").save_pretrained(path)
+
+
+def test_the_checkpoint_tokenizer_travels_to_the_torch_free_engine(tmp_path):
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from pushcut.deploy.engine import Engine
+    from pushcut.policy import checkpoint
+    from pushcut.policy.export import ExportConfig, export
+    from pushcut.policy.preprocess import PROMPT, HFTokenizer
+
+    oft = tmp_path / "oft"
+    oft.mkdir()
+    _tiny_oft(oft)
+    _tiny_hf_tokenizer(oft)
+    model, stats, tok, report = load_openvla_oft(oft)
+    assert isinstance(tok, HFTokenizer) and report["tokenizer"] == "the checkpoint's tokenizer"
+    task = "put the bowl on the plate"
+    reference = AutoTokenizer.from_pretrained(oft)(PROMPT.format(task=task))["input_ids"]
+    assert tok.encode(task).tolist() == reference and reference[0] == 2  # BOS, as transformers adds it
+
+    ckpt = checkpoint.save(tmp_path / "ckpt", model, stats, tok)
+    _, _, loaded, _, _ = checkpoint.load(ckpt)
+    assert loaded.encode(task).tolist() == reference
+    bundle = export(ExportConfig(checkpoint=str(ckpt), out_dir=str(tmp_path / "bundle"), parity_env_samples=0,
+                                 parity_random_samples=4, int8=False, fp16=False))
+    engine = Engine(bundle)
+    assert engine.tokenizer.encode(task).tolist() == reference
+    obs = {"images": {"agentview": np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)},
+           "proprio": np.zeros(8, np.float32), "instruction": task}
+    np.testing.assert_allclose(engine.infer(obs), TorchPolicy(model, stats, tok).infer(obs), atol=1e-6)
+    code = (
+        "import sys, numpy as np; from pushcut.deploy.engine import Engine;"
+        f"e = Engine({str(bundle)!r}); ids = e.tokenizer.encode({task!r}).tolist();"
+        f"assert ids == {reference!r}, ids;"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m == 'transformers'];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
