@@ -3,7 +3,8 @@
 Three runs: the recipe (dynamic sampling, T=1.6) with a wall-time budget of 45 min
 (PUSHCUT_BENCH_RL_BUDGET_S), then dynamic sampling off and rollout temperature 1.0, each with
 PUSHCUT_BENCH_RL_ABLATION_BUDGET_S (default: the same budget); the curves carry wall time, so
-the recipe can be read at the ablations' budget when that is shorter. Each
+the recipe can be read at the ablations' budget when that is shorter. PUSHCUT_BENCH_RL_VARIANTS
+(comma-separated) runs some of them and keeps the others' results from the same start. Each
 starts from the same SFT checkpoint; greedy success is measured on the same held-out seeds
 (200 by default) before and after, and on 50 seeds every few iterations for the curve.
 Rollout throughput and the share of time in simulation, policy inference and the learner update
@@ -13,9 +14,11 @@ preset, which is trained from scratch on 2 cores and barely moves at 5e-6.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
-from bench.common import CACHE, env_int, greedy_success, sft_checkpoint, write
+from bench.common import CACHE, RESULTS, env_int, greedy_success, sft_checkpoint, write
 from pushcut.configs import compose, from_hydra
 from pushcut.policy.inference import TorchPolicy
 from pushcut.training import grpo
@@ -48,13 +51,23 @@ def main() -> None:
     episodes = env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200)
     ckpt = sft_checkpoint(1, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500))
     before = greedy_success(TorchPolicy.from_checkpoint(ckpt), "click_bell", episodes)
-    out = {"task": "click_bell", "budget_s": {"grpo": budget, "ablations": ablation_budget},
-           "start": {"checkpoint": str(ckpt), **before}}
-    for name, overrides in VARIANTS.items():
+    only = [v for v in os.environ.get("PUSHCUT_BENCH_RL_VARIANTS", ",".join(VARIANTS)).split(",") if v]
+    unknown = sorted(set(only) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown PUSHCUT_BENCH_RL_VARIANTS {unknown}; known: {list(VARIANTS)}")
+    out = {"task": "click_bell", "start": {"checkpoint": str(ckpt), **before}}
+    previous = RESULTS / "rl.json"
+    if set(only) != set(VARIANTS) and previous.exists():  # keep the other variants of the same start
+        old = json.loads(previous.read_text())
+        if old.get("start", {}).get("checkpoint") == str(ckpt):
+            for k in VARIANTS:
+                if k in old and k not in only:
+                    out[k] = {"budget_s": old.get("budget_s", {}).get("grpo" if k == "grpo" else "ablations"), **old[k]}
+    for name, overrides in ((n, VARIANTS[n]) for n in only):
         run = CACHE / f"rl_{name}_{int(time.time())}"
+        run_budget = budget if name == "grpo" else ablation_budget
         cfg = from_hydra(TrainConfig, compose("train", [
-            f"init_checkpoint={ckpt}", "iterations=100000", "lr=1e-3",
-            f"time_budget_s={budget if name == 'grpo' else ablation_budget}",
+            f"init_checkpoint={ckpt}", "iterations=100000", "lr=1e-3", f"time_budget_s={run_budget}",
             "eval_every=5", "eval_episodes=50", *overrides]))
         t0 = time.perf_counter()
         final = grpo.train(cfg, run)
@@ -62,6 +75,7 @@ def main() -> None:
         after = greedy_success(TorchPolicy.from_checkpoint(final), "click_bell", episodes)
         rows = read_metrics(run / "metrics.jsonl")
         out[name] = {
+            "budget_s": run_budget,
             "overrides": overrides,
             "wall_s": wall,
             "iterations": max(r["step"] for r in rows),
