@@ -35,7 +35,7 @@ def _steps_per_s(env_step, reset, n_steps: int, per_call: int) -> float:
 
 def twin_figures() -> dict:
     env = TwinEnv(EnvConfig(task="click_bell", image_size=IMAGE))
-    hold = lambda: env.target.copy()  # noqa: E731
+    hold = lambda: env.target.copy()
     seeds = iter(range(10_000))
     one = _steps_per_s(lambda: env.step(hold()), lambda: env.reset(next(seeds)), 400, 1)
     chunk = _steps_per_s(lambda: env.step(np.tile(hold(), (25, 1))), lambda: env.reset(next(seeds)), 2000, 25)

@@ -11,8 +11,8 @@ import mujoco
 import numpy as np
 
 from pushcut.calibration.board import Board
-from pushcut.sim.twin.model import SceneObjects, build_mjcf
 from pushcut.sim.twin.kinematics import ArmKinematics
+from pushcut.sim.twin.model import SceneObjects, build_mjcf
 
 MJ_TO_CV = np.diag([1.0, -1.0, -1.0])
 

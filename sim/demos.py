@@ -177,7 +177,7 @@ def record(cfg: DemosConfig, progress: bool = True) -> Path:
                     seed=np.int64(seed),
                     **{f"images_{c}": np.stack([f.images[c] for f in frames]) for c in cfg.env.cameras},
                 )
-                episodes.append({"file": name, "seed": seed, "steps": int(len(acts))})
+                episodes.append({"file": name, "seed": seed, "steps": len(acts)})
                 all_actions.append(acts)
                 all_proprio.append(np.stack([f.proprio for f in frames]))
                 bar.update(1)

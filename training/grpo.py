@@ -186,7 +186,7 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
 def learner_device(device: str) -> torch.device:
     """``cuda`` means this rank's GPU (``LOCAL_RANK`` under torchrun)."""
     if device == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", 0))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device(device)

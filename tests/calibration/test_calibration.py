@@ -10,7 +10,13 @@ import pytest
 
 from pushcut.calibration import cli
 from pushcut.calibration.board import Board
-from pushcut.calibration.files import CalibrationError, CameraCalibration, load_arm, load_intrinsics, save_intrinsics
+from pushcut.calibration.files import (
+    CalibrationError,
+    CameraCalibration,
+    load_arm,
+    load_intrinsics,
+    save_intrinsics,
+)
 from pushcut.calibration.handeye import _inv, calibrate_hand_eye, pose_error
 from pushcut.calibration.intrinsics import calibrate_intrinsics
 from pushcut.calibration.synthetic import CalibrationScene, pose, random_board_poses_in_front

@@ -15,7 +15,7 @@ D_VIS, D, LAYERS_VIS, PATCH, IMAGE = 32, 48, 2, 8, 16
 
 def _tiny_oft(path, fused=False, datasets=("libero_10_no_noops",)):
     g = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g) * 0.02  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g) * 0.02
     w = {
         "vision_backbone.featurizer.patch_embed.proj.weight": r(D_VIS, 3, PATCH, PATCH),
         "vision_backbone.featurizer.patch_embed.proj.bias": r(D_VIS),

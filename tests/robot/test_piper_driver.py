@@ -9,7 +9,16 @@ import pytest
 
 from pushcut.deploy.piper import units
 from pushcut.deploy.piper.driver import ArmFault, DriverConfig, PiperArm
-from pushcut.deploy.piper.emulator import ENABLE, GRIPPER_CMD, JC12, JC34, JC56, MOTION_1, MOTION_2, PiperEmulator
+from pushcut.deploy.piper.emulator import (
+    ENABLE,
+    GRIPPER_CMD,
+    JC12,
+    JC34,
+    JC56,
+    MOTION_1,
+    MOTION_2,
+    PiperEmulator,
+)
 from pushcut.deploy.piper.safety import SafetyConfig, SafetyLayer
 
 _bus_ids = itertools.count()

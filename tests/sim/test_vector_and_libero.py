@@ -32,7 +32,7 @@ def test_vector_env_reports_bad_config_from_worker():
 
 
 def test_libero_task_resets_and_steps():
-    from pushcut.sim.libero import LiberoEnv, NOOP
+    from pushcut.sim.libero import NOOP, LiberoEnv
 
     env = LiberoEnv(
         EnvConfig(kind="libero", task="libero_spatial", task_ids=(0,), cameras=("agentview",), image_size=(32, 32),

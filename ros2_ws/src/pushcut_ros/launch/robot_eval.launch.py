@@ -16,7 +16,6 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
-
 from pushcut_ros.composition import robot_eval
 
 ARGS = {"task": "click_bell", "bundle": "", "num_trials": "10", "log_dir": "trials", "control_hz": "200",

@@ -7,7 +7,6 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-
 from pushcut_ros.composition import twin_eval
 
 ARGS = {"task": "click_bell", "bundle": "", "num_trials": "10", "log_dir": "trials", "image_size": "64",

@@ -13,7 +13,7 @@ from sensor_msgs.msg import Image
 
 from pushcut.calibration.files import load_intrinsics
 
-from .conversions import spin_main, camera_topic, image_msg
+from .conversions import camera_topic, image_msg, spin_main
 
 
 class CameraNode(Node):
@@ -28,7 +28,7 @@ class CameraNode(Node):
         self.declare_parameter("loop", False)  # rewind file sources at their end
         self.declare_parameter("calibration_file", "")
         self.declare_parameter("reopen_s", 1.0)
-        g = lambda n: self.get_parameter(n).value  # noqa: E731
+        g = lambda n: self.get_parameter(n).value
         self.name, self.device = g("camera_name"), g("device")
         self.size = (g("width"), g("height"))
         self.exposure, self.loop, self.fps = g("exposure"), g("loop"), g("fps")

@@ -6,8 +6,8 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image, JointState
 
-from pushcut.spec import ARM_JOINTS, ARMS, DOF_PER_ARM, GRIPPER
 from pushcut.deploy.piper import units
+from pushcut.spec import ARM_JOINTS, ARMS, DOF_PER_ARM, GRIPPER
 
 JOINT_NAMES = [*ARM_JOINTS, GRIPPER]  # piper_ros: joint1..joint6 (rad) + gripper (m)
 

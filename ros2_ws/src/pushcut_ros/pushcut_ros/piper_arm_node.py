@@ -19,7 +19,7 @@ from std_srvs.srv import Trigger
 from pushcut.deploy.piper.driver import ArmFault, DriverConfig, PiperArm
 from pushcut.deploy.piper.safety import SafetyConfig
 
-from .conversions import spin_main, arm_array, arm_state_msg
+from .conversions import arm_array, arm_state_msg, spin_main
 
 
 class PiperArmNode(LifecycleNode):
@@ -40,7 +40,7 @@ class PiperArmNode(LifecycleNode):
 
     # --- lifecycle ------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        g = lambda n: self.get_parameter(n).value  # noqa: E731
+        g = lambda n: self.get_parameter(n).value
         emulate = g("emulate")
         cfg = DriverConfig(
             can_port=g("can_port"), bus="virtual" if emulate else "socketcan", speed_rate=g("speed_rate"),

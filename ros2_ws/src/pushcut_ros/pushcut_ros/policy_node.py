@@ -23,7 +23,18 @@ from pushcut.deploy.bundle import check_compatible
 from pushcut.deploy.engine import Engine
 from pushcut.deploy.policy import ActionChunkBroker
 
-from .conversions import spin_main, arm_array, camera_topic, image_array, join_state, joint_command_topic, joint_states_topic, split_action, stamp_to_s, arm_state_msg
+from .conversions import (
+    arm_array,
+    arm_state_msg,
+    camera_topic,
+    image_array,
+    join_state,
+    joint_command_topic,
+    joint_states_topic,
+    spin_main,
+    split_action,
+    stamp_to_s,
+)
 
 
 class PolicyNode(Node):

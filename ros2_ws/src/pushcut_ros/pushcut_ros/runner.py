@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import threading
 import time
 from pathlib import Path
-
-import threading
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, ShutdownException, SingleThreadedExecutor

@@ -46,7 +46,7 @@ class TrialNode(Node):
         self.declare_parameter("record", True)
         self.declare_parameter("terminal_ui", False)
         self.declare_parameter("notes", "")
-        g = lambda n: self.get_parameter(n).value  # noqa: E731
+        g = lambda n: self.get_parameter(n).value
         self.task, self.mode, self.num_trials = g("task"), g("mode"), g("num_trials")
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; known: {sorted(TASKS)}")

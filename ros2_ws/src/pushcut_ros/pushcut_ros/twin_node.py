@@ -21,7 +21,18 @@ from pushcut.sim.config import EnvConfig
 from pushcut.sim.twin.env import TwinEnv
 from pushcut.spec import ARMS
 
-from .conversions import spin_main, stamp_to_s, arm_array, arm_state_msg, camera_topic, image_msg, join_state, joint_command_topic, joint_states_topic, split_action
+from .conversions import (
+    arm_array,
+    arm_state_msg,
+    camera_topic,
+    image_msg,
+    join_state,
+    joint_command_topic,
+    joint_states_topic,
+    spin_main,
+    split_action,
+    stamp_to_s,
+)
 
 
 class TwinNode(Node):
