@@ -23,6 +23,7 @@ GRASP_DZ = 0.0  # grasp at the object body's origin height
 RELEASE_Z = 0.12  # above the container when opening
 TOL = 0.01
 GAIN = 12.0  # action per metre of position error (saturates at 1 = 5 cm/step)
+CARRY_SPEED = 0.4  # slower with the object in hand: tall bottles held by the cap slip at full speed
 
 
 class UnsupportedGoal(ValueError):
@@ -50,10 +51,10 @@ def run_libero_expert(env, seed: int, on_step: Callable[[Obs, np.ndarray], None]
     def pos(body: str) -> np.ndarray:
         return np.array(data.body_xpos[inner.obj_body_id[body]])
 
-    def act(target: np.ndarray, grip: float) -> bool:
+    def act(target: np.ndarray, grip: float, speed: float = 1.0) -> bool:
         nonlocal obs
         a = np.zeros(7)
-        a[:3] = np.clip(GAIN * (target - obs.proprio[:3]), -1.0, 1.0)
+        a[:3] = np.clip(GAIN * (target - obs.proprio[:3]), -speed, speed)
         a[6] = grip
         if on_step is not None:
             on_step(obs, a)
@@ -61,12 +62,12 @@ def run_libero_expert(env, seed: int, on_step: Callable[[Obs, np.ndarray], None]
         obs = step.obs
         return step.done
 
-    def move(target_fn: Callable[[], np.ndarray], grip: float, max_steps: int) -> bool:
+    def move(target_fn: Callable[[], np.ndarray], grip: float, max_steps: int, speed: float = 1.0) -> bool:
         for _ in range(max_steps):
             target = target_fn()
             if np.linalg.norm(target - obs.proprio[:3]) < TOL:
                 return False
-            if act(target, grip):
+            if act(target, grip, speed):
                 return True
         return False
 
@@ -78,9 +79,9 @@ def run_libero_expert(env, seed: int, on_step: Callable[[Obs, np.ndarray], None]
         lambda: move(lambda: pos(obj) + [0, 0, APPROACH_Z], -1.0, 120),
         lambda: move(lambda: pos(obj) + [0, 0, GRASP_DZ], -1.0, 60),
         lambda: hold(1.0, 15),
-        lambda: move(lambda: np.r_[obs.proprio[:2], pos(container)[2] + CARRY_Z], 1.0, 80),
-        lambda: move(lambda: pos(container) + [0, 0, CARRY_Z], 1.0, 150),
-        lambda: move(lambda: pos(container) + [0, 0, RELEASE_Z], 1.0, 60),
+        lambda: move(lambda: np.r_[obs.proprio[:2], pos(container)[2] + CARRY_Z], 1.0, 80, CARRY_SPEED),
+        lambda: move(lambda: pos(container) + [0, 0, CARRY_Z], 1.0, 200, CARRY_SPEED),
+        lambda: move(lambda: pos(container) + [0, 0, RELEASE_Z], 1.0, 60, CARRY_SPEED),
         lambda: hold(-1.0, 20),
     ]
     for phase in phases:
