@@ -60,9 +60,7 @@ def main() -> None:
     if set(only) != set(VARIANTS) and previous.exists():  # keep the other variants of the same start
         old = json.loads(previous.read_text())
         if old.get("start", {}).get("checkpoint") == str(ckpt):
-            for k in VARIANTS:
-                if k in old and k not in only:
-                    out[k] = {"budget_s": old.get("budget_s", {}).get("grpo" if k == "grpo" else "ablations"), **old[k]}
+            out |= {k: old[k] for k in VARIANTS if k in old and k not in only}
     for name, overrides in ((n, VARIANTS[n]) for n in only):
         run = CACHE / f"rl_{name}_{int(time.time())}"
         run_budget = budget if name == "grpo" else ablation_budget

@@ -27,6 +27,7 @@ from pushcut.policy.config import LLMConfig, PolicyConfig, VisionConfig
 from pushcut.policy.modeling import VLAPolicy
 from pushcut.policy.preprocess import ByteTokenizer, HFTokenizer
 
+MLP_INDEX = {"fc1": 0, "fc2": 2}  # OFT's fc1/fc2 -> our nn.Sequential(Linear, GELU, Linear)
 VISION_HEADS = {"siglip-vit-so400m": 16, "siglip-vit-b16": 12, "siglip-vit-so400m-384px": 16}
 
 
@@ -142,14 +143,13 @@ def load_openvla_oft(path: str | Path, action_dim: int = 7, chunk_len: int = 8, 
         elif k == "language_model.lm_head.weight":
             mapped["lm_head.weight"] = v
         elif k.startswith("projector.fc"):
-            idx = {"fc1": 0, "fc2": 2}[k.split(".")[1]]
-            mapped[f"projector.{idx}.{k.split('.')[-1]}"] = v
+            mapped[f"projector.{MLP_INDEX[k.split('.')[1]]}.{k.split('.')[-1]}"] = v
     if proprio_files:
         proprio = torch.load(proprio_files[-1], map_location="cpu", weights_only=True)
         proprio = {k.removeprefix("module."): v for k, v in proprio.items()}
         for k, v in proprio.items():
             layer, kind = k.split(".")[-2:]
-            mapped[f"proprio_proj.{ {'fc1': 0, 'fc2': 2}[layer] }.{kind}"] = v
+            mapped[f"proprio_proj.{MLP_INDEX[layer]}.{kind}"] = v
     own = model.state_dict()
     bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in mapped.items() if k in own and v.shape != own[k].shape]
     unknown = [k for k in mapped if k not in own]

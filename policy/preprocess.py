@@ -4,7 +4,8 @@ Rust ``tokenizers`` library for a real checkpoint's tokenizer; never torch).
 Images: resize to the vision tower's square input (area interpolation), scale to [-1, 1]
 (SigLIP's mean 0.5 / std 0.5), channels first, cameras stacked in the policy's camera order.
 Text: a byte-level tokenizer for the built-in presets, or a real checkpoint's own tokenizer;
-either is serialised into ``tokenizer.json`` and travels in checkpoints and bundles. The prompt follows OpenVLA: "In: What action should the robot take to {task}?\nOut:".
+either is serialised into ``tokenizer.json`` and travels in checkpoints and bundles. The prompt
+follows OpenVLA: "In: What action should the robot take to {task}?\nOut:".
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Expert demonstrations: recording (``pushcut-demos``), the on-disk format, and loading.
 
-Format (version 1), one folder per task (a twin task, or ``<suite>_task<k>`` for one LIBERO task)::
+Format (version 1), one folder per task (a twin task, or ``<suite>_task<k>`` for one LIBERO
+task)::
 
     <out_dir>/<task>/meta.json          format, version, task, instruction, env config,
                                         chunk_len, cameras, episode list, action/proprio stats
@@ -15,8 +16,8 @@ queried). To give a chunked policy more than a couple of states per demo, the re
 stream is replayed from the same seed with the chunk boundaries shifted by each of
 ``obs_offsets`` steps, and the observations at those boundaries are kept too (the smoothing then
 differs slightly, a realistic perturbation); ``obs_steps`` is sorted. LIBERO steps one action
-at a time, so its shifted chunk starts are taken from the one run. Only successful episodes are kept. Statistics are per action dimension (min, max,
-q01, q99, mean, std) over all kept actions. Files are written atomically; npz is read with
+at a time, so its shifted chunk starts are taken from the one run. Only successful episodes are
+kept. Statistics are per action dimension (min, max, q01, q99, mean, std) over all kept actions. Files are written atomically; npz is read with
 ``allow_pickle=False``.
 """
 

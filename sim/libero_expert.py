@@ -1,9 +1,10 @@
-"""A scripted pick-and-place expert for LIBERO goals of the form ``(in <object> <container region>)``.
+"""A scripted pick-and-place expert for LIBERO goals ``(in <object> <container region>)``.
 
-That is every task of ``libero_object`` ("pick up the X and place it in the basket"). It reads privileged state (body positions) from the
-simulator and closes the loop on the end-effector position every control step, through the same
-7-dim delta end-effector actions a policy sends (OSC: +-1 is +-5 cm per step; gripper -1 open,
-+1 closed): above the object, down, close, lift, over the container, down a little, open.
+That is every task of ``libero_object`` ("pick up the X and place it in the basket"). It reads
+privileged state (body positions) from the simulator and closes the loop on the end-effector
+position every control step, through the same 7-dim delta end-effector actions a policy sends
+(OSC: +-1 is +-5 cm per step; gripper -1 open, +1 closed): above the object, down, close, lift,
+over the container, down a little, open.
 
 Tasks whose goal is something else (put on a plate, open a drawer, turn on the stove) raise
 :class:`UnsupportedGoal`; LIBERO ships no demonstrations we can download here, so those have none.

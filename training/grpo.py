@@ -166,12 +166,9 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
                 stats.update(pg_loss=pg_loss, entropy=(ent * mask).sum() / mask.sum().clamp(min=1))
                 for k, v in stats.items():
                     metrics.setdefault(k, []).append(float(v.detach()))
-        else:  # a rank with no rows still joins the all-reduce with zero gradients
-            for p in model.parameters():
-                p.grad = torch.zeros_like(p)
         if world > 1 and not sharded:
             for p in model.parameters():
-                if p.grad is None:
+                if p.grad is None:  # a rank with no rows joins the all-reduce with zero gradients
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

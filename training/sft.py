@@ -90,7 +90,7 @@ def build_dataset(policy_cfg: PolicyConfig, sets: list[demos.DemoSet], norm_stat
                           proprio_normalizer(norm_stats, policy_cfg.proprio_dim))
     data = {k: torch.from_numpy(v) for k, v in inputs.items()}
     data["bins"] = torch.from_numpy(np.stack(bins))
-    return data, norm_stats, text
+    return data, text
 
 
 def lr_at(step: int, cfg: SFTConfig) -> float:
@@ -108,7 +108,7 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
             for env in demos.task_envs(cfg.env, cfg.tasks)]
     bounds = robot_bounds(cfg.env) if cfg.norm_bounds == "robot" else None
     norm_stats = norm_statistics(sets, bounds)
-    data, norm_stats, text_tok = build_dataset(cfg.policy, sets, norm_stats)
+    data, text_tok = build_dataset(cfg.policy, sets, norm_stats)
     n = len(data["bins"])
     model = VLAPolicy(cfg.policy)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
