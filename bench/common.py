@@ -48,27 +48,36 @@ def percentiles(values, qs=(50, 99)) -> dict:
     return {f"p{q}": float(np.percentile(v, q)) for q in qs} | {"mean": float(v.mean()), "n": int(v.size)}
 
 
-def sft_checkpoint(demos_per_task: int, steps: int, task: str = "click_bell") -> Path:
+def sft_checkpoint(demos_per_task: int, steps: int, task: str = "click_bell", bin_smoothing: float = 0.0) -> Path:
     """The tiny policy SFT'd on ``demos_per_task`` expert demos, cached under bench/cache/."""
     from pushcut.configs import compose, from_hydra
     from pushcut.training import sft
     from pushcut.training.config import SFTConfig
 
-    run = CACHE / f"sft_{task}_{demos_per_task}demos_{steps}steps"
+    smooth = f"_smooth{bin_smoothing:g}" if bin_smoothing else ""
+    run = CACHE / f"sft_{task}_{demos_per_task}demos_{steps}steps{smooth}"
     if (run / "checkpoint" / "meta.json").exists():
         return run / "checkpoint"
     cfg = from_hydra(SFTConfig, compose("sft", [f"env={task}", f"demos_dir={CACHE / 'demos'}",
-                                                f"demos_per_task={demos_per_task}", f"steps={steps}"]))
+                                                f"demos_per_task={demos_per_task}", f"steps={steps}",
+                                                f"bin_smoothing={bin_smoothing}"]))
     return sft.train(cfg, run)
 
 
-def greedy_success(policy, task: str, episodes: int, num_envs: int = 2) -> dict:
+def held_out_episodes(policy, task: str, episodes: int, num_envs: int = 2) -> list[dict]:
+    """One record per held-out seed (100000 on) of ``policy.infer_batch`` rolled out on ``task``."""
     from pushcut.configs import compose, from_hydra
     from pushcut.sim.config import EnvConfig
     from pushcut.training.eval import run_episodes
 
     env = from_hydra(EnvConfig, compose("sft", [f"env={task}"]).env)
-    seeds = list(range(100_000, 100_000 + episodes))
-    results = run_episodes(policy, env, seeds, num_envs, progress=False)
+    return run_episodes(policy, env, list(range(100_000, 100_000 + episodes)), num_envs, progress=False)
+
+
+def success_summary(results: list[dict]) -> dict:
     ok = [r["success"] for r in results]
-    return {"success_rate": sum(ok) / len(ok), "episodes": len(ok), "seeds": [seeds[0], seeds[-1]]}
+    return {"success_rate": sum(ok) / len(ok), "episodes": len(ok), "seeds": [results[0]["seed"], results[-1]["seed"]]}
+
+
+def greedy_success(policy, task: str, episodes: int, num_envs: int = 2) -> dict:
+    return success_summary(held_out_episodes(policy, task, episodes, num_envs))

@@ -38,6 +38,7 @@ class SFTConfig:
     norm_bounds: Literal["robot", "demos"] = "robot"
     steps: int = 1500
     batch_size: int = 32
+    bin_smoothing: float = 0.0  # soft targets: a Gaussian of this std (in bins) around each target bin; 0: one-hot
     lr: float = 3e-4
     weight_decay: float = 0.01
     warmup_steps: int = 50
@@ -52,6 +53,7 @@ class SFTConfig:
         require(self.demos_per_task >= 1, "demos_per_task must be >= 1")
         require(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
         require(self.lr > 0, "lr must be > 0")
+        require(self.bin_smoothing >= 0, "bin_smoothing must be >= 0 (a std in bins; 0 for one-hot targets)")
         require(self.eval_episodes >= 0 and self.num_envs >= 1, "eval_episodes >= 0 and num_envs >= 1")
         require(self.tasks is None or self.env.kind == "twin",
                 "tasks lists twin tasks; a LIBERO suite trains on its env.task_ids")
@@ -111,7 +113,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
-    mini_batches: int = 4  # optimiser steps per iteration (one pass over the data)
+    mini_batches: int = 4  # optimiser steps per pass over the iteration's data
+    ppo_epochs: int = 1  # passes over the iteration's data (the recipe: one)
     iterations: int = 100
     time_budget_s: float | None = None  # stop when this much wall time has been used (resumes count)
     eval_every: int = 5
@@ -130,6 +133,7 @@ class TrainConfig:
         require(self.temperature > 0, "temperature must be > 0")
         require(0 <= self.clip_ratio_low < 1 and self.clip_ratio_high >= 0, "clip ratios out of range")
         require(self.kl_coef >= 0 and self.entropy_coef >= 0, "kl_coef and entropy_coef must be >= 0")
-        require(self.lr > 0 and self.mini_batches >= 1 and self.iterations >= 1, "lr, mini_batches, iterations")
+        require(self.lr > 0 and self.mini_batches >= 1 and self.ppo_epochs >= 1 and self.iterations >= 1,
+                "lr, mini_batches, ppo_epochs, iterations must be positive")
         require(self.eval_every >= 0 and self.eval_episodes >= 0 and self.save_every >= 1, "eval/save cadence")
         check_policy_fits_env(self.policy, self.env)

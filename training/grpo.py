@@ -6,7 +6,8 @@ Per iteration (reads top to bottom, quantities named as in the paper and all log
                until ``groups_per_iter`` are kept (at most ``max_draw_rounds`` draws)
   3. adv       A = (R - mean_group) / (std_group + 1e-6), unbiased std, broadcast to every
                executed action token of the trajectory (tokens past the episode end masked)
-  4. update    one pass in ``mini_batches`` optimiser steps of the token-level PPO clip loss with
+  4. update    ``ppo_epochs`` passes (the recipe: one), each in ``mini_batches`` optimiser steps, of
+               the token-level PPO clip loss against the rollout's log-probs, with
                ratio clamped to [1 - clip_ratio_low, 1 + clip_ratio_high]; token-mean inside a
                trajectory, then mean over trajectories; optional KL to the frozen SFT reference
                (k3 estimator) and entropy bonus; AdamW, grad-norm clip
@@ -126,14 +127,16 @@ def flatten(trajs: list[Trajectory], adv: dict[tuple[int, int], float]) -> dict:
 
 def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int, cfg: TrainConfig,
            gen: torch.Generator) -> dict[str, float]:
-    """One pass over ``batch`` in ``cfg.mini_batches`` optimiser steps; returns mean metrics."""
+    """``cfg.ppo_epochs`` passes over ``batch``, each in ``cfg.mini_batches`` optimiser steps on a
+    fresh shuffle; returns mean metrics."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     sharded = is_sharded(model)
     n = len(batch["bins"])
-    order = torch.randperm(n, generator=gen).numpy()
+    passes = [np.array_split(torch.randperm(n, generator=gen).numpy(), cfg.mini_batches)
+              for _ in range(cfg.ppo_epochs)]
     metrics: dict[str, list[float]] = {}
     model.train()
-    for mb in np.array_split(order, cfg.mini_batches):
+    for mb in (mb for minibatches in passes for mb in minibatches):
         if len(mb) == 0:  # fewer chunks than mini-batches (the same on every rank)
             continue
         mine = mb[rank::world]  # this rank's shard of the mini-batch
@@ -367,8 +370,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     try:
         weights = full_weights(model)  # collective under FSDP: every rank takes part
         if is_main and state["iteration"] == 0 and cfg.eval_every and cfg.eval_episodes:
+            t0 = time.perf_counter()
             pool.set_weights(weights)
             logger.log({"eval_success": evaluate(pool, cfg)}, 0)
+            state["wall_s"] += time.perf_counter() - t0  # the time budget counts evaluation too
         while state["iteration"] < cfg.iterations:
             if cfg.time_budget_s is not None and state["wall_s"] >= cfg.time_budget_s:
                 break
@@ -400,6 +405,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
             if is_main:
                 timing = pool.take_timing()
                 state["env_steps"] += timing["env_steps"]
+                # 5. evaluation
+                if cfg.eval_every and cfg.eval_episodes and it % cfg.eval_every == 0:
+                    t0 = time.perf_counter()
+                    pool.set_weights(weights)
+                    metrics["eval_success"] = evaluate(pool, cfg)
+                    metrics["eval_s"] = time.perf_counter() - t0
                 iter_s = time.perf_counter() - t_iter
                 state["wall_s"] += iter_s
                 metrics.update(info)
@@ -409,10 +420,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                     sim_s=timing["sim_s"], inference_s=timing["inference_s"], iter_s=iter_s,
                     wall_s=state["wall_s"], chunks=len(batch["bins"]),
                 )
-                # 5. evaluation
-                if cfg.eval_every and cfg.eval_episodes and it % cfg.eval_every == 0:
-                    pool.set_weights(weights)
-                    metrics["eval_success"] = evaluate(pool, cfg)
                 logger.log(metrics, it)
                 bar.update(1)
                 bar.set_postfix(reward=f"{info['reward']:.2f}", kept=info["kept_groups"],

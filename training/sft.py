@@ -93,6 +93,22 @@ def build_dataset(policy_cfg: PolicyConfig, sets: list[demos.DemoSet], norm_stat
     return data, text
 
 
+def token_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of action-token logits (..., n_bins) against target bins (...).
+
+    ``smoothing`` > 0 replaces each one-hot target by a discretised Gaussian of that std (in bins)
+    around it. Neighbouring bins are neighbouring actions, so the policy learns a bump rather than
+    a spike: on one demo, one-hot targets drive every constant dimension to a near-delta
+    distribution whose argmax RL's sampling then cannot move.
+    """
+    logp = F.log_softmax(logits, dim=-1)
+    if smoothing <= 0:
+        return F.nll_loss(logp.flatten(0, -2), target.flatten())
+    grid = torch.arange(logits.shape[-1], device=logits.device, dtype=logits.dtype)
+    soft = torch.softmax(-0.5 * ((grid - target[..., None].to(logits.dtype)) / smoothing) ** 2, dim=-1)
+    return -(soft * logp).sum(-1).mean()
+
+
 def lr_at(step: int, cfg: SFTConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -120,7 +136,7 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
         logits = model(data["pixels"][idx], data["proprio"][idx], data["input_ids"][idx], data["text_mask"][idx])
         target = data["bins"][idx]  # (B, A)
-        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten())
+        loss = token_loss(logits, target, cfg.bin_smoothing)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)

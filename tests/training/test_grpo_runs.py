@@ -83,6 +83,27 @@ def test_two_process_gloo_learner_matches_one_process(sft_checkpoint, tmp_path):
     assert changed > 10  # the update did move the weights
 
 
+def test_ppo_epochs_repeat_the_pass_against_the_rollout_log_probs(sft_checkpoint):
+    """ppo_epochs=3 takes 3 x mini_batches optimiser steps; later passes see ratios away from 1."""
+    from pushcut.policy.inference import TorchPolicy
+    from pushcut.training import grpo
+
+    trajs, batch = _batch(sft_checkpoint)
+    results = {}
+    for epochs in (1, 3):
+        model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        steps = []
+        opt.register_step_post_hook(lambda *_: steps.append(1))
+        metrics = grpo.update(model, None, opt, TorchPolicy(model, stats, tok), batch, len(trajs),
+                              _train_cfg(sft_checkpoint, ppo_epochs=epochs, mini_batches=2), torch.Generator().manual_seed(0))
+        results[epochs] = (len(steps), metrics)
+    assert results[1][0] == 2 and results[3][0] == 6
+    # one pass starts from the rollout policy (ratio ~1); repeated passes have moved away from it
+    assert abs(results[1][1]["approx_kl"]) < abs(results[3][1]["approx_kl"])
+    assert results[3][1]["clipfrac"] >= results[1][1]["clipfrac"]
+
+
 def _fsdp_train_worker(rank, world, ckpt, port, run, iterations):
     import torch.distributed as dist
 

@@ -1,13 +1,15 @@
-"""Normalisation bounds of SFT: the one-demo trap and the robot's limits."""
+"""SFT on one demo: normalisation bounds (the robot's limits) and soft bin targets."""
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from pushcut import spec
 from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer
 from pushcut.sim.config import EnvConfig
 from pushcut.sim.demos import DemoSet
 from pushcut.sim.registry import robot_bounds
-from pushcut.training.sft import norm_statistics
+from pushcut.training.sft import norm_statistics, token_loss
 
 
 def _one_right_arm_demo() -> DemoSet:
@@ -50,3 +52,31 @@ def test_robot_bounds_span_the_limits_for_every_dimension():
     # LIBERO: only actions have natural bounds (the OSC box); its proprio keeps the demos' stats
     libero = robot_bounds(EnvConfig(kind="libero", task="libero_spatial", cameras=("agentview",)))
     assert libero == {"action": ([-1.0] * 7, [1.0] * 7)}
+
+
+def _fit(target_bin: int, smoothing: float, steps: int = 600) -> np.ndarray:
+    """The distribution free logits converge to under token_loss on one constant target."""
+    logits = torch.zeros(1, 256, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.5)
+    for _ in range(steps):
+        opt.zero_grad()
+        token_loss(logits, torch.tensor([target_bin]), smoothing).backward()
+        opt.step()
+    return torch.softmax(logits.detach(), -1)[0].numpy()
+
+
+def test_one_hot_targets_are_plain_cross_entropy():
+    logits, target = torch.randn(3, 5, 256), torch.randint(0, 256, (3, 5))
+    torch.testing.assert_close(token_loss(logits, target), F.cross_entropy(logits.flatten(0, 1), target.flatten()))
+    torch.testing.assert_close(token_loss(logits, target, 0.0), token_loss(logits, target))
+
+
+def test_bin_smoothing_learns_a_bump_around_the_target_not_a_spike():
+    spike, bump = _fit(100, 0.0), _fit(100, 2.0)
+    assert spike.argmax() == 100 and spike[100] > 0.95  # one demo, one-hot: a near-delta
+    assert bump.argmax() == 100 and bump[100] < 0.3
+    bins = np.arange(256)
+    mean = (bump * bins).sum()
+    std = np.sqrt((bump * (bins - mean) ** 2).sum())
+    assert abs(mean - 100) < 0.1 and abs(std - 2.0) < 0.2  # the Gaussian target's moments
+    assert bump[97:104].sum() > 0.85 and bump[:90].sum() + bump[111:].sum() < 1e-3
