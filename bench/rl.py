@@ -8,7 +8,9 @@ the recipe can be read at the ablations' budget when that is shorter. PUSHCUT_BE
 starts from the same SFT checkpoint; greedy success is measured on the same held-out seeds
 (200 by default) before and after, and on 50 seeds every few iterations for the curve.
 Rollout throughput and the share of time in simulation, policy inference and the learner update
-come from the runs' own logs. NOTE: lr is raised from the 7B recipe's 5e-6 to 1e-3 for the tiny
+come from the runs' own logs. Each policy is also measured sampled at its rollout temperature on
+the same seeds, and both are split by the arm the bell needs (``diagnosis``): the gap between
+sampled and greedy success is what the reward improves and greedy evaluation does not see. NOTE: lr is raised from the 7B recipe's 5e-6 to 1e-3 for the tiny
 preset, which is trained from scratch on 2 cores and barely moves at 5e-6.
 """
 
@@ -20,7 +22,15 @@ import time
 
 import torch
 
-from bench.common import CACHE, RESULTS, env_int, held_out_episodes, sft_checkpoint, success_summary, write
+from bench.common import (
+    CACHE,
+    RESULTS,
+    env_int,
+    held_out_episodes,
+    sft_checkpoint,
+    success_summary,
+    write,
+)
 from pushcut.configs import compose, from_hydra
 from pushcut.policy.inference import TorchPolicy
 from pushcut.sim.registry import make_env

@@ -44,10 +44,14 @@ def rig():
         emu.stop()
 
 
-def drive(arm, target, seconds, rate=200.0):
+def drive(arm, target, seconds, rate=200.0, min_ticks=0):
+    """Command ``target`` and tick at ``rate`` for ``seconds``, and at least ``min_ticks`` times (a
+    loaded machine sleeps longer than asked, which must not cut a ramp short)."""
     sent = []
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    ticks = 0
+    while time.monotonic() < end or ticks < min_ticks:
+        ticks += 1
         arm.command(target)
         out = arm.tick()
         if out is not None:
@@ -98,7 +102,7 @@ def test_commands_arrive_in_sdk_units_and_feedback_comes_back(rig):
 def test_safety_clamps_limits_and_step_per_tick(rig):
     emu, arm = rig()
     arm.enable()
-    sent = drive(arm, np.array([5.0, 4.0, 1.0, 0.0, 0.0, 0.0, 0.2]), 0.6)
+    sent = drive(arm, np.array([5.0, 4.0, 1.0, 0.0, 0.0, 0.0, 0.2]), 0.6, min_ticks=120)  # 2.62 rad at 0.05 rad/tick: 53
     sent = np.array(sent)
     assert np.all(np.abs(np.diff(sent[:, :6], axis=0)) <= arm.cfg.safety.max_joint_step + 1e-9)
     assert sent[-1, 0] == pytest.approx(2.6179) and sent[-1, 1] == pytest.approx(3.14) and sent[-1, 2] == 0.0

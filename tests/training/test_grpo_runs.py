@@ -94,7 +94,7 @@ def test_ppo_epochs_repeat_the_pass_against_the_rollout_log_probs(sft_checkpoint
         model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         steps = []
-        opt.register_step_post_hook(lambda *_: steps.append(1))
+        opt.register_step_post_hook(lambda *_, steps=steps: steps.append(1))
         metrics = grpo.update(model, None, opt, TorchPolicy(model, stats, tok), batch, len(trajs),
                               _train_cfg(sft_checkpoint, ppo_epochs=epochs, mini_batches=2), torch.Generator().manual_seed(0))
         results[epochs] = (len(steps), metrics)
