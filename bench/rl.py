@@ -10,7 +10,8 @@ starts from the same SFT checkpoint; greedy success is measured on the same held
 Rollout throughput and the share of time in simulation, policy inference and the learner update
 come from the runs' own logs. Each policy is also measured sampled at its rollout temperature on
 the same seeds, and both are split by the arm the bell needs (``diagnosis``): the gap between
-sampled and greedy success is what the reward improves and greedy evaluation does not see. NOTE: lr is raised from the 7B recipe's 5e-6 to 1e-3 for the tiny
+sampled and greedy success is what the reward improves and greedy evaluation does not see. The
+diagnosis also asks whether the policy looks at the bell at all (``image_sensitivity``). NOTE: lr is raised from the 7B recipe's 5e-6 to 1e-3 for the tiny
 preset, which is trained from scratch on 2 cores and barely moves at 5e-6.
 """
 
@@ -82,6 +83,21 @@ def _bell_arms(cfg, seeds: list[int]) -> dict[int, str]:
         env.close()
 
 
+def image_sensitivity(policy: TorchPolicy, cfg, seeds: int = 20) -> dict:
+    """Does the policy look? Its greedy first chunk from each seed's initial state: the robot
+    starts in the same pose every time and only the bell (seen by the camera) moves, so a policy
+    that ignores the image gives one chunk for all seeds."""
+    env = make_env(cfg.env)
+    try:
+        obs = [env.reset(s).as_dict() for s in range(100_000, 100_000 + seeds)]
+    finally:
+        env.close()
+    _, bins, _ = policy.act_batch(obs, 0.0)
+    chunks = policy.decode(bins)
+    return {"seeds": seeds, "distinct_greedy_chunks": len({b.tobytes() for b in bins}),
+            "action_std_across_seeds": float(chunks.std(axis=0).mean())}
+
+
 def _measure(policy: TorchPolicy, cfg, episodes: int) -> dict:
     """Greedy success on the held-out seeds, split by the arm the bell needs, beside the success of
     the same policy sampled at the rollout temperature: where the two part, the RL reward (sampled)
@@ -93,6 +109,7 @@ def _measure(policy: TorchPolicy, cfg, episodes: int) -> dict:
         out[name] = success_summary(results) | {"by_arm": {
             arm: sum(r["success"] for r in results if arms[r["seed"]] == arm) / max(1, sum(a == arm for a in arms.values()))
             for arm in ("left", "right")}}
+    out["image_sensitivity"] = image_sensitivity(policy, cfg)
     return out
 
 
@@ -104,6 +121,8 @@ def main() -> None:
     recipe = from_hydra(TrainConfig, compose("train", [f"init_checkpoint={ckpt}"]))
     start = _measure(TorchPolicy.from_checkpoint(ckpt), recipe, episodes)
     before = start["greedy"]
+    # a reference that does look: the same policy SFT'd on 50 demos
+    start["image_sensitivity_50_demo_sft"] = image_sensitivity(TorchPolicy.from_checkpoint(sft_checkpoint(50, 1500)), recipe)
     only = [v for v in os.environ.get("PUSHCUT_BENCH_RL_VARIANTS", ",".join(VARIANTS)).split(",") if v]
     unknown = sorted(set(only) - set(VARIANTS))
     if unknown:
