@@ -366,7 +366,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
     logger = RunLogger(run_dir, cfg, cfg.wandb, job="grpo", resume=resume) if is_main else None
     pool = WorkerPool(cfg.rollout, cfg.env, cfg.policy, norm_stats, tokenizer.to_json()) if is_main else None
-    bar = tqdm(total=cfg.iterations, initial=state["iteration"], desc="grpo", disable=not (progress and is_main))
+    # a time budget, when set, is what the bar counts (the default iterations cap is then far away)
+    by_time = cfg.time_budget_s is not None
+    bar = tqdm(total=int(cfg.time_budget_s) if by_time else cfg.iterations, unit="s" if by_time else "it",
+               initial=round(state["wall_s"]) if by_time else state["iteration"], desc="grpo",
+               disable=not (progress and is_main))
     try:
         weights = full_weights(model)  # collective under FSDP: every rank takes part
         if is_main and state["iteration"] == 0 and cfg.eval_every and cfg.eval_episodes:
@@ -421,8 +425,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                     wall_s=state["wall_s"], chunks=len(batch["bins"]),
                 )
                 logger.log(metrics, it)
-                bar.update(1)
-                bar.set_postfix(reward=f"{info['reward']:.2f}", kept=info["kept_groups"],
+                bar.update(round(state["wall_s"]) - bar.n if by_time else 1)
+                bar.set_postfix(it=it, reward=f"{info['reward']:.2f}", kept=info["kept_groups"],
                                 eval=f"{metrics.get('eval_success', float('nan')):.2f}")
             if world > 1:  # every rank needs rank 0's counters (wall time budget, env steps)
                 payload = [state]
