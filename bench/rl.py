@@ -11,8 +11,9 @@ Rollout throughput and the share of time in simulation, policy inference and the
 come from the runs' own logs. Each policy is also measured sampled at its rollout temperature on
 the same seeds, and both are split by the arm the bell needs (``diagnosis``): the gap between
 sampled and greedy success is what the reward improves and greedy evaluation does not see. The
-diagnosis also asks whether the policy looks at the bell at all (``image_sensitivity``). NOTE: lr is raised from the 7B recipe's 5e-6 to 1e-3 for the tiny
-preset, which is trained from scratch on 2 cores and barely moves at 5e-6.
+diagnosis also asks whether the policy looks at the bell at all (``image_sensitivity``).
+NOTE: lr is raised from the 7B recipe's 5e-6 to 1e-3 for the tiny preset, which is trained from
+scratch on 2 cores and barely moves at 5e-6.
 """
 
 from __future__ import annotations
@@ -70,15 +71,15 @@ class _Sampled:
         return self.policy.act_batch(observations, self.temperature, self.gen)[0]
 
 
-def _bell_arms(cfg, seeds: list[int]) -> dict[int, str]:
-    """Which arm must click the bell on each seed (its side of the table)."""
+def _initial_states(cfg, seeds) -> tuple[list[dict], list[str]]:
+    """Each seed's first observation and the arm its bell needs (its side of the table)."""
     env = make_env(cfg.env)
     try:
-        arms = {}
+        obs, arms = [], []
         for seed in seeds:
-            env.reset(seed)
-            arms[seed] = env.layout["arm"]
-        return arms
+            obs.append(env.reset(seed).as_dict())
+            arms.append(env.layout["arm"])
+        return obs, arms
     finally:
         env.close()
 
@@ -87,13 +88,8 @@ def image_sensitivity(policy: TorchPolicy, cfg, seeds: int = 20) -> dict:
     """Does the policy look? Its greedy first chunk from each seed's initial state: the robot
     starts in the same pose every time and only the bell (seen by the camera) moves, so a policy
     that ignores the image gives one chunk for all seeds."""
-    env = make_env(cfg.env)
-    try:
-        obs = [env.reset(s).as_dict() for s in range(100_000, 100_000 + seeds)]
-    finally:
-        env.close()
-    _, bins, _ = policy.act_batch(obs, 0.0)
-    chunks = policy.decode(bins)
+    obs, _ = _initial_states(cfg, range(100_000, 100_000 + seeds))
+    chunks, bins, _ = policy.act_batch(obs, 0.0)
     return {"seeds": seeds, "distinct_greedy_chunks": len({b.tobytes() for b in bins}),
             "action_std_across_seeds": float(chunks.std(axis=0).mean())}
 
@@ -102,13 +98,15 @@ def _measure(policy: TorchPolicy, cfg, episodes: int) -> dict:
     """Greedy success on the held-out seeds, split by the arm the bell needs, beside the success of
     the same policy sampled at the rollout temperature: where the two part, the RL reward (sampled)
     has improved what greedy evaluation does not see."""
+    _, arms = _initial_states(cfg, range(100_000, 100_000 + episodes))  # the seeds held_out_episodes runs
     out = {}
     for name, pol in (("greedy", policy), (f"sampled_T{cfg.temperature:g}", _Sampled(policy, cfg.temperature))):
         results = held_out_episodes(pol, "click_bell", episodes)
-        arms = _bell_arms(cfg, [r["seed"] for r in results])
-        out[name] = success_summary(results) | {"by_arm": {
-            arm: sum(r["success"] for r in results if arms[r["seed"]] == arm) / max(1, sum(a == arm for a in arms.values()))
-            for arm in ("left", "right")}}
+        by_arm = {}
+        for arm in ("left", "right"):
+            ok = [r["success"] for r, a in zip(results, arms) if a == arm]
+            by_arm[arm] = sum(ok) / max(1, len(ok))
+        out[name] = success_summary(results) | {"by_arm": by_arm}
     out["image_sensitivity"] = image_sensitivity(policy, cfg)
     return out
 
