@@ -327,10 +327,18 @@ def collect(pool: WorkerPool, cfg: TrainConfig, state: dict) -> tuple[list[Traje
     return kept, info
 
 
-def evaluate(pool: WorkerPool, cfg: TrainConfig) -> float:
+def eval_due(cfg: TrainConfig, iteration: int) -> bool:
+    """Greedy evaluation runs before the first iteration and after every ``eval_every``-th."""
+    return bool(cfg.eval_every and cfg.eval_episodes) and iteration % cfg.eval_every == 0
+
+
+def evaluate(pool: WorkerPool, cfg: TrainConfig, weights: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Greedy success of ``weights`` on the evaluation seeds, and the seconds it took."""
+    t0 = time.perf_counter()
+    pool.set_weights(weights)
     seeds = range(cfg.eval_seed_start, cfg.eval_seed_start + cfg.eval_episodes)
     trajs = pool.rollout([Job(i, s, 0, 0) for i, s in enumerate(seeds)], temperature=0.0)
-    return float(np.mean([t.success for t in trajs]))
+    return {"eval_success": float(np.mean([t.success for t in trajs])), "eval_s": time.perf_counter() - t0}
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
@@ -373,11 +381,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                disable=not (progress and is_main))
     try:
         weights = full_weights(model)  # collective under FSDP: every rank takes part
-        if is_main and state["iteration"] == 0 and cfg.eval_every and cfg.eval_episodes:
-            t0 = time.perf_counter()
-            pool.set_weights(weights)
-            logger.log({"eval_success": evaluate(pool, cfg)}, 0)
-            state["wall_s"] += time.perf_counter() - t0  # the time budget counts evaluation too
+        if is_main and state["iteration"] == 0 and eval_due(cfg, 0):
+            initial = evaluate(pool, cfg, weights)
+            logger.log(initial, 0)
+            state["wall_s"] += initial["eval_s"]  # the time budget counts evaluation too
         while state["iteration"] < cfg.iterations:
             if cfg.time_budget_s is not None and state["wall_s"] >= cfg.time_budget_s:
                 break
@@ -410,11 +417,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                 timing = pool.take_timing()
                 state["env_steps"] += timing["env_steps"]
                 # 5. evaluation
-                if cfg.eval_every and cfg.eval_episodes and it % cfg.eval_every == 0:
-                    t0 = time.perf_counter()
-                    pool.set_weights(weights)
-                    metrics["eval_success"] = evaluate(pool, cfg)
-                    metrics["eval_s"] = time.perf_counter() - t0
+                if eval_due(cfg, it):
+                    metrics.update(evaluate(pool, cfg, weights))
                 iter_s = time.perf_counter() - t_iter
                 state["wall_s"] += iter_s
                 metrics.update(info)

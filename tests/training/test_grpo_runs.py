@@ -147,6 +147,9 @@ def test_two_iterations_through_ray_on_the_twin(sft_checkpoint, tmp_path):
     for key in ("reward", "kept_groups", "env_steps_per_s", "sim_s", "inference_s", "update_s"):
         assert key in rows[1], key
     assert 0.0 <= rows[2]["eval_success"] <= 1.0
+    # evaluated before the first iteration and after every eval_every-th, each timed
+    assert ["eval_success" in r for r in rows] == [True, False, True]
+    assert rows[0]["eval_s"] > 0 and rows[2]["eval_s"] > 0
     assert checkpoint.read_meta(out)["trainer"]["iteration"] == 2
     assert (tmp_path / "run" / "learning_curve.png").exists()
 
