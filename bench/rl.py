@@ -12,6 +12,7 @@ come from the runs' own logs. Each policy is also measured sampled at its rollou
 the same seeds, and both are split by the arm the bell needs (``diagnosis``): the gap between
 sampled and greedy success is what the reward improves and greedy evaluation does not see. The
 diagnosis also asks whether the policy looks at the bell at all (``image_sensitivity``).
+PUSHCUT_BENCH_RL_REMEASURE=1 measures the diagnosis again for the runs already in rl.json.
 NOTE: lr is raised from the 7B recipe's 5e-6 to 1e-3 for the tiny preset, which is trained from
 scratch on 2 cores and barely moves at 5e-6.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -96,11 +98,12 @@ def image_sensitivity(policy: TorchPolicy, cfg, seeds: int = 20) -> dict:
 
 def _measure(policy: TorchPolicy, cfg, episodes: int) -> dict:
     """Greedy success on the held-out seeds, split by the arm the bell needs, beside the success of
-    the same policy sampled at the rollout temperature: where the two part, the RL reward (sampled)
-    has improved what greedy evaluation does not see."""
+    the same policy sampled at the rollout temperature and at T = 1: where they part, the RL reward
+    (sampled) has improved what greedy evaluation does not see."""
     _, arms = _initial_states(cfg, range(100_000, 100_000 + episodes))  # the seeds held_out_episodes runs
     out = {}
-    for name, pol in (("greedy", policy), (f"sampled_T{cfg.temperature:g}", _Sampled(policy, cfg.temperature))):
+    decoders = {"greedy": policy} | {f"sampled_T{t:g}": _Sampled(policy, t) for t in (cfg.temperature, 1.0)}
+    for name, pol in decoders.items():
         results = held_out_episodes(pol, "click_bell", episodes)
         by_arm = {}
         for arm in ("left", "right"):
@@ -109,6 +112,27 @@ def _measure(policy: TorchPolicy, cfg, episodes: int) -> dict:
         out[name] = success_summary(results) | {"by_arm": by_arm}
     out["image_sensitivity"] = image_sensitivity(policy, cfg)
     return out
+
+
+def remeasure(episodes: int) -> None:
+    """Measure the diagnosis again for the start and every finished run in rl.json (their final
+    checkpoints), without training: for a diagnosis added after the runs."""
+    out = json.loads((RESULTS / "rl.json").read_text())
+    base = ["init_checkpoint=" + out["start"]["checkpoint"]]
+    start = out["start"]["diagnosis"]
+    start |= _measure(TorchPolicy.from_checkpoint(out["start"]["checkpoint"]),
+                      from_hydra(TrainConfig, compose("train", base)), episodes)
+    for name in (n for n in VARIANTS if n in out):
+        cfg = from_hydra(TrainConfig, compose("train", base + out[name]["overrides"]))
+        measured = _measure(TorchPolicy.from_checkpoint(Path(out[name]["run_dir"]) / "checkpoint"), cfg, episodes)
+        same_seeds = measured["greedy"]["seeds"] == out[name]["final"]["seeds"]
+        if same_seeds and measured["greedy"]["success_rate"] != out[name]["final"]["success_rate"]:  # deterministic
+            raise SystemExit(f"{name}: greedy success {measured['greedy']['success_rate']} differs from the "
+                             f"recorded {out[name]['final']['success_rate']}; the code changed since the run")
+        out[name]["diagnosis"] = measured
+    for key in ("benchmark", "when", "machine"):  # write() sets them anew
+        out.pop(key, None)
+    write("rl", out)
 
 
 def main() -> None:
@@ -162,4 +186,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if os.environ.get("PUSHCUT_BENCH_RL_REMEASURE"):
+        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200))
+    else:
+        main()
