@@ -37,6 +37,10 @@ JOINT_LIMITS = (
     (-2.0944, 2.0944),
 )
 GRIPPER_RANGE_M = (0.0, 0.07)  # total opening between the fingers
+# The joints' top speed in rad/s: the SDK's max_joint_spd setting spans [0, 3000] x 0.001 rad/s
+# for every joint (piper_sdk ArmMsgMotorAngleLimitMaxSpdSet). The twin and the CAN emulator move
+# no faster, so what RL learns in the twin is what the arm can do.
+JOINT_MAX_SPEED = 3.0
 GRIPPER_NORMALISED = (0.0, 1.0)  # 0 closed, 1 open (RoboTwin convention)
 
 

@@ -22,7 +22,7 @@ import can
 import numpy as np
 
 from pushcut.deploy.piper import units
-from pushcut.spec import GRIPPER_RANGE_M, JOINT_LIMITS
+from pushcut.spec import GRIPPER_RANGE_M, JOINT_LIMITS, JOINT_MAX_SPEED
 
 STATUS, J12, J34, J56, GRIPPER_FB = 0x2A1, 0x2A5, 0x2A6, 0x2A7, 0x2A8
 JOINT_CONFIG, SET_ZERO = 0x475, 0xAE
@@ -30,7 +30,7 @@ MOTION_1, MOTION_2, JC12, JC34, JC56, GRIPPER_CMD, ENABLE = 0x150, 0x151, 0x155,
 
 
 class PiperEmulator:
-    def __init__(self, channel: str, rate_hz: float = 200.0, max_joint_speed: float = 3.0,
+    def __init__(self, channel: str, rate_hz: float = 200.0, max_joint_speed: float = JOINT_MAX_SPEED,
                  max_gripper_speed: float = 0.1, initial: np.ndarray | None = None, seed: int = 0):
         self.channel = channel
         self.bus = can.Bus(channel=channel, interface="virtual", receive_own_messages=False)

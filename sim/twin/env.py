@@ -5,7 +5,10 @@ Actions are 14 absolute joint targets ``[left j1..j6, left gripper, right j1..j6
 time-parametrised path: a C1 cubic (Catmull-Rom) through the current target and the T
 waypoints, one waypoint per control period, with zero velocity at both ends of the chunk,
 sampled at the physics rate (250 Hz) and tracked by the joint position servos, as RoboTwin
-executes its chunks. Success is checked at every physics step and latches.
+executes its chunks. Like the arm's own controller, the servo targets approach that path no
+faster than the joints' top speed (``spec.JOINT_MAX_SPEED``), so a chunk that asks for more is
+executed late, never faster than the hardware could. Success is checked at every physics step
+and latches.
 
 Grasping: a closed gripper whose two pads both touch the same graspable object turns on a weld
 between the hand and the object (MuJoCo equality), and opening the gripper turns it off. This
@@ -28,6 +31,7 @@ from pushcut.sim.twin.model import FINGER_TRAVEL, HeadCamera, build_mjcf
 from pushcut.sim.twin.randomize import Randomizer
 
 _LO, _HI = (np.array(v) for v in spec.dual_arm_limits())
+_ARM_DIMS = np.array([d for d in range(spec.DUAL_ARM_DIM) if d % spec.DOF_PER_ARM != spec.DOF_PER_ARM - 1])
 GRIP_CLOSE_CMD = 0.5  # commanded opening below this closes a grasp
 
 
@@ -68,6 +72,9 @@ class TwinEnv:
         self._renderer: mujoco.Renderer | None = None
         self.randomizer = Randomizer(m, cfg.randomization)
         self.target = np.zeros(self.action_dim)
+        self._servo = np.zeros(self.action_dim)  # what the servos are told, speed-limited
+        self._max_step = np.full(self.action_dim, np.inf)  # per physics step; grippers unlimited
+        self._max_step[_ARM_DIMS] = spec.JOINT_MAX_SPEED / cfg.physics_hz
         self.steps = 0
         self._physics = 0
         self.succeeded = False
@@ -82,6 +89,7 @@ class TwinEnv:
         home = np.concatenate([HOME, [1.0], HOME, [1.0]])
         self._set_arm_qpos(home)
         self.target = home.copy()
+        self._servo = home.copy()
         self._apply_ctrl(home)
         mujoco.mj_forward(self.model, self.data)
         for _ in range(int(0.2 * self.cfg.physics_hz)):  # let objects settle
@@ -130,9 +138,11 @@ class TwinEnv:
         return self.succeeded or self.steps >= self.max_steps
 
     def _follow(self, path: np.ndarray) -> None:
-        """Track physics-rate targets, checking success at every physics step (it latches)."""
+        """Track physics-rate targets at no more than the joints' top speed, checking success at
+        every physics step (it latches)."""
         for target in path:
-            self._apply_ctrl(target)
+            self._servo += np.clip(target - self._servo, -self._max_step, self._max_step)
+            self._apply_ctrl(self._servo)
             mujoco.mj_step(self.model, self.data)
             if not self.succeeded and self.task.success(self.data, self.gripper_opening()):
                 self.succeeded = True

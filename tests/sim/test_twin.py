@@ -74,6 +74,23 @@ def test_out_of_range_actions_are_clamped():
     env.close()
 
 
+def test_joints_move_no_faster_than_the_arm_can():
+    """A chunk that asks joint 1 to be 1 rad away from the first control step on (25 rad/s) is
+    executed at the SDK's top joint speed: it gets there, late."""
+    env = TwinEnv(EnvConfig(task="click_bell", image_size=(16, 16)))
+    obs = env.reset(seed=0)
+    far = obs.proprio.astype(np.float64)
+    far[0] += 1.0
+    q0 = env.proprio()[0]
+    env.step(np.tile(far, (5, 1)))  # 0.2 s
+    moved = env.proprio()[0] - q0
+    assert 0.5 * spec.JOINT_MAX_SPEED * 0.2 < moved < spec.JOINT_MAX_SPEED * 0.2 + 0.02
+    steps = int(np.ceil(1.0 / (spec.JOINT_MAX_SPEED / env.cfg.control_hz))) + 5
+    env.step(np.tile(far, (steps, 1)))
+    assert abs(env.proprio()[0] - far[0]) < 0.02
+    env.close()
+
+
 def test_smooth_path_passes_through_waypoints():
     start = np.zeros(2)
     wps = np.array([[1.0, 0.0], [2.0, 1.0], [2.0, 2.0]])

@@ -112,8 +112,11 @@ def _fsdp_train_worker(rank, world, ckpt, port, run, iterations):
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    grpo.train(_train_cfg(ckpt, iterations=iterations, learner=LearnerConfig(fsdp=True, threads=1)), run,
-               progress=False)
+    # every group kept and an entropy bonus: a gradient whatever the micro policy's successes, and
+    # no weight decay, so weights move only if the sharded learner computes and applies gradients
+    cfg = _train_cfg(ckpt, iterations=iterations, learner=LearnerConfig(fsdp=True, threads=1),
+                     dynamic_sampling=False, entropy_coef=0.01, weight_decay=0.0)
+    grpo.train(cfg, run, progress=False)
     dist.destroy_process_group()
 
 
