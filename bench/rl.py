@@ -13,6 +13,9 @@ the same seeds, and both are split by the arm the bell needs (``diagnosis``): th
 sampled and greedy success is what the reward improves and greedy evaluation does not see. The
 diagnosis also asks whether the policy looks at the bell at all (``image_sensitivity``).
 PUSHCUT_BENCH_RL_REMEASURE=1 measures the diagnosis again for the runs already in rl.json.
+PUSHCUT_BENCH_RL_DEMOS=N (default 1, the issue's start) starts from the N-demo SFT instead and
+writes rl_<N>demos.json: with 3 demos (two bells on the right, one on the left) the start has
+seen both arms move, which tests whether the unexplored arm is what limits the 1-demo runs.
 NOTE: lr is raised from the 7B recipe's 5e-6 to 1e-3 for the tiny preset, which is trained from
 scratch on 2 cores and barely moves at 5e-6.
 """
@@ -114,10 +117,14 @@ def _measure(policy: TorchPolicy, cfg, episodes: int) -> dict:
     return out
 
 
-def remeasure(episodes: int) -> None:
+def _result_name(demos: int) -> str:
+    return "rl" if demos == 1 else f"rl_{demos}demos"
+
+
+def remeasure(episodes: int, demos: int) -> None:
     """Measure the diagnosis again for the start and every finished run in rl.json (their final
     checkpoints), without training: for a diagnosis added after the runs."""
-    out = json.loads((RESULTS / "rl.json").read_text())
+    out = json.loads((RESULTS / f"{_result_name(demos)}.json").read_text())
     base = ["init_checkpoint=" + out["start"]["checkpoint"]]
     start = out["start"]["diagnosis"]
     start |= _measure(TorchPolicy.from_checkpoint(out["start"]["checkpoint"]),
@@ -132,14 +139,14 @@ def remeasure(episodes: int) -> None:
         out[name]["diagnosis"] = measured
     for key in ("benchmark", "when", "machine"):  # write() sets them anew
         out.pop(key, None)
-    write("rl", out)
+    write(_result_name(demos), out)
 
 
-def main() -> None:
+def main(demos: int) -> None:
     budget = env_int("PUSHCUT_BENCH_RL_BUDGET_S", 2700)
     ablation_budget = env_int("PUSHCUT_BENCH_RL_ABLATION_BUDGET_S", budget)
     episodes = env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200)
-    ckpt = sft_checkpoint(1, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500))
+    ckpt = sft_checkpoint(demos, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500))
     recipe = from_hydra(TrainConfig, compose("train", [f"init_checkpoint={ckpt}"]))
     start = _measure(TorchPolicy.from_checkpoint(ckpt), recipe, episodes)
     before = start["greedy"]
@@ -150,13 +157,13 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown PUSHCUT_BENCH_RL_VARIANTS {unknown}; known: {list(VARIANTS)}")
     out = {"task": "click_bell", "start": {"checkpoint": str(ckpt), **before, "diagnosis": start}}
-    previous = RESULTS / "rl.json"
+    previous = RESULTS / f"{_result_name(demos)}.json"
     if set(only) != set(VARIANTS) and previous.exists():  # keep the other variants of the same start
         old = json.loads(previous.read_text())
         if old.get("start", {}).get("checkpoint") == str(ckpt):
             out |= {k: old[k] for k in VARIANTS if k in old and k not in only}
     for name, overrides in ((n, VARIANTS[n]) for n in only):
-        run = CACHE / f"rl_{name}_{int(time.time())}"
+        run = CACHE / f"{_result_name(demos)}_{name}_{int(time.time())}"
         run_budget = budget if name == "grpo" else ablation_budget
         cfg = from_hydra(TrainConfig, compose("train", [
             f"init_checkpoint={ckpt}", "iterations=100000", "lr=1e-3", f"time_budget_s={run_budget}",
@@ -181,12 +188,14 @@ def main() -> None:
             **_shares([r for r in rows if "reward" in r]),
             "run_dir": str(run),
         }
-        plot_curves(run / "metrics.jsonl", ["eval_success", "reward", "kept_groups"], CACHE / f"rl_{name}.png", name)
-        write("rl", out)  # after every variant: a cut-short bench keeps what it finished
+        plot_curves(run / "metrics.jsonl", ["eval_success", "reward", "kept_groups"],
+                    CACHE / f"{_result_name(demos)}_{name}.png", name)
+        write(_result_name(demos), out)  # after every variant: a cut-short bench keeps what it finished
 
 
 if __name__ == "__main__":
+    n_demos = env_int("PUSHCUT_BENCH_RL_DEMOS", 1)
     if os.environ.get("PUSHCUT_BENCH_RL_REMEASURE"):
-        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200))
+        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200), n_demos)
     else:
-        main()
+        main(n_demos)
