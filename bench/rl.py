@@ -50,6 +50,7 @@ VARIANTS = {
     "no_dynamic_sampling": ["dynamic_sampling=false"],
     "temperature_1.0": ["temperature=1.0"],
 }
+SENSITIVITY_SEEDS = 20  # the first held-out seeds, whose first greedy chunks image_sensitivity compares
 
 
 def _shares(rows: list[dict]) -> dict:
@@ -89,13 +90,12 @@ def _initial_states(cfg, seeds) -> tuple[list[dict], list[str]]:
         env.close()
 
 
-def image_sensitivity(policy: TorchPolicy, cfg, seeds: int = 20) -> dict:
+def image_sensitivity(policy: TorchPolicy, initial_obs: list[dict]) -> dict:
     """Does the policy look? Its greedy first chunk from each seed's initial state: the robot
     starts in the same pose every time and only the bell (seen by the camera) moves, so a policy
     that ignores the image gives one chunk for all seeds."""
-    obs, _ = _initial_states(cfg, range(100_000, 100_000 + seeds))
-    chunks, bins, _ = policy.act_batch(obs, 0.0)
-    return {"seeds": seeds, "distinct_greedy_chunks": len({b.tobytes() for b in bins}),
+    chunks, bins, _ = policy.act_batch(initial_obs, 0.0)
+    return {"seeds": len(initial_obs), "distinct_greedy_chunks": len({b.tobytes() for b in bins}),
             "action_std_across_seeds": float(chunks.std(axis=0).mean())}
 
 
@@ -103,7 +103,7 @@ def _measure(policy: TorchPolicy, cfg, episodes: int) -> dict:
     """Greedy success on the held-out seeds, split by the arm the bell needs, beside the success of
     the same policy sampled at the rollout temperature and at T = 1: where they part, the RL reward
     (sampled) has improved what greedy evaluation does not see."""
-    _, arms = _initial_states(cfg, range(100_000, 100_000 + episodes))  # the seeds held_out_episodes runs
+    obs, arms = _initial_states(cfg, range(100_000, 100_000 + episodes))  # the seeds held_out_episodes runs
     out = {}
     decoders = {"greedy": policy} | {f"sampled_T{t:g}": _Sampled(policy, t) for t in (cfg.temperature, 1.0)}
     for name, pol in decoders.items():
@@ -113,7 +113,7 @@ def _measure(policy: TorchPolicy, cfg, episodes: int) -> dict:
             ok = [r["success"] for r, a in zip(results, arms) if a == arm]
             by_arm[arm] = sum(ok) / max(1, len(ok))
         out[name] = success_summary(results) | {"by_arm": by_arm}
-    out["image_sensitivity"] = image_sensitivity(policy, cfg)
+    out["image_sensitivity"] = image_sensitivity(policy, obs[:SENSITIVITY_SEEDS])
     return out
 
 
@@ -151,7 +151,8 @@ def main(demos: int) -> None:
     start = _measure(TorchPolicy.from_checkpoint(ckpt), recipe, episodes)
     before = start["greedy"]
     # a reference that does look: the same policy SFT'd on 50 demos
-    start["image_sensitivity_50_demo_sft"] = image_sensitivity(TorchPolicy.from_checkpoint(sft_checkpoint(50, 1500)), recipe)
+    first, _ = _initial_states(recipe, range(100_000, 100_000 + SENSITIVITY_SEEDS))
+    start["image_sensitivity_50_demo_sft"] = image_sensitivity(TorchPolicy.from_checkpoint(sft_checkpoint(50, 1500)), first)
     only = [v for v in os.environ.get("PUSHCUT_BENCH_RL_VARIANTS", ",".join(VARIANTS)).split(",") if v]
     unknown = sorted(set(only) - set(VARIANTS))
     if unknown:
