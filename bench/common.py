@@ -64,14 +64,19 @@ def sft_checkpoint(demos_per_task: int, steps: int, task: str = "click_bell", bi
     return sft.train(cfg, run)
 
 
+def held_out_seeds(episodes: int) -> list[int]:
+    """The first ``episodes`` held-out seeds: 100000 on, disjoint from the demos' seeds (0 on)."""
+    return list(range(100_000, 100_000 + episodes))
+
+
 def held_out_episodes(policy, task: str, episodes: int, num_envs: int = 2) -> list[dict]:
-    """One record per held-out seed (100000 on) of ``policy.infer_batch`` rolled out on ``task``."""
+    """One record per held-out seed (``held_out_seeds``) of ``policy.infer_batch`` rolled out on ``task``."""
     from pushcut.configs import compose, from_hydra
     from pushcut.sim.config import EnvConfig
     from pushcut.training.eval import run_episodes
 
     env = from_hydra(EnvConfig, compose("sft", [f"env={task}"]).env)
-    return run_episodes(policy, env, list(range(100_000, 100_000 + episodes)), num_envs, progress=False)
+    return run_episodes(policy, env, held_out_seeds(episodes), num_envs, progress=False)
 
 
 def success_summary(results: list[dict]) -> dict:

@@ -34,6 +34,7 @@ from bench.common import (
     RESULTS,
     env_int,
     held_out_episodes,
+    held_out_seeds,
     sft_checkpoint,
     success_summary,
     write,
@@ -77,12 +78,13 @@ class _Sampled:
         return self.policy.act_batch(observations, self.temperature, self.gen)[0]
 
 
-def _initial_states(cfg, seeds) -> tuple[list[dict], list[str]]:
-    """Each seed's first observation and the arm its bell needs (its side of the table)."""
+def _initial_states(cfg, episodes: int) -> tuple[list[dict], list[str]]:
+    """Each held-out seed's first observation and the arm its bell needs (its side of the table):
+    the same for every policy measured, so reset once per bench."""
     env = make_env(cfg.env)
     try:
         obs, arms = [], []
-        for seed in seeds:
+        for seed in held_out_seeds(episodes):
             obs.append(env.reset(seed).as_dict())
             arms.append(env.layout["arm"])
         return obs, arms
@@ -99,15 +101,15 @@ def image_sensitivity(policy: TorchPolicy, initial_obs: list[dict]) -> dict:
             "action_std_across_seeds": float(chunks.std(axis=0).mean())}
 
 
-def _measure(policy: TorchPolicy, cfg, episodes: int) -> dict:
+def _measure(policy: TorchPolicy, cfg, initial: tuple[list[dict], list[str]]) -> dict:
     """Greedy success on the held-out seeds, split by the arm the bell needs, beside the success of
     the same policy sampled at the rollout temperature and at T = 1: where they part, the RL reward
-    (sampled) has improved what greedy evaluation does not see."""
-    obs, arms = _initial_states(cfg, range(100_000, 100_000 + episodes))  # the seeds held_out_episodes runs
+    (sampled) has improved what greedy evaluation does not see. ``initial``: ``_initial_states``."""
+    obs, arms = initial
     out = {}
     decoders = {"greedy": policy} | {f"sampled_T{t:g}": _Sampled(policy, t) for t in (cfg.temperature, 1.0)}
     for name, pol in decoders.items():
-        results = held_out_episodes(pol, "click_bell", episodes)
+        results = held_out_episodes(pol, "click_bell", len(obs))
         by_arm = {}
         for arm in ("left", "right"):
             ok = [r["success"] for r, a in zip(results, arms) if a == arm]
@@ -124,14 +126,16 @@ def _result_name(demos: int) -> str:
 def remeasure(episodes: int, demos: int) -> None:
     """Measure the diagnosis again for the start and every finished run in rl.json (their final
     checkpoints), without training: for a diagnosis added after the runs."""
-    out = json.loads((RESULTS / f"{_result_name(demos)}.json").read_text())
+    result = _result_name(demos)
+    out = json.loads((RESULTS / f"{result}.json").read_text())
     base = ["init_checkpoint=" + out["start"]["checkpoint"]]
+    recipe = from_hydra(TrainConfig, compose("train", base))
+    initial = _initial_states(recipe, episodes)
     start = out["start"]["diagnosis"]
-    start |= _measure(TorchPolicy.from_checkpoint(out["start"]["checkpoint"]),
-                      from_hydra(TrainConfig, compose("train", base)), episodes)
+    start |= _measure(TorchPolicy.from_checkpoint(out["start"]["checkpoint"]), recipe, initial)
     for name in (n for n in VARIANTS if n in out):
         cfg = from_hydra(TrainConfig, compose("train", base + out[name]["overrides"]))
-        measured = _measure(TorchPolicy.from_checkpoint(Path(out[name]["run_dir"]) / "checkpoint"), cfg, episodes)
+        measured = _measure(TorchPolicy.from_checkpoint(Path(out[name]["run_dir"]) / "checkpoint"), cfg, initial)
         same_seeds = measured["greedy"]["seeds"] == out[name]["final"]["seeds"]
         if same_seeds and measured["greedy"]["success_rate"] != out[name]["final"]["success_rate"]:  # deterministic
             raise SystemExit(f"{name}: greedy success {measured['greedy']['success_rate']} differs from the "
@@ -139,7 +143,7 @@ def remeasure(episodes: int, demos: int) -> None:
         out[name]["diagnosis"] = measured
     for key in ("benchmark", "when", "machine"):  # write() sets them anew
         out.pop(key, None)
-    write(_result_name(demos), out)
+    write(result, out)
 
 
 def main(demos: int) -> None:
@@ -148,23 +152,25 @@ def main(demos: int) -> None:
     episodes = env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200)
     ckpt = sft_checkpoint(demos, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500))
     recipe = from_hydra(TrainConfig, compose("train", [f"init_checkpoint={ckpt}"]))
-    start = _measure(TorchPolicy.from_checkpoint(ckpt), recipe, episodes)
+    initial = _initial_states(recipe, episodes)
+    start = _measure(TorchPolicy.from_checkpoint(ckpt), recipe, initial)
     before = start["greedy"]
     # a reference that does look: the same policy SFT'd on 50 demos
-    first, _ = _initial_states(recipe, range(100_000, 100_000 + SENSITIVITY_SEEDS))
-    start["image_sensitivity_50_demo_sft"] = image_sensitivity(TorchPolicy.from_checkpoint(sft_checkpoint(50, 1500)), first)
+    start["image_sensitivity_50_demo_sft"] = image_sensitivity(TorchPolicy.from_checkpoint(sft_checkpoint(50, 1500)),
+                                                               initial[0][:SENSITIVITY_SEEDS])
     only = [v for v in os.environ.get("PUSHCUT_BENCH_RL_VARIANTS", ",".join(VARIANTS)).split(",") if v]
     unknown = sorted(set(only) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown PUSHCUT_BENCH_RL_VARIANTS {unknown}; known: {list(VARIANTS)}")
     out = {"task": "click_bell", "start": {"checkpoint": str(ckpt), **before, "diagnosis": start}}
-    previous = RESULTS / f"{_result_name(demos)}.json"
+    result = _result_name(demos)
+    previous = RESULTS / f"{result}.json"
     if set(only) != set(VARIANTS) and previous.exists():  # keep the other variants of the same start
         old = json.loads(previous.read_text())
         if old.get("start", {}).get("checkpoint") == str(ckpt):
             out |= {k: old[k] for k in VARIANTS if k in old and k not in only}
     for name, overrides in ((n, VARIANTS[n]) for n in only):
-        run = CACHE / f"{_result_name(demos)}_{name}_{int(time.time())}"
+        run = CACHE / f"{result}_{name}_{int(time.time())}"
         run_budget = budget if name == "grpo" else ablation_budget
         cfg = from_hydra(TrainConfig, compose("train", [
             f"init_checkpoint={ckpt}", "iterations=100000", "lr=1e-3", f"time_budget_s={run_budget}",
@@ -172,7 +178,7 @@ def main(demos: int) -> None:
         t0 = time.perf_counter()
         final = grpo.train(cfg, run)
         wall = time.perf_counter() - t0
-        measured = _measure(TorchPolicy.from_checkpoint(final), cfg, episodes)
+        measured = _measure(TorchPolicy.from_checkpoint(final), cfg, initial)
         after = measured["greedy"]
         rows = read_metrics(run / "metrics.jsonl")
         out[name] = {
@@ -190,8 +196,8 @@ def main(demos: int) -> None:
             "run_dir": str(run),
         }
         plot_curves(run / "metrics.jsonl", ["eval_success", "reward", "kept_groups"],
-                    CACHE / f"{_result_name(demos)}_{name}.png", name)
-        write(_result_name(demos), out)  # after every variant: a cut-short bench keeps what it finished
+                    CACHE / f"{result}_{name}.png", name)
+        write(result, out)  # after every variant: a cut-short bench keeps what it finished
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from bench.common import write
+from bench.common import held_out_seeds, write
 from pushcut.sim.config import EnvConfig
 from pushcut.sim.expert import run_expert
 from pushcut.sim.libero import NOOP, LiberoEnv
@@ -77,7 +77,7 @@ def expert_figures() -> dict:
     for task in ("click_bell", "stack_bowls_two", "stack_bowls_three"):
         env = TwinEnv(EnvConfig(task=task, image_size=(16, 16)))
         t0 = time.perf_counter()
-        ok = [run_expert(env, 100_000 + s, chunk_len=25) for s in range(N_EXPERT)]
+        ok = [run_expert(env, seed, chunk_len=25) for seed in held_out_seeds(N_EXPERT)]
         out[task] = {"success_rate": float(np.mean(ok)), "episodes": N_EXPERT,
                      "seconds_per_episode": (time.perf_counter() - t0) / N_EXPERT}
         env.close()
