@@ -127,7 +127,11 @@ def remeasure(episodes: int, demos: int) -> None:
     """Measure the diagnosis again for the start and every finished run in rl.json (their final
     checkpoints), without training: for a diagnosis added after the runs."""
     result = _result_name(demos)
-    out = json.loads((RESULTS / f"{result}.json").read_text())
+    path = RESULTS / f"{result}.json"
+    if not path.exists():
+        raise SystemExit(f"nothing to measure again: {path} does not exist; run bench-rl with "
+                         f"PUSHCUT_BENCH_RL_DEMOS={demos} first")
+    out = json.loads(path.read_text())
     base = ["init_checkpoint=" + out["start"]["checkpoint"]]
     recipe = from_hydra(TrainConfig, compose("train", base))
     initial = _initial_states(recipe, episodes)
