@@ -39,7 +39,8 @@ def camera_pose(data: mujoco.MjData, model: mujoco.MjModel, camera: str) -> np.n
 class CalibrationScene:
     """The twin's workcell plus a mocap chessboard, rendered at ``width x height``."""
 
-    def __init__(self, board: Board = Board(), width: int = 640, height: int = 480):
+    def __init__(self, board: Board | None = None, width: int = 640, height: int = 480):
+        board = board if board is not None else Board()
         self.board = board
         asset, body = board.mjcf()
         xml = build_mjcf(SceneObjects(bodies=[body]), offscreen=(width, height))

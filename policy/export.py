@@ -115,7 +115,7 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
 
     t0 = time.perf_counter()
     ckpt = Path(cfg.checkpoint)
-    model, stats, tokenizer, meta, run = checkpoint.load(ckpt)
+    model, stats, tokenizer, meta, _ = checkpoint.load(ckpt)
     model.eval()
     pcfg = model.cfg
     policy = TorchPolicy(model, stats, tokenizer)
@@ -159,7 +159,7 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
         try:  # measured on CPU here; the variant is meant for CUDA/TensorRT
             parity["fp16"] = compare(policy, ort.InferenceSession(str(tmp / "model.fp16.onnx"),
                                                                   providers=["CPUExecutionProvider"]), obs)
-        except Exception as exc:  # an op without a CPU fp16 kernel: report, do not fail the export
+        except Exception as exc:  # noqa: BLE001 - an op without a CPU fp16 kernel: report, do not fail the export
             parity["fp16"] = {"error": f"not measurable on CPU: {exc}"}
     (tmp / "tokenizer.json").write_text(tokenizer.to_json())
     manifest = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import traceback
 from collections.abc import Sequence
+from typing import Self
 
 import numpy as np
 
@@ -31,9 +32,9 @@ def _worker(conn, cfg: EnvConfig) -> None:
             try:
                 result = env.reset(arg) if cmd == "reset" else env.step(arg)
                 conn.send(("ok", result))
-            except Exception:  # report, keep serving
+            except Exception:  # noqa: BLE001 - report, keep serving
                 conn.send(("error", traceback.format_exc()))
-    except Exception:
+    except Exception:  # noqa: BLE001 - the parent raises it
         conn.send(("error", traceback.format_exc()))
     finally:
         if env is not None:
@@ -95,7 +96,7 @@ class VectorEnv:
                 proc.terminate()
         self._conns, self._procs = [], []
 
-    def __enter__(self) -> VectorEnv:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -14,7 +14,7 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
-        self._file = open(self.path, "a" if resume else "w")
+        self._file = open(self.path, "a" if resume else "w")  # noqa: SIM115 - held open until close()
         self._wandb = None
         if wandb_cfg.mode != "disabled":
             import wandb

@@ -92,7 +92,7 @@ class PiperArm:
         if self.sdk is not None:
             try:
                 self.sdk.DisconnectPort()
-            except Exception as exc:  # the bus may already be gone
+            except Exception as exc:  # noqa: BLE001 - the bus may already be gone
                 log.warning("%s: disconnect failed: %s", self.cfg.can_port, exc)
 
     def reinit(self) -> None:

@@ -17,6 +17,7 @@ import random
 import struct
 import threading
 import time
+from typing import Self
 
 import can
 import numpy as np
@@ -73,7 +74,7 @@ class PiperEmulator:
         self._thread.join(timeout=2)
         self.bus.shutdown()
 
-    def __enter__(self) -> PiperEmulator:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

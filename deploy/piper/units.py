@@ -15,7 +15,7 @@ MILLIDEG_PER_RAD = 180_000.0 / math.pi
 
 
 def rad_to_millideg(rad: float) -> int:
-    return int(round(rad * MILLIDEG_PER_RAD))
+    return round(rad * MILLIDEG_PER_RAD)
 
 
 def millideg_to_rad(v: int) -> float:
@@ -24,7 +24,7 @@ def millideg_to_rad(v: int) -> float:
 
 def m_to_micrometre(m: float) -> int:
     """Metres -> the SDK's gripper unit (0.001 mm = 1 um)."""
-    return int(round(m * 1_000_000))
+    return round(m * 1_000_000)
 
 
 def micrometre_to_m(v: int) -> float:
@@ -32,7 +32,7 @@ def micrometre_to_m(v: int) -> float:
 
 
 def nm_to_milli(nm: float) -> int:
-    return int(round(nm * 1000))
+    return round(nm * 1000)
 
 
 def gripper_normalised_to_m(g: float) -> float:

@@ -198,8 +198,8 @@ def bell_xml(pos: tuple[float, float]) -> str:
 def bowl_xml(name: str, pos: tuple[float, float], rgba: str, n_walls: int = 12) -> str:
     """A nesting bowl: a bottom disc and a ring of outward-tilted wall plates."""
     geoms = [
-        f'<geom name="{name}_bottom" type="cylinder" pos="0 0 {BOWL_BOTTOM_HALF_H}"'
-        f' size="{BOWL_BOTTOM_R} {BOWL_BOTTOM_HALF_H}" rgba="{rgba}" mass="0.04"/>'
+        (f'<geom name="{name}_bottom" type="cylinder" pos="0 0 {BOWL_BOTTOM_HALF_H}"'
+         f' size="{BOWL_BOTTOM_R} {BOWL_BOTTOM_HALF_H}" rgba="{rgba}" mass="0.04"/>')
     ]
     width = 2 * math.pi * (BOWL_WALL_START_R + 0.5 * BOWL_WALL_LEN * math.sin(BOWL_WALL_TILT)) / n_walls
     for k in range(n_walls):

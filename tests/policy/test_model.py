@@ -47,7 +47,8 @@ def test_parallel_decoding_equals_per_token_reference(micro_cfg):
         for b in range(2):
             single = {k: v[b : b + 1] for k, v in x.items()}
             captured = {}
-            def hook(mod, inp, out):
+
+            def hook(mod, inp, out, captured=captured):
                 captured["h"] = out.last_hidden_state
 
             handle = m.llm.register_forward_hook(hook)
@@ -107,7 +108,7 @@ def test_checkpoint_round_trip_is_bit_exact(micro_cfg, tmp_path):
     torch.manual_seed(0)
     m = VLAPolicy(micro_cfg).eval()
     path = checkpoint.save(tmp_path / "ckpt", m, _stats(micro_cfg), ByteTokenizer(), run_config={"x": 1})
-    m2, stats, tok, meta, run = checkpoint.load(path, expected=micro_cfg)
+    m2, stats, _, meta, run = checkpoint.load(path, expected=micro_cfg)
     for (k, v), (k2, v2) in zip(m.state_dict().items(), m2.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
     x = _inputs(micro_cfg)

@@ -100,7 +100,7 @@ def test_commands_arrive_in_sdk_units_and_feedback_comes_back(rig):
 
 
 def test_safety_clamps_limits_and_step_per_tick(rig):
-    emu, arm = rig()
+    _, arm = rig()
     arm.enable()
     sent = drive(arm, np.array([5.0, 4.0, 1.0, 0.0, 0.0, 0.0, 0.2]), 0.6, min_ticks=120)  # 2.62 rad at 0.05 rad/tick: 53
     sent = np.array(sent)

@@ -174,7 +174,8 @@ def test_dry_run_matches_eval_on_the_same_seeds(bundle, tmp_path):
     assert all(os.path.getsize(p) > 1000 for p in recs)
     from mcap.reader import make_reader
 
-    topics = {ch.topic for _, ch, _ in make_reader(open(recs[0], "rb")).iter_messages()}
+    with open(recs[0], "rb") as f:
+        topics = {ch.topic for _, ch, _ in make_reader(f).iter_messages()}
     assert {"/cameras/head/image_raw", "/left/joint_states", "/left/joint_command"} <= topics
 
 

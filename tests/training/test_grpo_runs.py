@@ -18,10 +18,10 @@ from .conftest import MICRO_ENV, MICRO_POLICY
 
 
 def _train_cfg(ckpt, **kw) -> TrainConfig:
-    base = dict(env=MICRO_ENV, policy=MICRO_POLICY, init_checkpoint=str(ckpt), n_samples=4, groups_per_iter=2,
-                max_draw_rounds=2, lr=1e-4, iterations=2, eval_every=0, mini_batches=2,
-                rollout=RolloutConfig(backend="local", num_workers=1, envs_per_worker=4),
-                wandb=WandbConfig(mode="disabled"))
+    base = {"env": MICRO_ENV, "policy": MICRO_POLICY, "init_checkpoint": str(ckpt), "n_samples": 4,
+            "groups_per_iter": 2, "max_draw_rounds": 2, "lr": 1e-4, "iterations": 2, "eval_every": 0,
+            "mini_batches": 2, "rollout": RolloutConfig(backend="local", num_workers=1, envs_per_worker=4),
+            "wandb": WandbConfig(mode="disabled")}
     base.update(kw)
     return TrainConfig(**base)
 

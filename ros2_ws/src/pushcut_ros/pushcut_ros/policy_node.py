@@ -125,7 +125,7 @@ class PolicyNode(Node):
             with self._lock:
                 self._pending = (chunk, stamp)
             self.inferences += 1
-        except Exception as exc:  # a failed inference holds the arms, it does not crash the node
+        except Exception as exc:  # noqa: BLE001 - a failed inference holds the arms, it does not crash the node
             self.get_logger().error(f"inference failed: {exc}")
         finally:
             self._busy = False

@@ -65,7 +65,7 @@ class McapRecorder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "wb")
+        self._f = open(self.path, "wb")  # noqa: SIM115 - held open until close()
         self._w = Writer(self._f)
         self._w.start(profile="ros2", library="pushcut")
         self._channels: dict[str, int] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
 import threading
 import time
@@ -40,7 +41,7 @@ def _node_class(executable: str):
 def instantiate(spec: NodeSpec, context):
     params = [Parameter(k, value=v) for k, v in spec.parameters.items()]
     cls = _node_class(spec.executable)
-    kwargs = dict(context=context, parameter_overrides=params, namespace=spec.namespace or None)
+    kwargs = {"context": context, "parameter_overrides": params, "namespace": spec.namespace or None}
     if spec.executable == "piper_arm_node":
         return cls(name=spec.name, **kwargs)
     return cls(**kwargs)
@@ -108,7 +109,7 @@ def dry_run(task: str, bundle: str, trials: int, log_dir: str, max_steps: int = 
     policy = nodes["policy"]
     ticks = policy.tick_times
     return {"summary": summarize(rows), "trials": rows, "latencies_ms": list(policy.latencies_ms),
-            "tick_intervals_ms": [1000 * (b - a) for a, b in zip(ticks, ticks[1:])],
+            "tick_intervals_ms": [1000 * (b - a) for a, b in itertools.pairwise(ticks)],
             "stale_drops": policy.stale_drops, "inferences": policy.inferences}
 
 

@@ -72,8 +72,8 @@ class TrialNode(Node):
         self.create_subscription(Int64, "/twin/ready", self._on_ready, 10)
         self.create_subscription(Bool, "/twin/success", self._on_success, 10)
         self.create_subscription(Bool, "/twin/done", self._on_done, 10)
-        for cam in g("cameras"):
-            self.create_subscription(Image, camera_topic(cam), lambda m, t=camera_topic(cam): self._rec(t, "sensor_msgs/msg/Image", m), 5)
+        for topic in map(camera_topic, g("cameras")):
+            self.create_subscription(Image, topic, lambda m, t=topic: self._rec(t, "sensor_msgs/msg/Image", m), 5)
         for arm in ARMS:
             for topic in (joint_states_topic(arm), joint_command_topic(arm)):
                 self.create_subscription(JointState, topic, lambda m, t=topic: self._rec(t, "sensor_msgs/msg/JointState", m), 10)
