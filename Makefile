@@ -18,6 +18,7 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" tests
+	.venv/bin/ruff check .
 
 test-all: setup
 	$(PY) -m pytest -q tests
