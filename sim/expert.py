@@ -158,7 +158,7 @@ EXPERTS = {
 def run_expert(env: TwinEnv, seed: int, chunk_len: int, on_chunk=None) -> bool:
     """Reset ``env`` to ``seed`` and run its expert in chunks of at most ``chunk_len`` actions.
 
-    ``on_chunk(obs, chunk, step)`` is called with the observation each chunk starts from.
+    ``on_chunk(obs, chunk)`` is called with the observation each chunk starts from.
     Returns success. An unreachable layout counts as a failure.
     """
     obs = env.reset(seed)

@@ -63,8 +63,14 @@ class TwinEnv:
         )
         self._fingers = {a: [m.joint(f"{a}_finger_{s}").qposadr[0] for s in "ab"] for a in spec.ARMS}
         self._pads = {a: (m.geom(f"{a}_pad_a").id, m.geom(f"{a}_pad_b").id) for a in spec.ARMS}
-        self._ctrl_arm = np.array([m.actuator(f"{a}_joint{i + 1}").id for a in spec.ARMS for i in range(6)])
-        self._ctrl_fingers = {a: [m.actuator(f"{a}_finger_{s}").id for s in "ab"] for a in spec.ARMS}
+        # one gather for the finger joints (a, b per arm) and one scatter for the 16 actuators:
+        # _follow reads and writes them every physics step
+        self._finger_adr = np.array([adr for a in spec.ARMS for adr in self._fingers[a]])
+        ctrl_arm = [m.actuator(f"{a}_joint{i + 1}").id for a in spec.ARMS for i in range(6)]
+        ctrl_fingers = [m.actuator(f"{a}_finger_{s}").id for a in spec.ARMS for s in "ab"]
+        self._ctrl_idx = np.array(ctrl_arm + ctrl_fingers)
+        self._ctrl_src = np.array([*range(6), *range(7, 13), 6, 6, 13, 13])  # q14 dim of each actuator
+        self._ctrl_scale = np.array([1.0] * 12 + [FINGER_TRAVEL] * 4)
         self._welds = {
             (a, b): m.equality(f"grasp_{a}_{b}").id for a in spec.ARMS for b in self.task.graspable
         }
@@ -75,6 +81,7 @@ class TwinEnv:
         self._servo = np.zeros(self.action_dim)  # what the servos are told, speed-limited
         self._max_step = np.full(self.action_dim, np.inf)  # per physics step; grippers unlimited
         self._max_step[_ARM_DIMS] = spec.JOINT_MAX_SPEED / cfg.physics_hz
+        self._min_step = -self._max_step
         self.steps = 0
         self._physics = 0
         self.succeeded = False
@@ -140,8 +147,8 @@ class TwinEnv:
     def _follow(self, path: np.ndarray) -> None:
         """Track physics-rate targets at no more than the joints' top speed, checking success at
         every physics step (it latches)."""
-        for target in path:
-            self._servo += np.clip(target - self._servo, -self._max_step, self._max_step)
+        for target in path:  # np.minimum/np.maximum: np.clip's wrapper costs more than the step
+            self._servo += np.minimum(np.maximum(target - self._servo, self._min_step), self._max_step)
             self._apply_ctrl(self._servo)
             mujoco.mj_step(self.model, self.data)
             if not self.succeeded and self.task.success(self.data, self.gripper_opening()):
@@ -159,9 +166,10 @@ class TwinEnv:
     # --- state --------------------------------------------------------------------------------
     def gripper_opening(self) -> dict[str, float]:
         """Measured opening per arm, normalised 0 closed .. 1 open."""
+        la, lb, ra, rb = self.data.qpos[self._finger_adr].tolist()  # plain floats: called every physics step
         return {
-            a: float(np.clip(self.data.qpos[adr].mean() / FINGER_TRAVEL, 0.0, 1.0))
-            for a, adr in self._fingers.items()
+            "left": min(max((la + lb) / 2 / FINGER_TRAVEL, 0.0), 1.0),
+            "right": min(max((ra + rb) / 2 / FINGER_TRAVEL, 0.0), 1.0),
         }
 
     def proprio(self) -> np.ndarray:
@@ -190,9 +198,7 @@ class TwinEnv:
             self.data.qpos[self._fingers[a]] = g * FINGER_TRAVEL
 
     def _apply_ctrl(self, q14: np.ndarray) -> None:
-        self.data.ctrl[self._ctrl_arm] = np.concatenate([q14[0:6], q14[7:13]])
-        for a, g in (("left", q14[6]), ("right", q14[13])):
-            self.data.ctrl[self._ctrl_fingers[a]] = g * FINGER_TRAVEL
+        self.data.ctrl[self._ctrl_idx] = q14[self._ctrl_src] * self._ctrl_scale
 
     def _update_grasps(self, command: np.ndarray) -> None:
         if not self._welds:
