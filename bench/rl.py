@@ -62,7 +62,8 @@ def _shares(rows: list[dict]) -> dict:
     steps_s = [r["env_steps_per_s"] for r in rows if "env_steps_per_s" in r]
     return {
         "env_steps_per_s_mean": sum(steps_s) / max(len(steps_s), 1),
-        "time_share": {"sim": sim / total, "policy_inference": inf / total, "learner_update": upd / total} if total else {},
+        "time_share": ({"sim": sim / total, "policy_inference": inf / total, "learner_update": upd / total}
+                       if total else {}),
         "worker_seconds": {"sim": sim, "policy_inference": inf, "learner_update": upd},
     }
 

@@ -70,7 +70,8 @@ class Board:
         )
         body = (
             f'<body name="{name}" mocap="true" pos="0 0 -5">'
-            f'<geom type="box" size="{w} {h} 0.001" pos="0 0 -0.001" material="{name}_mat" contype="0" conaffinity="0"/>'
+            f'<geom type="box" size="{w} {h} 0.001" pos="0 0 -0.001" material="{name}_mat"'
+            ' contype="0" conaffinity="0"/>'
             f'<geom type="box" size="{w + margin} {h + margin} 0.001" pos="0 0 -0.003" rgba="1 1 1 1" contype="0"'
             ' conaffinity="0"/>'
             "</body>"

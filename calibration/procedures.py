@@ -29,7 +29,8 @@ def joint_zero(arm: PiperArm, arm_name: str, joints: Sequence[int] = (1, 2, 3, 4
     for j in joints:
         arm.sdk.DisableArm(j)
         _settle(arm)
-        prompt(f"[{arm_name}] joint {j} is released: move it by hand to {HINTS.get(j, 'its zero mark')}, then press Enter")
+        prompt(f"[{arm_name}] joint {j} is released: move it by hand to {HINTS.get(j, 'its zero mark')}, "
+               "then press Enter")
         before = arm.feedback().q[j - 1]
         arm.sdk.JointConfig(j, 0xAE)
         _settle(arm)

@@ -2,7 +2,8 @@
 
 Used by the tests (ground truth for intrinsics and hand-eye) and by ``pushcut-calibrate
 mode=synthetic`` to rehearse the procedure. MuJoCo cameras have no lens distortion and their
-principal point is the image centre, ((w-1)/2, (h-1)/2) in OpenCV's pixel coordinates; the OpenCV camera frame is MuJoCo's with y and z flipped.
+principal point is the image centre, ((w-1)/2, (h-1)/2) in OpenCV's pixel coordinates; the
+OpenCV camera frame is MuJoCo's with y and z flipped.
 """
 
 from __future__ import annotations

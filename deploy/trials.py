@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarize(rows)
     for task, v in summary.items():
         lo, hi = v["ci95"]
-        print(f"{task:20s} {v['successes']:3d}/{v['trials']:<3d} = {v['success_rate']:.1%}  (95% CI {lo:.1%} - {hi:.1%})")
+        print(f"{task:20s} {v['successes']:3d}/{v['trials']:<3d} = {v['success_rate']:.1%}  "
+              f"(95% CI {lo:.1%} - {hi:.1%})")
     png = plot(summary, args.plot or Path(args.log).with_suffix(".png"))
     print(f"plot: {png}")
     if args.wandb:

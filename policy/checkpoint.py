@@ -125,7 +125,8 @@ def load(path: str | Path, expected: PolicyConfig | None = None, map_location: s
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: weights do not match the config (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+            f"{path}: weights do not match the config "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
         )
     bad = [k for k, v in model.state_dict().items() if v.shape != state[k].shape]
     if bad:

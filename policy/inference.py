@@ -18,7 +18,8 @@ from pushcut.policy.preprocess import ByteTokenizer, HFTokenizer, build_inputs, 
 
 
 class TorchPolicy:
-    def __init__(self, model: VLAPolicy, norm_stats: Mapping, tokenizer: ByteTokenizer | HFTokenizer, device: str = "cpu"):
+    def __init__(self, model: VLAPolicy, norm_stats: Mapping, tokenizer: ByteTokenizer | HFTokenizer,
+                 device: str = "cpu"):
         self.model = model.to(device).eval()
         self.cfg = model.cfg
         self.device = device

@@ -120,8 +120,8 @@ def policy_config(config: dict, weights: dict[str, torch.Tensor], action_dim: in
     )
 
 
-def load_openvla_oft(path: str | Path, action_dim: int = 7, chunk_len: int = 8, cameras: tuple[str, ...] = ("agentview",),
-                     dataset: str | None = None, proprio_dim: int = 8):
+def load_openvla_oft(path: str | Path, action_dim: int = 7, chunk_len: int = 8,
+                     cameras: tuple[str, ...] = ("agentview",), dataset: str | None = None, proprio_dim: int = 8):
     """(model, norm_stats, tokenizer, report) from an OpenVLA-OFT checkpoint directory."""
     path = Path(path)
     cfg_file = path / "config.json"
@@ -130,7 +130,8 @@ def load_openvla_oft(path: str | Path, action_dim: int = 7, chunk_len: int = 8, 
     config = json.loads(cfg_file.read_text())
     weights = _read_weights(path)
     if any(k.startswith("vision_backbone.fused_featurizer.") for k in weights) or "projector.fc3.weight" in weights:
-        raise OpenVLALoadError(f"{path}: the fused SigLIP+DINOv2 backbone is not supported; use a SigLIP-only checkpoint")
+        raise OpenVLALoadError(f"{path}: the fused SigLIP+DINOv2 backbone is not supported; "
+                               "use a SigLIP-only checkpoint")
     if "language_model.lm_head.weight" not in weights:
         raise OpenVLALoadError(f"{path}: no language_model.lm_head.weight (not an OpenVLA checkpoint?)")
     proprio_files = sorted(path.glob("proprio_projector*.pt"))
@@ -151,7 +152,8 @@ def load_openvla_oft(path: str | Path, action_dim: int = 7, chunk_len: int = 8, 
             layer, kind = k.split(".")[-2:]
             mapped[f"proprio_proj.{MLP_INDEX[layer]}.{kind}"] = v
     own = model.state_dict()
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in mapped.items() if k in own and v.shape != own[k].shape]
+    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
+           for k, v in mapped.items() if k in own and v.shape != own[k].shape]
     unknown = [k for k in mapped if k not in own]
     if bad or unknown:
         raise OpenVLALoadError(f"{path}: weights do not fit: {(bad + unknown)[:5]}")
@@ -163,6 +165,7 @@ def load_openvla_oft(path: str | Path, action_dim: int = 7, chunk_len: int = 8, 
     if (path / "tokenizer.json").exists() or (path / "tokenizer.model").exists():
         tokenizer, tok_kind = HFTokenizer.from_dir(str(path), pcfg.max_prompt_len), "the checkpoint's tokenizer"
     else:
-        tokenizer, tok_kind = ByteTokenizer(max_len=pcfg.max_prompt_len), "byte tokenizer (no tokenizer files in the checkpoint)"
+        tokenizer = ByteTokenizer(max_len=pcfg.max_prompt_len)
+        tok_kind = "byte tokenizer (no tokenizer files in the checkpoint)"
     report = {"loaded": len(mapped), "initialised": initialised, "config": pcfg.name, "tokenizer": tok_kind}
     return model.eval(), norm_stats, tokenizer, report

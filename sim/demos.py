@@ -17,8 +17,8 @@ stream is replayed from the same seed with the chunk boundaries shifted by each 
 ``obs_offsets`` steps, and the observations at those boundaries are kept too (the smoothing then
 differs slightly, a realistic perturbation); ``obs_steps`` is sorted. LIBERO steps one action
 at a time, so its shifted chunk starts are taken from the one run. Only successful episodes are
-kept. Statistics are per action dimension (min, max, q01, q99, mean, std) over all kept actions. Files are written atomically; npz is read with
-``allow_pickle=False``.
+kept. Statistics are per action dimension (min, max, q01, q99, mean, std) over all kept
+actions. Files are written atomically; npz is read with ``allow_pickle=False``.
 """
 
 from __future__ import annotations

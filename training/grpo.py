@@ -250,7 +250,8 @@ def _load_opt(model, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor
             state.setdefault(fqn, {})[name] = v
     names = {n for n, _ in model.named_parameters()}
     if set(state) - names:
-        raise checkpoint.CheckpointError(f"optimizer state names parameters this model lacks: {sorted(set(state) - names)[:3]}")
+        raise checkpoint.CheckpointError(
+            f"optimizer state names parameters this model lacks: {sorted(set(state) - names)[:3]}")
     # the fresh optimizer's groups (by parameter name), on every rank
     groups = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True))["param_groups"]
     set_optimizer_state_dict(model, opt, {"state": state, "param_groups": groups},

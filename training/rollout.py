@@ -106,7 +106,8 @@ class RolloutWorker:
                     tr.observations.append(obs_dicts[k])
                     tr.bins.append(bins[k].numpy())
                     tr.logp.append(logp[k].numpy().astype(np.float32))
-                    tr.token_mask.append(executed_token_mask(step.steps - before, self.cfg.chunk_len, self.cfg.action_dim))
+                    executed = step.steps - before
+                    tr.token_mask.append(executed_token_mask(executed, self.cfg.chunk_len, self.cfg.action_dim))
                     tr.steps, tr.success = step.steps, step.success
                     self.timing["env_steps"] += step.steps - before
                     obs[i] = step.obs
@@ -125,7 +126,8 @@ class RolloutWorker:
 class WorkerPool:
     """``num_workers`` rollout workers as Ray actors (``backend='ray'``) or in this process."""
 
-    def __init__(self, rollout_cfg, env_cfg: EnvConfig, policy_cfg: PolicyConfig, norm_stats: dict, tokenizer_json: str):
+    def __init__(self, rollout_cfg, env_cfg: EnvConfig, policy_cfg: PolicyConfig, norm_stats: dict,
+                 tokenizer_json: str):
         self.backend = rollout_cfg.backend
         args = (env_cfg, policy_cfg, norm_stats, tokenizer_json, rollout_cfg.envs_per_worker,
                 rollout_cfg.threads_per_worker)

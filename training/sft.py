@@ -130,7 +130,8 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     logger = RunLogger(run_dir, cfg, cfg.wandb, job="sft")
     gen = torch.Generator().manual_seed(cfg.seed)
-    bar = tqdm(range(cfg.steps), desc=f"sft {'+'.join(s.meta['task'] for s in sets)} ({n} samples)", disable=not progress)
+    tasks = [s.meta["task"] for s in sets]
+    bar = tqdm(range(cfg.steps), desc=f"sft {'+'.join(tasks)} ({n} samples)", disable=not progress)
     model.train()
     for step in bar:
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
@@ -152,7 +153,7 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc.item():.2f}")
     model.eval()
     ckpt = checkpoint.save(run_dir / "checkpoint", model, norm_stats, text_tok, run_config=to_dict(cfg),
-                           extra={"job": "sft", "tasks": [s.meta["task"] for s in sets], "demos_per_task": cfg.demos_per_task,
+                           extra={"job": "sft", "tasks": tasks, "demos_per_task": cfg.demos_per_task,
                                   "samples": n, "steps": cfg.steps})
     plot_curves(logger.path, ["loss", "token_acc", "bin_err"], run_dir / "sft_curve.png", "SFT")
     if cfg.eval_episodes:

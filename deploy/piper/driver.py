@@ -132,7 +132,8 @@ class PiperArm:
         elif fb.stamp <= 0 or now - fb.stamp > self.cfg.stale_s:
             reason = f"joint feedback is stale ({now - fb.stamp:.3f}s old)"
         elif self._rate_low(now):
-            reason = f"feedback rate {self.sdk.GetCanFps():.0f} fps below {self.cfg.min_fps:.0f} for {self.cfg.stale_s}s"
+            fps = self.sdk.GetCanFps()
+            reason = f"feedback rate {fps:.0f} fps below {self.cfg.min_fps:.0f} for {self.cfg.stale_s}s"
         elif np.any(fb.q < LOWER[:6] - PLAUSIBLE_MARGIN) or np.any(fb.q > UPPER[:6] + PLAUSIBLE_MARGIN):
             reason = f"implausible joint feedback {np.round(fb.q, 2).tolist()}"
         elif fb.err_code:

@@ -113,7 +113,8 @@ class HeadCamera:
         if self.intrinsics is not None:
             fx, fy, cx, cy, w, h = self.intrinsics
             # MuJoCo: principal point as an offset from the image centre, ((w-1)/2, (h-1)/2) in OpenCV
-            lens = (f'resolution="{w} {h}" focalpixel="{fx} {fy}" principalpixel="{(w - 1) / 2 - cx} {(h - 1) / 2 - cy}"'
+            lens = (f'resolution="{w} {h}" focalpixel="{fx} {fy}"'
+                    f' principalpixel="{(w - 1) / 2 - cx} {(h - 1) / 2 - cy}"'
                     f' sensorsize="{w * 1e-5} {h * 1e-5}"')
         return f'<camera name="head" pos="{_fmt(self.pos)}" quat="{_fmt(quat)}" {lens}/>'
 
@@ -254,7 +255,8 @@ def build_mjcf(objects: SceneObjects, head: HeadCamera = HeadCamera(), offscreen
     <default class="link"><geom contype="2" conaffinity="1"/></default>
   </default>
   <asset>
-    <texture name="grid" type="2d" builtin="checker" width="64" height="64" rgb1="0.62 0.55 0.45" rgb2="0.58 0.51 0.42"/>
+    <texture name="grid" type="2d" builtin="checker" width="64" height="64"
+             rgb1="0.62 0.55 0.45" rgb2="0.58 0.51 0.42"/>
     <material name="table" texture="grid" texrepeat="6 4" reflectance="0"/>
   </asset>
   <worldbody>

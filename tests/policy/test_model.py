@@ -149,7 +149,8 @@ def test_sft_loss_falls_on_a_tiny_run(tmp_path):
     cfg = SFTConfig(
         env=EnvConfig(task="click_bell", image_size=(32, 32)),
         policy=PolicyConfig(
-            vision=VisionConfig(image_size=32, patch_size=16, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
+            vision=VisionConfig(image_size=32, patch_size=16, hidden_size=32, num_layers=1, num_heads=2,
+                                intermediate_size=64),
             llm=LLMConfig(hidden_size=48, num_layers=1, num_heads=4, num_kv_heads=4, intermediate_size=96),
             chunk_len=5,
         ),

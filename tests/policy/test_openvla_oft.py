@@ -32,7 +32,8 @@ def _tiny_oft(path, fused=False, datasets=("libero_10_no_noops",)):
     for i in range(LAYERS_VIS):
         b = f"vision_backbone.featurizer.blocks.{i}."
         w.update({b + "norm1.weight": 1 + r(D_VIS), b + "norm1.bias": r(D_VIS), b + "norm2.weight": 1 + r(D_VIS),
-                  b + "norm2.bias": r(D_VIS), b + "attn.qkv.weight": r(3 * D_VIS, D_VIS), b + "attn.qkv.bias": r(3 * D_VIS),
+                  b + "norm2.bias": r(D_VIS), b + "attn.qkv.weight": r(3 * D_VIS, D_VIS),
+                  b + "attn.qkv.bias": r(3 * D_VIS),
                   b + "attn.proj.weight": r(D_VIS, D_VIS), b + "attn.proj.bias": r(D_VIS),
                   b + "mlp.fc1.weight": r(64, D_VIS), b + "mlp.fc1.bias": r(64), b + "mlp.fc2.weight": r(D_VIS, 64),
                   b + "mlp.fc2.bias": r(D_VIS)})
@@ -72,7 +73,8 @@ def test_loads_weights_into_the_right_places(tmp_path):
     torch.testing.assert_close(sd["vision.encoder.layers.1.self_attn.k_proj.weight"], qkv[D_VIS : 2 * D_VIS])
     torch.testing.assert_close(sd["vision.embeddings.position_embedding.weight"],
                                w["vision_backbone.featurizer.pos_embed"][0])
-    torch.testing.assert_close(sd["llm.layers.0.mlp.down_proj.weight"], w["language_model.model.layers.0.mlp.down_proj.weight"])
+    torch.testing.assert_close(sd["llm.layers.0.mlp.down_proj.weight"],
+                               w["language_model.model.layers.0.mlp.down_proj.weight"])
     torch.testing.assert_close(sd["lm_head.weight"], w["language_model.lm_head.weight"])
     torch.testing.assert_close(sd["projector.2.weight"], w["projector.fc2.weight"])
     assert model.cfg.action_dim == 7 and model.cfg.chunk_len == 8 and model.cfg.n_bins == 32 and model.cfg.use_proprio
@@ -117,7 +119,8 @@ def _tiny_hf_tokenizer(path) -> None:
     tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=280, special_tokens=["<pad>", "<unk>", "<s>"],
                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", unk_token="<unk>").save_pretrained(path)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", unk_token="<unk>")
+    fast.save_pretrained(path)
 
 
 def test_the_checkpoint_tokenizer_travels_to_the_torch_free_engine(tmp_path):

@@ -76,8 +76,8 @@ def test_trials_summary_command(tmp_path):
     for i, outcome in enumerate(["success", "failure", "success", "timeout"], 1):
         log.append({"task": "click_bell", "trial": i, "outcome": outcome, "duration_s": 10.0})
     log.append({"task": "stack_bowls_two", "trial": 1, "outcome": "success", "duration_s": 30.0})
-    out = subprocess.run([sys.executable, "-m", "pushcut.deploy.trials", "summary", str(log.path), "--wandb", "offline"],
-                         check=True, capture_output=True, text=True, timeout=120).stdout
+    cmd = [sys.executable, "-m", "pushcut.deploy.trials", "summary", str(log.path), "--wandb", "offline"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
     assert "click_bell" in out and "2/4" in out and "95% CI" in out and "stack_bowls_two" in out
     assert (tmp_path / "trials.png").stat().st_size > 1000
     assert any((tmp_path / "wandb").iterdir())

@@ -102,7 +102,8 @@ def test_commands_arrive_in_sdk_units_and_feedback_comes_back(rig):
 def test_safety_clamps_limits_and_step_per_tick(rig):
     _, arm = rig()
     arm.enable()
-    sent = drive(arm, np.array([5.0, 4.0, 1.0, 0.0, 0.0, 0.0, 0.2]), 0.6, min_ticks=120)  # 2.62 rad at 0.05 rad/tick: 53
+    # 2.62 rad at 0.05 rad/tick: 53 ticks
+    sent = drive(arm, np.array([5.0, 4.0, 1.0, 0.0, 0.0, 0.0, 0.2]), 0.6, min_ticks=120)
     sent = np.array(sent)
     assert np.all(np.abs(np.diff(sent[:, :6], axis=0)) <= arm.cfg.safety.max_joint_step + 1e-9)
     assert sent[-1, 0] == pytest.approx(2.6179) and sent[-1, 1] == pytest.approx(3.14) and sent[-1, 2] == 0.0

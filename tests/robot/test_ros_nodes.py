@@ -46,14 +46,16 @@ def test_node_topics_and_types(graph, bundle):
     assert p["/left/joint_command"] == ["sensor_msgs/msg/JointState"] == p["/right/joint_command"]
     assert p["/policy/latency_ms"] == ["std_msgs/msg/Float64"]
     subs = dict(policy.get_subscriber_names_and_types_by_node("policy", "/"))
-    assert subs["/cameras/head/image_raw"] == ["sensor_msgs/msg/Image"] and subs["/instruction"] == ["std_msgs/msg/String"]
+    assert subs["/cameras/head/image_raw"] == ["sensor_msgs/msg/Image"]
+    assert subs["/instruction"] == ["std_msgs/msg/String"]
     assert _topics(trial)["/instruction"] == ["std_msgs/msg/String"]
     services = dict(trial.get_service_names_and_types_by_node("trial", "/"))
     assert services["/trial/mark"] == ["std_srvs/srv/SetBool"] and services["/trial/start"] == ["std_srvs/srv/Trigger"]
 
 
 def test_policy_node_drops_stale_frames(graph, bundle):
-    policy = graph.add(PolicyNode(context=graph.context, parameter_overrides=_params(bundle=str(bundle), control_hz=50)))
+    params = _params(bundle=str(bundle), control_hz=50)
+    policy = graph.add(PolicyNode(context=graph.context, parameter_overrides=params))
     probe = graph.add(rclpy_node(graph, "probe"))
     img_pub = probe.create_publisher(Image, "/cameras/head/image_raw", 10)
     state_pubs = {a: probe.create_publisher(JointState, f"/{a}/joint_states", 10) for a in ("left", "right")}
@@ -194,7 +196,8 @@ def test_trial_log_survives_kill_9_mid_trial(bundle, tmp_path):
     rows = log.read()
     assert len(rows) >= 2
     assert [r["trial"] for r in rows] == list(range(1, len(rows) + 1))  # every finished trial, in order
-    subprocess.run(cmd + ["--trials", "1"], check=True, timeout=180, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([*cmd, "--trials", "1"], check=True, timeout=180,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     after = log.read()
     assert after[: len(rows)] == rows and after[-1]["trial"] == len(rows) + 1  # numbering resumed
 

@@ -166,7 +166,8 @@ def test_bowls_nest_under_physics():
 
 
 def test_randomization_changes_scene_and_restores():
-    cfg = EnvConfig(task="click_bell", image_size=(32, 32), randomization=RandomizationConfig(enabled=True, latency_steps=2))
+    cfg = EnvConfig(task="click_bell", image_size=(32, 32),
+                    randomization=RandomizationConfig(enabled=True, latency_steps=2))
     env = TwinEnv(cfg)
     plain = TwinEnv(EnvConfig(task="click_bell", image_size=(32, 32)))
     a, b = env.reset(seed=4), plain.reset(seed=4)

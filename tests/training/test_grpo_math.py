@@ -14,7 +14,8 @@ def test_advantages_on_hand_made_groups():
     np.testing.assert_allclose(adv, (np.array([1, 0, 0, 0]) - 0.25) / (std + 1e-6))
     assert adv[0] == pytest.approx(1.5, rel=1e-5) and adv[1] == pytest.approx(-0.5, rel=1e-5)
     np.testing.assert_allclose(grpo.grpo_advantages([1, 1, 1, 1]), 0.0)  # uniform groups carry nothing
-    np.testing.assert_allclose(grpo.grpo_advantages([0, 1]), [-1 / (np.sqrt(0.5) + 1e-6) * 0.5] + [0.5 / (np.sqrt(0.5) + 1e-6)])
+    np.testing.assert_allclose(grpo.grpo_advantages([0, 1]),
+                               [-1 / (np.sqrt(0.5) + 1e-6) * 0.5] + [0.5 / (np.sqrt(0.5) + 1e-6)])
 
 
 def test_clipped_loss_against_hand_computation():

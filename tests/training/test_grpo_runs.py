@@ -36,7 +36,8 @@ def _batch(ckpt, n_chunks=6, seed=0):
     w.set_weights({k: v.numpy() for k, v in model.state_dict().items()})
     trajs = w.rollout([Job(0, 5, s, 100 + s) for s in range(2)] + [Job(1, 6, s, 200 + s) for s in range(2)], 1.6)
     trajs[0].success, trajs[2].success = True, True  # make both groups mixed so advantages are non-zero
-    adv = {(g, k): float(a) for g, r in grpo.group_rewards(trajs).items() for k, a in enumerate(grpo.grpo_advantages(r))}
+    adv = {(g, k): float(a)
+           for g, r in grpo.group_rewards(trajs).items() for k, a in enumerate(grpo.grpo_advantages(r))}
     return trajs, grpo.flatten(trajs, adv)
 
 
@@ -73,7 +74,8 @@ def test_two_process_gloo_learner_matches_one_process(sft_checkpoint, tmp_path):
         mp.spawn(_ddp_worker, args=(world, str(sft_checkpoint), port, str(out), fsdp), nprocs=world, join=True)
         outs[name] = torch.load(out)
     norms = {name: float(out.pop("grad_norm")) for name, out in outs.items()}
-    assert norms["two"] == pytest.approx(norms["one"], rel=1e-5) and norms["fsdp"] == pytest.approx(norms["one"], rel=1e-5)
+    assert norms["two"] == pytest.approx(norms["one"], rel=1e-5)
+    assert norms["fsdp"] == pytest.approx(norms["one"], rel=1e-5)
     before, *_ = checkpoint.load(sft_checkpoint)
     changed = 0
     for k, v in outs["one"].items():
@@ -95,8 +97,9 @@ def test_ppo_epochs_repeat_the_pass_against_the_rollout_log_probs(sft_checkpoint
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         steps = []
         opt.register_step_post_hook(lambda *_, steps=steps: steps.append(1))
-        metrics = grpo.update(model, None, opt, TorchPolicy(model, stats, tok), batch, len(trajs),
-                              _train_cfg(sft_checkpoint, ppo_epochs=epochs, mini_batches=2), torch.Generator().manual_seed(0))
+        cfg = _train_cfg(sft_checkpoint, ppo_epochs=epochs, mini_batches=2)
+        metrics = grpo.update(model, None, opt, TorchPolicy(model, stats, tok), batch, len(trajs), cfg,
+                              torch.Generator().manual_seed(0))
         results[epochs] = (len(steps), metrics)
     assert results[1][0] == 2 and results[3][0] == 6
     # one pass starts from the rollout policy (ratio ~1); repeated passes have moved away from it

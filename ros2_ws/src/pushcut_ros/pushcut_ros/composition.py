@@ -28,7 +28,8 @@ def bundle_cameras(bundle: str) -> list[str]:
 
 
 def twin_eval(task: str, bundle: str, num_trials: int = 10, log_dir: str = "trials", image_size: int = 64,
-              control_hz: int = 50, max_steps: int = 0, seed_start: int = 100000, record: bool = True) -> list[NodeSpec]:
+              control_hz: int = 50, max_steps: int = 0, seed_start: int = 100000,
+              record: bool = True) -> list[NodeSpec]:
     """Twin + policy + trial node: the whole robot stack with the twin instead of hardware."""
     cams = bundle_cameras(bundle)
     return [

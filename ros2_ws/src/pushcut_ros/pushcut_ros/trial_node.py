@@ -76,7 +76,8 @@ class TrialNode(Node):
             self.create_subscription(Image, topic, lambda m, t=topic: self._rec(t, "sensor_msgs/msg/Image", m), 5)
         for arm in ARMS:
             for topic in (joint_states_topic(arm), joint_command_topic(arm)):
-                self.create_subscription(JointState, topic, lambda m, t=topic: self._rec(t, "sensor_msgs/msg/JointState", m), 10)
+                self.create_subscription(JointState, topic,
+                                         lambda m, t=topic: self._rec(t, "sensor_msgs/msg/JointState", m), 10)
         self.create_service(Trigger, "/trial/start", self._srv_start)
         self.create_service(SetBool, "/trial/mark", self._srv_mark)
         self.create_service(Trigger, "/trial/abort", self._srv_abort)

@@ -54,7 +54,8 @@ class TwinNode(Node):
                         image_size=(p["image_height"], p["image_width"]), max_steps=p["max_steps"] or None)
         self.env = self._sim.submit(TwinEnv, cfg).result()
         if self.env.cfg.physics_hz % p["control_hz"]:
-            raise ValueError(f"control_hz {p['control_hz']} must divide the twin's physics rate {self.env.cfg.physics_hz}")
+            raise ValueError(f"control_hz {p['control_hz']} must divide the twin's physics rate "
+                             f"{self.env.cfg.physics_hz}")
         self.physics_per_tick = self.env.cfg.physics_hz // p["control_hz"]
         self.image_pubs = {c: self.create_publisher(Image, camera_topic(c), 10) for c in p["cameras"]}
         self.state_pubs = {a: self.create_publisher(JointState, joint_states_topic(a), 10) for a in ARMS}
