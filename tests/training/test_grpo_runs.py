@@ -45,7 +45,7 @@ def _ddp_worker(rank, world, ckpt, port, out, fsdp=False):
     import torch.distributed as dist
 
     from pushcut.policy.inference import TorchPolicy
-    from pushcut.training import grpo
+    from pushcut.training import grpo, learner
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -54,11 +54,11 @@ def _ddp_worker(rank, world, ckpt, port, out, fsdp=False):
     model, stats, tok, _, _ = checkpoint.load(ckpt)
     cfg = _train_cfg(ckpt)
     if fsdp:
-        grpo.shard(model, "cpu")
+        learner.shard(model, "cpu")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     metrics = grpo.update(model, None, opt, TorchPolicy(model, stats, tok), batch, len(trajs), cfg,
                           torch.Generator().manual_seed(0))
-    weights = grpo.full_weights(model)
+    weights = learner.full_weights(model)
     if rank == 0:  # Adam's first step hardly depends on the gradients' scale; their norm does
         torch.save({"grad_norm": torch.tensor(metrics["grad_norm"]), **{k: v.clone() for k, v in weights.items()}}, out)
     dist.destroy_process_group()

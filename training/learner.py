@@ -1,0 +1,135 @@
+"""The GRPO learner's plumbing: its device, FSDP2 sharding, full weights, and resumable state.
+
+Replicated learners (the default) keep whole weights and sum gradients across ranks; with
+``learner.fsdp`` the weights, gradients and AdamW state are sharded per transformer layer
+(FSDP2 ``fully_shard``), and rank 0 gathers the full weights for the rollout workers and the
+checkpoint. A checkpoint holds the policy, AdamW's state keyed by parameter name, both RNGs and
+the trainer's counters, so a killed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pushcut.configs import to_dict
+from pushcut.policy import checkpoint
+from pushcut.policy.inference import TorchPolicy
+from pushcut.training.config import TrainConfig
+
+
+# --- the learner's weights: replicated (gradients summed) or sharded with FSDP2 ------------------
+def learner_device(device: str) -> torch.device:
+    """``cuda`` means this rank's GPU (``LOCAL_RANK`` under torchrun)."""
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device(device)
+
+
+def shard(model: torch.nn.Module, device: str) -> None:
+    """FSDP2: each vision and language transformer layer, then the rest, sharded over the ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if not dist.is_initialized():
+        raise RuntimeError("learner.fsdp needs torch.distributed: launch with torchrun (see the README)")
+    mesh = init_device_mesh(torch.device(device).type, (dist.get_world_size(),))
+    for layer in (*model.vision.encoder.layers, *model.llm.layers):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights. Under FSDP a collective: every rank calls it, rank 0 gets them."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options())
+
+
+# --- checkpoint and resume ----------------------------------------------------------------------
+def _opt_tensors(model, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """AdamW's state keyed ``opt.<parameter name>.<field>`` (full, gathered on rank 0 under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    sd = get_optimizer_state_dict(model, opt, options=_full_options())
+    return {f"opt.{fqn}.{k}": v if torch.is_tensor(v) else torch.tensor(v)
+            for fqn, st in sd.get("state", {}).items() for k, v in st.items()}  # empty off rank 0
+
+
+def _load_opt(model, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state: dict[str, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            fqn, name = key[len("opt."):].rsplit(".", 1)
+            state.setdefault(fqn, {})[name] = v
+    names = {n for n, _ in model.named_parameters()}
+    if set(state) - names:
+        raise checkpoint.CheckpointError(
+            f"optimizer state names parameters this model lacks: {sorted(set(state) - names)[:3]}")
+    # the fresh optimizer's groups (by parameter name), on every rank
+    groups = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True))["param_groups"]
+    set_optimizer_state_dict(model, opt, {"state": state, "param_groups": groups},
+                             options=StateDictOptions(full_state_dict=True))
+
+
+def save_state(run_dir: Path, model, opt, policy: TorchPolicy, cfg: TrainConfig, state: dict, gen: torch.Generator,
+               weights: dict[str, torch.Tensor]):
+    """Every rank calls this (gathering is collective under FSDP); rank 0 writes."""
+    extra = _opt_tensors(model, opt)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    extra["rng.torch"] = torch.get_rng_state()
+    extra["rng.update"] = gen.get_state()
+    checkpoint.save(run_dir / "checkpoint", model, policy.norm_stats, policy.tokenizer, run_config=to_dict(cfg),
+                    extra={"job": "grpo", "trainer": state}, extra_tensors=extra, weights=weights)
+
+
+def load_weights(run_dir: Path, model) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Resume, part 1 (before sharding): the weights; returns the trainer state and the extras."""
+    ckpt = run_dir / "checkpoint"
+    meta = checkpoint.read_meta(ckpt)
+    if meta.get("job") != "grpo":
+        raise checkpoint.CheckpointError(f"{ckpt} is not a GRPO checkpoint (job {meta.get('job')!r})")
+    loaded, _, _, _, _ = checkpoint.load(ckpt, expected=model.cfg)
+    model.load_state_dict(loaded.state_dict())
+    return meta["trainer"], checkpoint.load_extra(ckpt)
+
+
+def load_optimizer_and_rng(model, opt, gen: torch.Generator, extra: dict[str, torch.Tensor]) -> None:
+    """Resume, part 2 (after the optimizer exists): AdamW's state and the RNGs."""
+    _load_opt(model, opt, extra)
+    torch.set_rng_state(extra["rng.torch"])
+    gen.set_state(extra["rng.update"])
+
+
+def init_distributed(cfg: TrainConfig) -> tuple[int, int]:
+    if "RANK" in os.environ and not dist.is_initialized():
+        dist.init_process_group(backend=cfg.learner.backend)
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
