@@ -32,6 +32,8 @@ from pushcut.sim.twin.randomize import Randomizer
 
 _LO, _HI = (np.array(v) for v in spec.dual_arm_limits())
 _ARM_DIMS = np.array([d for d in range(spec.DUAL_ARM_DIM) if d % spec.DOF_PER_ARM != spec.DOF_PER_ARM - 1])
+_GRIPPER_DIMS = np.array([d for d in range(spec.DUAL_ARM_DIM) if d % spec.DOF_PER_ARM == spec.DOF_PER_ARM - 1])
+_FINGER_SRC = np.repeat(_GRIPPER_DIMS, 2)  # the action dim of each finger joint (a, b per arm, spec.ARMS order)
 GRIP_CLOSE_CMD = 0.5  # commanded opening below this closes a grasp
 
 
@@ -61,16 +63,15 @@ class TwinEnv:
         self._arm_q = np.array(
             [m.joint(f"{a}_joint{i + 1}").qposadr[0] for a in spec.ARMS for i in range(6)]
         )
-        self._fingers = {a: [m.joint(f"{a}_finger_{s}").qposadr[0] for s in "ab"] for a in spec.ARMS}
         self._pads = {a: (m.geom(f"{a}_pad_a").id, m.geom(f"{a}_pad_b").id) for a in spec.ARMS}
         # one gather for the finger joints (a, b per arm) and one scatter for the 16 actuators:
         # _follow reads and writes them every physics step
-        self._finger_adr = np.array([adr for a in spec.ARMS for adr in self._fingers[a]])
+        self._finger_adr = np.array([m.joint(f"{a}_finger_{s}").qposadr[0] for a in spec.ARMS for s in "ab"])
         ctrl_arm = [m.actuator(f"{a}_joint{i + 1}").id for a in spec.ARMS for i in range(6)]
         ctrl_fingers = [m.actuator(f"{a}_finger_{s}").id for a in spec.ARMS for s in "ab"]
         self._ctrl_idx = np.array(ctrl_arm + ctrl_fingers)
-        self._ctrl_src = np.array([*range(6), *range(7, 13), 6, 6, 13, 13])  # q14 dim of each actuator
-        self._ctrl_scale = np.array([1.0] * 12 + [FINGER_TRAVEL] * 4)
+        self._ctrl_src = np.concatenate([_ARM_DIMS, _FINGER_SRC])  # the action dim of each actuator
+        self._ctrl_scale = np.array([1.0] * len(_ARM_DIMS) + [FINGER_TRAVEL] * len(_FINGER_SRC))
         self._welds = {
             (a, b): m.equality(f"grasp_{a}_{b}").id for a in spec.ARMS for b in self.task.graspable
         }
@@ -166,11 +167,8 @@ class TwinEnv:
     # --- state --------------------------------------------------------------------------------
     def gripper_opening(self) -> dict[str, float]:
         """Measured opening per arm, normalised 0 closed .. 1 open."""
-        la, lb, ra, rb = self.data.qpos[self._finger_adr].tolist()  # plain floats: called every physics step
-        return {
-            "left": min(max((la + lb) / 2 / FINGER_TRAVEL, 0.0), 1.0),
-            "right": min(max((ra + rb) / 2 / FINGER_TRAVEL, 0.0), 1.0),
-        }
+        q = self.data.qpos[self._finger_adr].tolist()  # plain floats: called every physics step
+        return {a: min(max((q[2 * i] + q[2 * i + 1]) / 2 / FINGER_TRAVEL, 0.0), 1.0) for i, a in enumerate(spec.ARMS)}
 
     def proprio(self) -> np.ndarray:
         q = self.data.qpos[self._arm_q]
@@ -193,9 +191,8 @@ class TwinEnv:
 
     # --- internals ----------------------------------------------------------------------------
     def _set_arm_qpos(self, q14: np.ndarray) -> None:
-        self.data.qpos[self._arm_q] = np.concatenate([q14[0:6], q14[7:13]])
-        for a, g in (("left", q14[6]), ("right", q14[13])):
-            self.data.qpos[self._fingers[a]] = g * FINGER_TRAVEL
+        self.data.qpos[self._arm_q] = q14[_ARM_DIMS]
+        self.data.qpos[self._finger_adr] = q14[_FINGER_SRC] * FINGER_TRAVEL
 
     def _apply_ctrl(self, q14: np.ndarray) -> None:
         self.data.ctrl[self._ctrl_idx] = q14[self._ctrl_src] * self._ctrl_scale
