@@ -265,11 +265,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     if resume:
         load_optimizer_and_rng(model, opt, gen, extra)
     is_main = rank == 0
-    last_eval = "-"  # the progress bar shows the latest greedy evaluation
+    last_eval = None  # the latest greedy success, shown by the progress bar
     if resume and is_main:  # rows logged after the last checkpoint are redone: drop them
         keep = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] <= state["iteration"]]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
-        last_eval = next((f"{r['eval_success']:.2f}" for r in reversed(keep) if "eval_success" in r), last_eval)
+        last_eval = next((r["eval_success"] for r in reversed(keep) if "eval_success" in r), None)
     logger = RunLogger(run_dir, cfg, cfg.wandb, job="grpo", resume=resume) if is_main else None
     pool = WorkerPool(cfg.rollout, cfg.env, cfg.policy, norm_stats, tokenizer.to_json()) if is_main else None
     # a time budget, when set, is what the bar counts (the default iterations cap is then far away)
@@ -282,7 +282,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
         if is_main and state["iteration"] == 0 and eval_due(cfg, 0):
             initial = evaluate(pool, cfg, weights)
             logger.log(initial, 0)
-            last_eval = f"{initial['eval_success']:.2f}"
+            last_eval = initial["eval_success"]
             state["wall_s"] += initial["eval_s"]  # the time budget counts evaluation too
         while state["iteration"] < cfg.iterations:
             if cfg.time_budget_s is not None and state["wall_s"] >= cfg.time_budget_s:
@@ -318,7 +318,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                 # 5. evaluation
                 if eval_due(cfg, it):
                     metrics.update(evaluate(pool, cfg, weights))
-                    last_eval = f"{metrics['eval_success']:.2f}"
+                    last_eval = metrics["eval_success"]
                 iter_s = time.perf_counter() - t_iter
                 state["wall_s"] += iter_s
                 metrics.update(info)
@@ -330,7 +330,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                 )
                 logger.log(metrics, it)
                 bar.update(round(state["wall_s"]) - bar.n if by_time else 1)
-                bar.set_postfix(it=it, reward=f"{info['reward']:.2f}", kept=info["kept_groups"], eval=last_eval)
+                bar.set_postfix(it=it, reward=f"{info['reward']:.2f}", kept=info["kept_groups"],
+                                eval="-" if last_eval is None else f"{last_eval:.2f}")
             if world > 1:  # every rank needs rank 0's counters (wall time budget, env steps)
                 payload = [state]
                 dist.broadcast_object_list(payload, src=0)
