@@ -18,7 +18,7 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" tests
-	.venv/bin/ruff check .
+	@$(MAKE) --no-print-directory lint
 
 test-all: setup
 	$(PY) -m pytest -q tests
