@@ -135,12 +135,22 @@ def flatten(trajs: list[Trajectory], adv: dict[tuple[int, int], float]) -> dict:
 
 
 def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int, cfg: TrainConfig,
-           gen: torch.Generator) -> dict[str, float]:
+           gen: torch.Generator, skip_zero_advantage: bool = True) -> dict[str, float]:
     """``cfg.ppo_epochs`` passes over ``batch``, each in ``cfg.mini_batches`` optimiser steps on a
-    fresh shuffle; returns mean metrics."""
+    fresh shuffle; returns mean metrics.
+
+    With no KL and no entropy term, a chunk whose advantage is 0 (a uniform group, which only
+    dynamic sampling off lets in) has zero gradient, so ``skip_zero_advantage`` leaves it out of
+    the forward and backward pass: the mini-batches, ``n_traj`` and the optimiser steps stay those
+    of the whole batch, so the update is the same, only cheaper. The logged ratio, clipfrac,
+    approx_kl and entropy then cover the chunks that carry gradient.
+    """
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     sharded = is_sharded(model)
     n = len(batch["bins"])
+    carries = np.asarray(batch["adv"]) != 0
+    if not skip_zero_advantage or cfg.kl_coef > 0 or cfg.entropy_coef > 0:
+        carries[:] = True
     passes = [np.array_split(torch.randperm(n, generator=gen).numpy(), cfg.mini_batches)
               for _ in range(cfg.ppo_epochs)]
     metrics: dict[str, list[float]] = {}
@@ -149,6 +159,7 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
         if len(mb) == 0:  # fewer chunks than mini-batches (the same on every rank)
             continue
         mine = mb[rank::world]  # this rank's shard of the mini-batch
+        mine = mine[carries[mine]]
         opt.zero_grad(set_to_none=True)
         if len(mine) or sharded:  # FSDP's collectives need every rank in forward and backward
             rows = mine if len(mine) else mb[:1]
@@ -178,11 +189,12 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
                 stats.update(pg_loss=pg_loss, entropy=(ent * mask).sum() / mask.sum().clamp(min=1))
                 for k, v in stats.items():
                     metrics.setdefault(k, []).append(float(v.detach()))
-        if world > 1 and not sharded:
-            for p in model.parameters():
-                if p.grad is None:  # a rank with no rows joins the all-reduce with zero gradients
+        if not sharded:
+            for p in (p for p in model.parameters() if p.requires_grad):
+                if p.grad is None:  # no rows here: step (and join the all-reduce) with zero gradients
                     p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                if world > 1:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         metrics.setdefault("grad_norm", []).append(float(grad_norm))

@@ -26,8 +26,9 @@ def _train_cfg(ckpt, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def _batch(ckpt, n_chunks=6, seed=0):
-    """A real rollout batch from the SFT policy (local worker) with its advantages."""
+def _batch(ckpt, successes=(True, False, True, False)):
+    """A real rollout batch from the SFT policy (local worker): two groups of two, with the given
+    outcomes (by default both groups mixed, so every advantage is non-zero), and its advantages."""
     from pushcut.training import grpo
     from pushcut.training.rollout import Job, RolloutWorker
 
@@ -35,7 +36,8 @@ def _batch(ckpt, n_chunks=6, seed=0):
     w = RolloutWorker(MICRO_ENV, MICRO_POLICY, stats, tok.to_json(), n_envs=2)
     w.set_weights({k: v.numpy() for k, v in model.state_dict().items()})
     trajs = w.rollout([Job(0, 5, s, 100 + s) for s in range(2)] + [Job(1, 6, s, 200 + s) for s in range(2)], 1.6)
-    trajs[0].success, trajs[2].success = True, True  # make both groups mixed so advantages are non-zero
+    for t, ok in zip(trajs, successes, strict=True):
+        t.success = ok
     adv = {(g, k): float(a)
            for g, r in grpo.group_rewards(trajs).items() for k, a in enumerate(grpo.grpo_advantages(r))}
     return trajs, grpo.flatten(trajs, adv)
@@ -105,6 +107,37 @@ def test_ppo_epochs_repeat_the_pass_against_the_rollout_log_probs(sft_checkpoint
     # one pass starts from the rollout policy (ratio ~1); repeated passes have moved away from it
     assert abs(results[1][1]["approx_kl"]) < abs(results[3][1]["approx_kl"])
     assert results[3][1]["clipfrac"] >= results[1][1]["clipfrac"]
+
+
+@pytest.mark.parametrize("successes", [(True, False, False, False), (False, False, False, False)],
+                         ids=["one-uniform-group", "all-uniform"])
+def test_zero_advantage_chunks_skip_the_pass_and_leave_the_update_unchanged(sft_checkpoint, successes):
+    """A uniform group (dynamic sampling off) has zero advantage: leaving its chunks out of the
+    forward pass gives the weights that computing them gives, and a batch with nothing to learn
+    still takes AdamW's steps (moments, weight decay) as the full computation does."""
+    from pushcut.policy.inference import TorchPolicy
+    from pushcut.training import grpo
+
+    trajs, batch = _batch(sft_checkpoint, successes)
+    carrying = sum(a != 0 for a in batch["adv"])
+    before, *_ = checkpoint.load(sft_checkpoint)
+    results = {}
+    for skip in (True, False):
+        model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
+        rows = []
+        model.register_forward_hook(lambda _m, _args, out, rows=rows: rows.append(out.shape[0]))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        cfg = _train_cfg(sft_checkpoint, mini_batches=2)
+        grpo.update(model, None, opt, TorchPolicy(model, stats, tok), batch, len(trajs), cfg,
+                    torch.Generator().manual_seed(0), skip_zero_advantage=skip)
+        results[skip] = (sum(rows), model.state_dict())
+    assert results[False][0] == len(batch["bins"])
+    assert results[True][0] == carrying < len(batch["bins"])
+    changed = 0
+    for k, v in results[False][1].items():
+        torch.testing.assert_close(results[True][1][k], v, rtol=1e-5, atol=1e-6, msg=k)
+        changed += int(not torch.equal(results[True][1][k], before.state_dict()[k]))
+    assert changed > 10  # the skipping update did step the weights
 
 
 def _fsdp_train_worker(rank, world, ckpt, port, run, iterations):
