@@ -148,9 +148,8 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     sharded = is_sharded(model)
     n = len(batch["bins"])
-    carries = np.asarray(batch["adv"]) != 0
-    if not skip_zero_advantage or cfg.kl_coef > 0 or cfg.entropy_coef > 0:
-        carries[:] = True
+    skip = skip_zero_advantage and cfg.kl_coef == 0 and cfg.entropy_coef == 0
+    carries = np.asarray(batch["adv"]) != 0 if skip else np.ones(n, dtype=bool)
     passes = [np.array_split(torch.randperm(n, generator=gen).numpy(), cfg.mini_batches)
               for _ in range(cfg.ppo_epochs)]
     metrics: dict[str, list[float]] = {}

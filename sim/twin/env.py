@@ -31,8 +31,8 @@ from pushcut.sim.twin.model import FINGER_TRAVEL, HeadCamera, build_mjcf
 from pushcut.sim.twin.randomize import Randomizer
 
 _LO, _HI = (np.array(v) for v in spec.dual_arm_limits())
-_ARM_DIMS = np.array([d for d in range(spec.DUAL_ARM_DIM) if d % spec.DOF_PER_ARM != spec.DOF_PER_ARM - 1])
-_GRIPPER_DIMS = np.array([d for d in range(spec.DUAL_ARM_DIM) if d % spec.DOF_PER_ARM == spec.DOF_PER_ARM - 1])
+_GRIPPER_DIMS = np.arange(spec.DOF_PER_ARM - 1, spec.DUAL_ARM_DIM, spec.DOF_PER_ARM)  # the last dim of each arm
+_ARM_DIMS = np.setdiff1d(np.arange(spec.DUAL_ARM_DIM), _GRIPPER_DIMS)  # the joints, in order
 _FINGER_SRC = np.repeat(_GRIPPER_DIMS, 2)  # the action dim of each finger joint (a, b per arm, spec.ARMS order)
 GRIP_CLOSE_CMD = 0.5  # commanded opening below this closes a grasp
 

@@ -78,12 +78,12 @@ def test_two_process_gloo_learner_matches_one_process(sft_checkpoint, tmp_path):
     norms = {name: float(out.pop("grad_norm")) for name, out in outs.items()}
     assert norms["two"] == pytest.approx(norms["one"], rel=1e-5)
     assert norms["fsdp"] == pytest.approx(norms["one"], rel=1e-5)
-    before, *_ = checkpoint.load(sft_checkpoint)
+    before = checkpoint.load(sft_checkpoint)[0].state_dict()
     changed = 0
     for k, v in outs["one"].items():
         torch.testing.assert_close(outs["two"][k], v, rtol=1e-5, atol=1e-6, msg=k)
         torch.testing.assert_close(outs["fsdp"][k], v, rtol=1e-5, atol=1e-6, msg=f"fsdp {k}")
-        changed += int(not torch.equal(v, before.state_dict()[k]))
+        changed += int(not torch.equal(v, before[k]))
     assert changed > 10  # the update did move the weights
 
 
@@ -120,7 +120,7 @@ def test_zero_advantage_chunks_skip_the_pass_and_leave_the_update_unchanged(sft_
 
     trajs, batch = _batch(sft_checkpoint, successes)
     carrying = sum(a != 0 for a in batch["adv"])
-    before, *_ = checkpoint.load(sft_checkpoint)
+    before = checkpoint.load(sft_checkpoint)[0].state_dict()
     results = {}
     for skip in (True, False):
         model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
@@ -136,7 +136,7 @@ def test_zero_advantage_chunks_skip_the_pass_and_leave_the_update_unchanged(sft_
     changed = 0
     for k, v in results[False][1].items():
         torch.testing.assert_close(results[True][1][k], v, rtol=1e-5, atol=1e-6, msg=k)
-        changed += int(not torch.equal(results[True][1][k], before.state_dict()[k]))
+        changed += int(not torch.equal(results[True][1][k], before[k]))
     assert changed > 10  # the skipping update did step the weights
 
 
@@ -167,8 +167,8 @@ def test_fsdp_learner_trains_and_resumes_under_two_ranks(sft_checkpoint, tmp_pat
     model, *_ = checkpoint.load(run / "checkpoint")
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {k[len("opt."):].rsplit(".", 1)[0] for k in extra if k.startswith("opt.")} == trained
-    before, *_ = checkpoint.load(sft_checkpoint)
-    assert any(not torch.equal(p, before.state_dict()[n]) for n, p in model.state_dict().items())
+    before = checkpoint.load(sft_checkpoint)[0].state_dict()
+    assert any(not torch.equal(p, before[n]) for n, p in model.state_dict().items())
     # a second launch finds the checkpoint, loads the weights and the optimizer state, and goes on
     mp.spawn(_fsdp_train_worker, args=(2, str(sft_checkpoint), 29622, str(run), 2), nprocs=2, join=True)
     assert checkpoint.read_meta(run / "checkpoint")["trainer"]["iteration"] == 2
