@@ -48,20 +48,37 @@ def percentiles(values, qs=(50, 99)) -> dict:
     return {f"p{q}": float(np.percentile(v, q)) for q in qs} | {"mean": float(v.mean()), "n": int(v.size)}
 
 
-def sft_checkpoint(demos_per_task: int, steps: int, task: str = "click_bell", bin_smoothing: float = 0.0) -> Path:
-    """The tiny policy SFT'd on ``demos_per_task`` expert demos, cached under bench/cache/."""
+BASE_TASKS = ("stack_bowls_two", "stack_bowls_three")  # a base's tasks: the twin's tasks other than click_bell
+
+
+def sft_checkpoint(demos_per_task: int, steps: int, task: str = "click_bell", bin_smoothing: float = 0.0,
+                   base: Path | None = None) -> Path:
+    """The tiny policy SFT'd on ``demos_per_task`` expert demos, cached under bench/cache/: from
+    scratch, or fine-tuned from the pretrained ``base`` (``pretrained_base``)."""
+    smooth = f"_smooth{bin_smoothing:g}" if bin_smoothing else ""
+    from_base = f"_from_{base.parent.name}" if base else ""
+    return _sft(f"sft_{task}_{demos_per_task}demos_{steps}steps{smooth}{from_base}",
+                [f"env={task}", f"demos_per_task={demos_per_task}", f"steps={steps}",
+                 f"bin_smoothing={bin_smoothing}", f"init_checkpoint={base or 'null'}"])
+
+
+def pretrained_base(demos_per_task: int = 50, steps: int = 3000) -> Path:
+    """The tiny policy SFT'd on the twin's other tasks (``BASE_TASKS``), cached under bench/cache/:
+    the stand-in for the pretrained VLA (OpenVLA) that OpenVLA-OFT fine-tunes. In stack_bowls, as
+    in click_bell, the arm on the object's side reaches for it."""
+    return _sft(f"sft_base_stack_bowls_{demos_per_task}demos_{steps}steps",
+                [f"tasks=[{','.join(BASE_TASKS)}]", f"demos_per_task={demos_per_task}", f"steps={steps}"])
+
+
+def _sft(name: str, overrides: list[str]) -> Path:
     from pushcut.configs import compose, from_hydra
     from pushcut.training import sft
     from pushcut.training.config import SFTConfig
 
-    smooth = f"_smooth{bin_smoothing:g}" if bin_smoothing else ""
-    run = CACHE / f"sft_{task}_{demos_per_task}demos_{steps}steps{smooth}"
+    run = CACHE / name
     if (run / "checkpoint" / "meta.json").exists():
         return run / "checkpoint"
-    cfg = from_hydra(SFTConfig, compose("sft", [f"env={task}", f"demos_dir={CACHE / 'demos'}",
-                                                f"demos_per_task={demos_per_task}", f"steps={steps}",
-                                                f"bin_smoothing={bin_smoothing}"]))
-    return sft.train(cfg, run)
+    return sft.train(from_hydra(SFTConfig, compose("sft", [f"demos_dir={CACHE / 'demos'}", *overrides])), run)
 
 
 def held_out_seeds(episodes: int) -> list[int]:

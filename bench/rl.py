@@ -16,6 +16,9 @@ PUSHCUT_BENCH_RL_REMEASURE=1 measures the diagnosis again for the runs already i
 PUSHCUT_BENCH_RL_DEMOS=N (default 1, the issue's start) starts from the N-demo SFT instead and
 writes rl_<N>demos.json: with 3 demos (two bells on the right, one on the left) the start has
 seen both arms move, which tests whether the unexplored arm is what limits the 1-demo runs.
+PUSHCUT_BENCH_RL_BASE=1 fine-tunes that SFT from a pretrained base instead of from scratch (the
+tiny policy SFT'd on 50 demos each of stack_bowls_two and stack_bowls_three, ``pretrained_base``),
+as OpenVLA-OFT fine-tunes a pretrained OpenVLA, and writes rl_base.json (rl_<N>demos_base.json).
 NOTE: lr is raised from the 7B recipe's 5e-6 to 1e-3 for the tiny preset, which is trained from
 scratch on 2 cores and barely moves at 5e-6.
 """
@@ -35,6 +38,7 @@ from bench.common import (
     env_int,
     held_out_episodes,
     held_out_seeds,
+    pretrained_base,
     sft_checkpoint,
     success_summary,
     write,
@@ -120,26 +124,35 @@ def _measure(policy: TorchPolicy, cfg, initial: tuple[list[dict], list[str]]) ->
     return out
 
 
-def _result_name(demos: int) -> str:
-    return "rl" if demos == 1 else f"rl_{demos}demos"
+def _result_name(demos: int, base: bool) -> str:
+    return ("rl" if demos == 1 else f"rl_{demos}demos") + ("_base" if base else "")
 
 
-def remeasure(episodes: int, demos: int) -> None:
+def _start_checkpoint(demos: int, base: bool) -> Path:
+    """The N-demo click_bell SFT the runs start from: from scratch (1500 steps), or fine-tuned from
+    the base (100 steps: enough to learn the bell's prompt and motion, few enough to keep the
+    base's image features; PUSHCUT_BENCH_RL_BASE_SFT_STEPS)."""
+    if base:
+        return sft_checkpoint(demos, env_int("PUSHCUT_BENCH_RL_BASE_SFT_STEPS", 100), base=pretrained_base())
+    return sft_checkpoint(demos, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500))
+
+
+def remeasure(episodes: int, demos: int, base: bool) -> None:
     """Measure the diagnosis again for the start and every finished run in rl.json (their final
     checkpoints), without training: for a diagnosis added after the runs."""
-    result = _result_name(demos)
+    result = _result_name(demos, base)
     path = RESULTS / f"{result}.json"
     if not path.exists():
         raise SystemExit(f"nothing to measure again: {path} does not exist; run bench-rl with "
-                         f"PUSHCUT_BENCH_RL_DEMOS={demos} first")
+                         f"PUSHCUT_BENCH_RL_DEMOS={demos} PUSHCUT_BENCH_RL_BASE={int(base)} first")
     out = json.loads(path.read_text())
-    base = ["init_checkpoint=" + out["start"]["checkpoint"]]
-    recipe = from_hydra(TrainConfig, compose("train", base))
+    from_start = ["init_checkpoint=" + out["start"]["checkpoint"]]
+    recipe = from_hydra(TrainConfig, compose("train", from_start))
     initial = _initial_states(recipe, episodes)
     start = out["start"]["diagnosis"]
     start |= _measure(TorchPolicy.from_checkpoint(out["start"]["checkpoint"]), recipe, initial)
     for name in (n for n in VARIANTS if n in out):
-        cfg = from_hydra(TrainConfig, compose("train", base + out[name]["overrides"]))
+        cfg = from_hydra(TrainConfig, compose("train", from_start + out[name]["overrides"]))
         measured = _measure(TorchPolicy.from_checkpoint(Path(out[name]["run_dir"]) / "checkpoint"), cfg, initial)
         same_seeds = measured["greedy"]["seeds"] == out[name]["final"]["seeds"]
         if same_seeds and measured["greedy"]["success_rate"] != out[name]["final"]["success_rate"]:  # deterministic
@@ -151,11 +164,11 @@ def remeasure(episodes: int, demos: int) -> None:
     write(result, out)
 
 
-def main(demos: int) -> None:
+def main(demos: int, base: bool) -> None:
     budget = env_int("PUSHCUT_BENCH_RL_BUDGET_S", 2700)
     ablation_budget = env_int("PUSHCUT_BENCH_RL_ABLATION_BUDGET_S", budget)
     episodes = env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200)
-    ckpt = sft_checkpoint(demos, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500))
+    ckpt = _start_checkpoint(demos, base)
     recipe = from_hydra(TrainConfig, compose("train", [f"init_checkpoint={ckpt}"]))
     initial = _initial_states(recipe, episodes)
     start = _measure(TorchPolicy.from_checkpoint(ckpt), recipe, initial)
@@ -168,7 +181,7 @@ def main(demos: int) -> None:
     if unknown:
         raise SystemExit(f"unknown PUSHCUT_BENCH_RL_VARIANTS {unknown}; known: {list(VARIANTS)}")
     out = {"task": "click_bell", "start": {"checkpoint": str(ckpt), **before, "diagnosis": start}}
-    result = _result_name(demos)
+    result = _result_name(demos, base)
     previous = RESULTS / f"{result}.json"
     if set(only) != set(VARIANTS) and previous.exists():  # keep the other variants of the same start
         old = json.loads(previous.read_text())
@@ -206,8 +219,8 @@ def main(demos: int) -> None:
 
 
 if __name__ == "__main__":
-    n_demos = env_int("PUSHCUT_BENCH_RL_DEMOS", 1)
+    n_demos, from_base = env_int("PUSHCUT_BENCH_RL_DEMOS", 1), bool(env_int("PUSHCUT_BENCH_RL_BASE", 0))
     if os.environ.get("PUSHCUT_BENCH_RL_REMEASURE"):
-        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200), n_demos)
+        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200), n_demos, from_base)
     else:
-        main(n_demos)
+        main(n_demos, from_base)

@@ -35,6 +35,7 @@ class SFTConfig:
     demos_dir: str = "demos"
     demos_per_task: int = 50
     tasks: tuple[str, ...] | None = None
+    init_checkpoint: str | None = None  # a pretrained policy to fine-tune (SFT'd on other tasks); null: scratch
     norm_bounds: Literal["robot", "demos"] = "robot"
     steps: int = 1500
     batch_size: int = 32

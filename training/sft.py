@@ -70,11 +70,16 @@ def norm_statistics(sets: list[demos.DemoSet], bounds: dict | None = None) -> di
     return stats
 
 
+def prompt_tokenizer(policy_cfg: PolicyConfig) -> ByteTokenizer:
+    """The tokenizer SFT encodes prompts with (and saves in the checkpoint)."""
+    return ByteTokenizer(max_len=policy_cfg.max_prompt_len)
+
+
 def build_dataset(policy_cfg: PolicyConfig, sets: list[demos.DemoSet], norm_stats: dict):
     """Model inputs and target bins for every stored observation, normalised with ``norm_stats``."""
     action_norm = Normalizer(norm_stats["action"], policy_cfg.normalization, policy_cfg.action_dim)
     tok = ActionTokenizer(policy_cfg.n_bins, policy_cfg.llm.vocab_size)
-    text = ByteTokenizer(max_len=policy_cfg.max_prompt_len)
+    text = prompt_tokenizer(policy_cfg)
     observations, bins = [], []
     for s in sets:
         for e in s.episodes:
@@ -109,6 +114,26 @@ def token_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.
     return -(soft * logp).sum(-1).mean()
 
 
+def load_base(cfg: SFTConfig, norm_stats: dict) -> VLAPolicy:
+    """The pretrained policy ``cfg.init_checkpoint`` to fine-tune, refused unless its architecture is
+    the configured one and its action bins and proprio bounds mean what they mean in these demos
+    (with ``norm_bounds: robot`` both span the robot's limits, whatever the task), and its prompt
+    tokenizer is the one SFT encodes prompts with."""
+    model, base_stats, base_tok, _, _ = checkpoint.load(cfg.init_checkpoint, expected=cfg.policy)
+    if base_tok.to_json() != prompt_tokenizer(cfg.policy).to_json():
+        raise checkpoint.CheckpointError(f"{cfg.init_checkpoint}: its prompt tokenizer is not SFT's byte tokenizer "
+                                         f"(max_len {cfg.policy.max_prompt_len}), so its prompt ids would mean "
+                                         "other words")
+    for key, mode in (("action", cfg.policy.normalization), ("proprio", "min_max")):
+        dim = cfg.policy.action_dim if key == "action" else cfg.policy.proprio_dim
+        ours, theirs = Normalizer(norm_stats[key], mode, dim), Normalizer(base_stats[key], mode, dim)
+        if not (np.allclose(ours.lo, theirs.lo) and np.allclose(ours.hi, theirs.hi)):
+            raise checkpoint.CheckpointError(
+                f"{cfg.init_checkpoint}: its {key} bounds differ from these demos' ({mode}), so its bins "
+                f"would mean other {key}s; train both with norm_bounds=robot")
+    return model
+
+
 def lr_at(step: int, cfg: SFTConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -124,9 +149,9 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
             for env in demos.task_envs(cfg.env, cfg.tasks)]
     bounds = robot_bounds(cfg.env) if cfg.norm_bounds == "robot" else None
     norm_stats = norm_statistics(sets, bounds)
+    model = VLAPolicy(cfg.policy) if cfg.init_checkpoint is None else load_base(cfg, norm_stats)
     data, text_tok = build_dataset(cfg.policy, sets, norm_stats)
     n = len(data["bins"])
-    model = VLAPolicy(cfg.policy)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     logger = RunLogger(run_dir, cfg, cfg.wandb, job="sft")
     gen = torch.Generator().manual_seed(cfg.seed)
