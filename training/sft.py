@@ -124,12 +124,15 @@ def load_base(cfg: SFTConfig, norm_stats: dict) -> VLAPolicy:
         raise checkpoint.CheckpointError(f"{cfg.init_checkpoint}: its prompt tokenizer is not SFT's byte tokenizer "
                                          f"(max_len {cfg.policy.max_prompt_len}), so its prompt ids would mean "
                                          "other words")
-    for key, mode in (("action", cfg.policy.normalization), ("proprio", "min_max")):
-        dim = cfg.policy.action_dim if key == "action" else cfg.policy.proprio_dim
-        ours, theirs = Normalizer(norm_stats[key], mode, dim), Normalizer(base_stats[key], mode, dim)
-        if not (np.allclose(ours.lo, theirs.lo) and np.allclose(ours.hi, theirs.hi)):
+    def normalizers(stats: dict) -> dict[str, Normalizer]:  # as training and inference build them
+        return {"action": Normalizer(stats["action"], cfg.policy.normalization, cfg.policy.action_dim),
+                "proprio": proprio_normalizer(stats, cfg.policy.proprio_dim)}
+
+    ours, theirs = normalizers(norm_stats), normalizers(base_stats)
+    for key, norm in ours.items():
+        if not (np.allclose(norm.lo, theirs[key].lo) and np.allclose(norm.hi, theirs[key].hi)):
             raise checkpoint.CheckpointError(
-                f"{cfg.init_checkpoint}: its {key} bounds differ from these demos' ({mode}), so its bins "
+                f"{cfg.init_checkpoint}: its {key} bounds differ from these demos' ({norm.mode}), so its bins "
                 f"would mean other {key}s; train both with norm_bounds=robot")
     return model
 

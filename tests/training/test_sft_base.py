@@ -1,5 +1,5 @@
 """SFT from a pretrained base (``init_checkpoint``): it starts from the base's weights, and a base
-whose bins would mean other actions is refused."""
+of another architecture, action bounds or prompt tokenizer is refused."""
 
 import json
 import shutil
