@@ -6,7 +6,10 @@ PUSHCUT_BENCH_RL_ABLATION_BUDGET_S (default: the same budget); the curves carry 
 the recipe can be read at the ablations' budget when that is shorter. PUSHCUT_BENCH_RL_VARIANTS
 (comma-separated) runs some of them and keeps the others' results from the same start. Each
 starts from the same SFT checkpoint; greedy success is measured on the same held-out seeds
-(200 by default) before and after, and on 50 seeds every few iterations for the curve.
+(200 by default) before and after, and on 50 validation seeds (90000 on, apart from the held-out
+ones) every few iterations for the curve. Each run reports two policies on the held-out seeds: its
+last checkpoint (``final``) and the one at its best validation evaluation (``best``, the run's
+``<run>/best``), chosen without looking at the held-out seeds.
 Rollout throughput and the share of time in simulation, policy inference and the learner update
 come from the runs' own logs. Each policy is also measured sampled at its rollout temperature on
 the same seeds, and both are split by the arm the bell needs (``diagnosis``): the gap between
@@ -44,6 +47,7 @@ from bench.common import (
     write,
 )
 from pushcut.configs import compose, from_hydra
+from pushcut.policy import checkpoint
 from pushcut.policy.inference import TorchPolicy
 from pushcut.sim.registry import make_env
 from pushcut.training import grpo
@@ -137,6 +141,17 @@ def _start_checkpoint(demos: int, base: bool) -> Path:
     return sft_checkpoint(demos, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500))
 
 
+def _best(run: Path, cfg, initial, last: dict, last_iteration: int, before: dict) -> dict:
+    """The run's best checkpoint by its validation evaluations, measured on the held-out seeds
+    as the last one is (``last``: its ``_measure``)."""
+    meta = checkpoint.read_meta(run / "best")
+    same = meta["iteration"] == last_iteration  # evaluated at the last iteration: the same weights
+    measured = last if same else _measure(TorchPolicy.from_checkpoint(run / "best"), cfg, initial)
+    return {"iteration": meta["iteration"], "validation_success_50": meta["eval_success"],
+            "final": measured["greedy"], "diagnosis": measured,
+            "gain_points": 100 * (measured["greedy"]["success_rate"] - before["success_rate"])}
+
+
 def remeasure(episodes: int, demos: int, base: bool) -> None:
     """Measure the diagnosis again for the start and every finished run in rl.json (their final
     checkpoints), without training: for a diagnosis added after the runs."""
@@ -159,6 +174,9 @@ def remeasure(episodes: int, demos: int, base: bool) -> None:
             raise SystemExit(f"{name}: greedy success {measured['greedy']['success_rate']} differs from the "
                              f"recorded {out[name]['final']['success_rate']}; the code changed since the run")
         out[name]["diagnosis"] = measured
+        if "best" in out[name]:
+            out[name]["best"] = _best(Path(out[name]["run_dir"]), cfg, initial, measured, out[name]["iterations"],
+                                      out["start"]["diagnosis"]["greedy"])
     for key in ("benchmark", "when", "machine"):  # write() sets them anew
         out.pop(key, None)
     write(result, out)
@@ -192,21 +210,24 @@ def main(demos: int, base: bool) -> None:
         run_budget = budget if name == "grpo" else ablation_budget
         cfg = from_hydra(TrainConfig, compose("train", [
             f"init_checkpoint={ckpt}", "iterations=100000", "lr=1e-3", f"time_budget_s={run_budget}",
-            "eval_every=5", "eval_episodes=50", *overrides]))
+            "eval_every=3", "eval_episodes=50", *overrides]))
         t0 = time.perf_counter()
         final = grpo.train(cfg, run)
         wall = time.perf_counter() - t0
         measured = _measure(TorchPolicy.from_checkpoint(final), cfg, initial)
         after = measured["greedy"]
         rows = read_metrics(run / "metrics.jsonl")
+        iterations = max(r["step"] for r in rows)
         out[name] = {
             "budget_s": run_budget,
             "overrides": overrides,
             "wall_s": wall,
-            "iterations": max(r["step"] for r in rows),
+            "iterations": iterations,
             "final": after,
             "diagnosis": measured,
             "gain_points": 100 * (after["success_rate"] - before["success_rate"]),
+            "best": _best(run, cfg, initial, measured, iterations, before),
+            "curve_seeds": [cfg.eval_seed_start, cfg.eval_seed_start + cfg.eval_episodes - 1],
             "curve": [{"iteration": r["step"], "wall_s": r.get("wall_s", 0.0), "eval_success_50": r["eval_success"]}
                       for r in rows if "eval_success" in r],
             "train_reward": [r["reward"] for r in rows if "reward" in r],

@@ -120,7 +120,8 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop when this much wall time has been used (resumes count)
     eval_every: int = 5
     eval_episodes: int = 50
-    eval_seed_start: int = 100_000
+    eval_seed_start: int = 90_000  # validation seeds: apart from training's (0 on) and pushcut-eval's (100000 on)
+    keep_best: bool = True  # also save the policy at its best periodic evaluation so far to <run>/best
     train_seed_start: int = 0
     save_every: int = 1
     seed: int = 0

@@ -11,7 +11,8 @@ Per iteration (reads top to bottom, quantities named as in the paper and all log
                ratio clamped to [1 - clip_ratio_low, 1 + clip_ratio_high]; token-mean inside a
                trajectory, then mean over trajectories; optional KL to the frozen SFT reference
                (k3 estimator) and entropy bonus; AdamW, grad-norm clip
-  5. eval      greedy success on held-out seeds every ``eval_every`` iterations
+  5. eval      greedy success on validation seeds every ``eval_every`` iterations; the policy at
+               the best evaluation so far is also kept in ``<run>/best`` (``keep_best``)
   6. save      policy + optimiser + RNG + counters, atomically, every ``save_every`` iterations
 
 The learner runs under torch.distributed when launched by torchrun (gloo on CPU, nccl on GPU):
@@ -44,6 +45,7 @@ from pushcut.training.learner import (
     learner_device,
     load_optimizer_and_rng,
     load_weights,
+    save_best,
     save_state,
     shard,
 )
@@ -248,6 +250,16 @@ def evaluate(pool: WorkerPool, cfg: TrainConfig, weights: dict[str, torch.Tensor
     return {"eval_success": float(np.mean([t.success for t in trajs])), "eval_s": time.perf_counter() - t0}
 
 
+def is_new_best(cfg: TrainConfig, state: dict, eval_success: float) -> bool:
+    """Whether an evaluation beats every earlier one of the run (the first one always does);
+    records it in ``state``, which checkpoints carry, so a resumed run compares with the same best."""
+    best = state.get("best_eval")
+    if not cfg.keep_best or (best is not None and eval_success <= best):
+        return False
+    state["best_eval"] = eval_success
+    return True
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     """Run (or resume) GRPO in ``run_dir``; returns the checkpoint path."""
     run_dir = Path(run_dir)
@@ -294,6 +306,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
             initial = evaluate(pool, cfg, weights)
             logger.log(initial, 0)
             last_eval = initial["eval_success"]
+            if is_new_best(cfg, state, last_eval):
+                save_best(run_dir, model, policy, cfg, weights, 0, last_eval)
             state["wall_s"] += initial["eval_s"]  # the time budget counts evaluation too
         while state["iteration"] < cfg.iterations:
             if cfg.time_budget_s is not None and state["wall_s"] >= cfg.time_budget_s:
@@ -330,6 +344,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                 if eval_due(cfg, it):
                     metrics.update(evaluate(pool, cfg, weights))
                     last_eval = metrics["eval_success"]
+                    if is_new_best(cfg, state, last_eval):
+                        save_best(run_dir, model, policy, cfg, weights, it, last_eval)
                 iter_s = time.perf_counter() - t_iter
                 state["wall_s"] += iter_s
                 metrics.update(info)
@@ -365,7 +381,16 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     return run_dir / "checkpoint"
 
 
-main = hydra_entry("train", TrainConfig, lambda cfg, run_dir: print(f"checkpoint: {train(cfg, run_dir)}"))
+def _main(cfg: TrainConfig, run_dir: Path) -> None:
+    print(f"checkpoint: {train(cfg, run_dir)}")
+    best = Path(run_dir) / "best"
+    if (best / "meta.json").exists():
+        meta = checkpoint.read_meta(best)
+        print(f"best: {best} (iteration {meta['iteration']}, greedy success {meta['eval_success']:.1%} "
+              f"on {cfg.eval_episodes} validation seeds from {cfg.eval_seed_start})")
+
+
+main = hydra_entry("train", TrainConfig, _main)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,14 @@ def save_state(run_dir: Path, model, opt, policy: TorchPolicy, cfg: TrainConfig,
                     extra={"job": "grpo", "trainer": state}, extra_tensors=extra, weights=weights)
 
 
+def save_best(run_dir: Path, model, policy: TorchPolicy, cfg: TrainConfig, weights: dict[str, torch.Tensor],
+              iteration: int, eval_success: float) -> None:
+    """The policy alone (no optimizer state) at its best periodic evaluation so far, to
+    ``<run>/best``; its meta names the iteration and the greedy success on the evaluation seeds."""
+    checkpoint.save(run_dir / "best", model, policy.norm_stats, policy.tokenizer, run_config=to_dict(cfg),
+                    extra={"job": "grpo-best", "iteration": iteration, "eval_success": eval_success}, weights=weights)
+
+
 def load_weights(run_dir: Path, model) -> tuple[dict, dict[str, torch.Tensor]]:
     """Resume, part 1 (before sharding): the weights; returns the trainer state and the extras."""
     ckpt = run_dir / "checkpoint"

@@ -191,6 +191,16 @@ def test_two_iterations_through_ray_on_the_twin(sft_checkpoint, tmp_path):
     assert rows[0]["eval_s"] > 0 and rows[2]["eval_s"] > 0
     assert checkpoint.read_meta(out)["trainer"]["iteration"] == 2
     assert (tmp_path / "run" / "learning_curve.png").exists()
+    # <run>/best: the policy of the first evaluation that no later one beat
+    evals = [(r["eval_success"], r["step"]) for r in rows if "eval_success" in r]
+    best_success = max(s for s, _ in evals)
+    best_step = next(step for s, step in evals if s == best_success)
+    meta = checkpoint.read_meta(tmp_path / "run" / "best")
+    assert (meta["job"], meta["iteration"], meta["eval_success"]) == ("grpo-best", best_step, best_success)
+    assert checkpoint.read_meta(out)["trainer"]["best_eval"] == best_success
+    same = checkpoint.load(out if best_step == 2 else sft_checkpoint)[0].state_dict()
+    for k, v in checkpoint.load(tmp_path / "run" / "best")[0].state_dict().items():
+        torch.testing.assert_close(v, same[k], rtol=0, atol=0, msg=k)
 
 
 RUN_SCRIPT = """
