@@ -9,7 +9,9 @@ Layout of a checkpoint directory::
     model.safetensors   weights
 
 Written into a temporary sibling directory, fsynced, then renamed into place (atomic on POSIX),
-so a crash never leaves a half-written checkpoint under the final name. Loading checks format,
+so a crash never leaves a half-written checkpoint under the final name; a crash between moving
+the previous one aside (``<name>.old``) and renaming the new one in leaves the previous one,
+which ``recover`` puts back. Loading checks format,
 version, that the weights match the config, and (if given) that the config matches the one the
 caller expects, naming every mismatching field.
 """
@@ -89,6 +91,20 @@ def save(
     if old.exists():
         shutil.rmtree(old)
     return path
+
+
+def recover(path: str | Path) -> bool:
+    """Put back the previous checkpoint that a save killed between its two renames left at
+    ``<path>.old`` with nothing at ``path``; returns whether it did."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    if (path / "meta.json").exists() or not (old / "meta.json").exists():
+        return False
+    if path.exists():  # not a checkpoint (no meta.json): nothing of ours
+        raise CheckpointError(f"{path} exists but is not a checkpoint; the previous one is at {old}")
+    os.replace(old, path)
+    _fsync_dir(path.parent)
+    return True
 
 
 def read_meta(path: str | Path) -> dict:

@@ -273,6 +273,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
         ref_model, *_ = checkpoint.load(cfg.init_checkpoint)
         ref_model.eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(cfg.seed)
+    if rank == 0:
+        checkpoint.recover(run_dir / "checkpoint")  # killed mid-save: the previous checkpoint
+    if world > 1:
+        dist.barrier()
     resume = (run_dir / "checkpoint" / "meta.json").exists()
     state = {"iteration": 0, "next_group": 0, "wall_s": 0.0, "env_steps": 0}
     if resume:

@@ -1,5 +1,7 @@
 """Parallel decoding, log-probs, temperature, checkpoints."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -116,6 +118,30 @@ def test_checkpoint_round_trip_is_bit_exact(micro_cfg, tmp_path):
         assert torch.equal(m(**x), m2.eval()(**x))
     assert stats == _stats(micro_cfg) and run == {"x": 1} and meta["version"] == checkpoint.CKPT_VERSION
     assert not (tmp_path / "ckpt.tmp").exists()
+
+
+def test_a_save_killed_between_its_renames_leaves_the_previous_checkpoint(micro_cfg, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    first = VLAPolicy(micro_cfg)
+    path = checkpoint.save(tmp_path / "ckpt", first, _stats(micro_cfg), ByteTokenizer(), extra={"step": 1})
+    real_replace, calls = os.replace, []
+
+    def dies_on_second(src, dst):  # the previous checkpoint moved aside, then the process dies
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(path, VLAPolicy(micro_cfg), _stats(micro_cfg), ByteTokenizer(), extra={"step": 2})
+    monkeypatch.undo()
+    assert not path.exists() and (tmp_path / "ckpt.old" / "meta.json").exists()
+    assert checkpoint.recover(path) and not checkpoint.recover(path)
+    m, *_, meta, _ = checkpoint.load(path)
+    assert meta["step"] == 1
+    for k, v in first.state_dict().items():
+        assert torch.equal(m.state_dict()[k], v), k
 
 
 def test_checkpoint_mismatch_is_a_clear_error(micro_cfg, tmp_path):
