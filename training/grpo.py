@@ -273,8 +273,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
         ref_model, *_ = checkpoint.load(cfg.init_checkpoint)
         ref_model.eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(cfg.seed)
-    if rank == 0:
-        checkpoint.recover(run_dir / "checkpoint")  # killed mid-save: the previous checkpoint
+    if rank == 0:  # a run killed mid-save left the previous checkpoint (or best) aside: put it back
+        for name in ("checkpoint", "best"):
+            checkpoint.recover(run_dir / name)
     if world > 1:
         dist.barrier()
     resume = (run_dir / "checkpoint" / "meta.json").exists()
@@ -304,14 +305,20 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     bar = tqdm(total=int(cfg.time_budget_s) if by_time else cfg.iterations, unit="s" if by_time else "it",
                initial=round(state["wall_s"]) if by_time else state["iteration"], desc="grpo",
                disable=not (progress and is_main))
+
+    def evaluate_and_keep_best(weights: dict[str, torch.Tensor], it: int) -> dict[str, float]:
+        """5. greedy evaluation (rank 0); the policy at the best one so far also goes to <run>/best."""
+        result = evaluate(pool, cfg, weights)
+        if is_new_best(cfg, state, result["eval_success"]):
+            save_best(run_dir, model, policy, cfg, weights, it, result["eval_success"])
+        return result
+
     try:
         weights = full_weights(model)  # collective under FSDP: every rank takes part
         if is_main and state["iteration"] == 0 and eval_due(cfg, 0):
-            initial = evaluate(pool, cfg, weights)
+            initial = evaluate_and_keep_best(weights, 0)
             logger.log(initial, 0)
             last_eval = initial["eval_success"]
-            if is_new_best(cfg, state, last_eval):
-                save_best(run_dir, model, policy, cfg, weights, 0, last_eval)
             state["wall_s"] += initial["eval_s"]  # the time budget counts evaluation too
         while state["iteration"] < cfg.iterations:
             if cfg.time_budget_s is not None and state["wall_s"] >= cfg.time_budget_s:
@@ -346,10 +353,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                 state["env_steps"] += timing["env_steps"]
                 # 5. evaluation
                 if eval_due(cfg, it):
-                    metrics.update(evaluate(pool, cfg, weights))
+                    metrics.update(evaluate_and_keep_best(weights, it))
                     last_eval = metrics["eval_success"]
-                    if is_new_best(cfg, state, last_eval):
-                        save_best(run_dir, model, policy, cfg, weights, it, last_eval)
                 iter_s = time.perf_counter() - t_iter
                 state["wall_s"] += iter_s
                 metrics.update(info)
