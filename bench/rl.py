@@ -22,6 +22,9 @@ seen both arms move, which tests whether the unexplored arm is what limits the 1
 PUSHCUT_BENCH_RL_BASE=1 fine-tunes that SFT from a pretrained base instead of from scratch (the
 tiny policy SFT'd on 50 demos each of stack_bowls_two and stack_bowls_three, ``pretrained_base``),
 as OpenVLA-OFT fine-tunes a pretrained OpenVLA, and writes rl_base.json (rl_<N>demos_base.json).
+PUSHCUT_BENCH_RL_SMOOTHING=S starts from the same SFT trained on Gaussian soft targets of std S bins
+(``bin_smoothing``) instead of one-hot ones, and writes rl_smooth<S>.json: one-hot SFT on one demo
+makes every action token a near-delta, which greedy decoding keeps after RL has moved the mass.
 NOTE: lr is raised from the 7B recipe's 5e-6 to 1e-3 for the tiny preset, which is trained from
 scratch on 2 cores and barely moves at 5e-6.
 """
@@ -128,17 +131,19 @@ def _measure(policy: TorchPolicy, cfg, initial: tuple[list[dict], list[str]]) ->
     return out
 
 
-def _result_name(demos: int, base: bool) -> str:
-    return ("rl" if demos == 1 else f"rl_{demos}demos") + ("_base" if base else "")
+def _result_name(demos: int, base: bool, smoothing: float = 0.0) -> str:
+    return (("rl" if demos == 1 else f"rl_{demos}demos") + ("_base" if base else "")
+            + (f"_smooth{smoothing:g}" if smoothing else ""))
 
 
-def _start_checkpoint(demos: int, base: bool) -> Path:
+def _start_checkpoint(demos: int, base: bool, smoothing: float = 0.0) -> Path:
     """The N-demo click_bell SFT the runs start from: from scratch (1500 steps), or fine-tuned from
     the base (100 steps: enough to learn the bell's prompt and motion, few enough to keep the
-    base's image features; PUSHCUT_BENCH_RL_BASE_SFT_STEPS)."""
+    base's image features; PUSHCUT_BENCH_RL_BASE_SFT_STEPS); on soft targets with ``smoothing``."""
     if base:
-        return sft_checkpoint(demos, env_int("PUSHCUT_BENCH_RL_BASE_SFT_STEPS", 100), base=pretrained_base())
-    return sft_checkpoint(demos, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500))
+        return sft_checkpoint(demos, env_int("PUSHCUT_BENCH_RL_BASE_SFT_STEPS", 100), bin_smoothing=smoothing,
+                              base=pretrained_base())
+    return sft_checkpoint(demos, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500), bin_smoothing=smoothing)
 
 
 def _best(run: Path, cfg, initial, last: dict, last_iteration: int, before: dict) -> dict:
@@ -152,10 +157,10 @@ def _best(run: Path, cfg, initial, last: dict, last_iteration: int, before: dict
             "gain_points": 100 * (measured["greedy"]["success_rate"] - before["success_rate"])}
 
 
-def remeasure(episodes: int, demos: int, base: bool) -> None:
+def remeasure(episodes: int, demos: int, base: bool, smoothing: float = 0.0) -> None:
     """Measure the diagnosis again for the start and every finished run in rl.json (their final
     checkpoints), without training: for a diagnosis added after the runs."""
-    result = _result_name(demos, base)
+    result = _result_name(demos, base, smoothing)
     path = RESULTS / f"{result}.json"
     if not path.exists():
         raise SystemExit(f"nothing to measure again: {path} does not exist; run bench-rl with "
@@ -182,11 +187,11 @@ def remeasure(episodes: int, demos: int, base: bool) -> None:
     write(result, out)
 
 
-def main(demos: int, base: bool) -> None:
+def main(demos: int, base: bool, smoothing: float = 0.0) -> None:
     budget = env_int("PUSHCUT_BENCH_RL_BUDGET_S", 2700)
     ablation_budget = env_int("PUSHCUT_BENCH_RL_ABLATION_BUDGET_S", budget)
     episodes = env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200)
-    ckpt = _start_checkpoint(demos, base)
+    ckpt = _start_checkpoint(demos, base, smoothing)
     recipe = from_hydra(TrainConfig, compose("train", [f"init_checkpoint={ckpt}"]))
     initial = _initial_states(recipe, episodes)
     start = _measure(TorchPolicy.from_checkpoint(ckpt), recipe, initial)
@@ -199,7 +204,7 @@ def main(demos: int, base: bool) -> None:
     if unknown:
         raise SystemExit(f"unknown PUSHCUT_BENCH_RL_VARIANTS {unknown}; known: {list(VARIANTS)}")
     out = {"task": "click_bell", "start": {"checkpoint": str(ckpt), **before, "diagnosis": start}}
-    result = _result_name(demos, base)
+    result = _result_name(demos, base, smoothing)
     previous = RESULTS / f"{result}.json"
     if set(only) != set(VARIANTS) and previous.exists():  # keep the other variants of the same start
         old = json.loads(previous.read_text())
@@ -241,7 +246,8 @@ def main(demos: int, base: bool) -> None:
 
 if __name__ == "__main__":
     n_demos, from_base = env_int("PUSHCUT_BENCH_RL_DEMOS", 1), bool(env_int("PUSHCUT_BENCH_RL_BASE", 0))
+    smooth = float(os.environ.get("PUSHCUT_BENCH_RL_SMOOTHING", "0"))
     if os.environ.get("PUSHCUT_BENCH_RL_REMEASURE"):
-        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200), n_demos, from_base)
+        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200), n_demos, from_base, smooth)
     else:
-        main(n_demos, from_base)
+        main(n_demos, from_base, smooth)
