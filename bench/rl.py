@@ -164,7 +164,8 @@ def remeasure(episodes: int, demos: int, base: bool, smoothing: float = 0.0) -> 
     path = RESULTS / f"{result}.json"
     if not path.exists():
         raise SystemExit(f"nothing to measure again: {path} does not exist; run bench-rl with "
-                         f"PUSHCUT_BENCH_RL_DEMOS={demos} PUSHCUT_BENCH_RL_BASE={int(base)} first")
+                         f"PUSHCUT_BENCH_RL_DEMOS={demos} PUSHCUT_BENCH_RL_BASE={int(base)} "
+                         f"PUSHCUT_BENCH_RL_SMOOTHING={smoothing:g} first")
     out = json.loads(path.read_text())
     from_start = ["init_checkpoint=" + out["start"]["checkpoint"]]
     recipe = from_hydra(TrainConfig, compose("train", from_start))
