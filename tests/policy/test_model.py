@@ -99,6 +99,14 @@ def test_sampling_follows_the_distribution():
     np.testing.assert_allclose((counts / counts.sum()).numpy(), [0.7, 0.2, 0.1], atol=0.02)
 
 
+def test_sampling_never_draws_an_impossible_bin():
+    # bins of probability 0 at both ends and between two possible ones
+    logits = torch.tensor([[[-torch.inf, 0.0, -torch.inf, 0.0, -torch.inf]]]).expand(1, 20_000, 5)
+    counts = torch.bincount(sampling.sample(logits, 1.6, torch.Generator().manual_seed(2)).flatten(), minlength=5)
+    assert counts[[0, 2, 4]].tolist() == [0, 0, 0]
+    assert abs(int(counts[1]) - 10_000) < 400
+
+
 def _stats(cfg):
     return {
         "action": {"min": [-1.0] * cfg.action_dim, "max": [1.0] * cfg.action_dim},
