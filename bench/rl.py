@@ -26,7 +26,8 @@ PUSHCUT_BENCH_RL_SMOOTHING=S starts from the same SFT trained on Gaussian soft t
 (``bin_smoothing``) instead of one-hot ones, and writes rl_smooth<S>.json: one-hot SFT on one demo
 makes every action token a near-delta, which greedy decoding keeps after RL has moved the mass.
 NOTE: lr is raised from the 7B recipe's 5e-6 to 1e-3 for the tiny preset, which is trained from
-scratch on 2 cores and barely moves at 5e-6.
+scratch on 2 cores and barely moves at 5e-6. PUSHCUT_BENCH_RL_LR sets another (results in
+rl..._lr<LR>.json): a sharper start than the 1-demo SFT needs a lower one (see the README).
 """
 
 from __future__ import annotations
@@ -131,9 +132,12 @@ def _measure(policy: TorchPolicy, cfg, initial: tuple[list[dict], list[str]]) ->
     return out
 
 
-def _result_name(demos: int, base: bool, smoothing: float = 0.0) -> str:
+LR = 1e-3  # the tiny preset's learning rate in this bench (see the NOTE above)
+
+
+def _result_name(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR) -> str:
     return (("rl" if demos == 1 else f"rl_{demos}demos") + ("_base" if base else "")
-            + (f"_smooth{smoothing:g}" if smoothing else ""))
+            + (f"_smooth{smoothing:g}" if smoothing else "") + (f"_lr{lr:g}" if lr != LR else ""))
 
 
 def _start_checkpoint(demos: int, base: bool, smoothing: float = 0.0) -> Path:
@@ -157,15 +161,15 @@ def _best(run: Path, cfg, initial, last: dict, last_iteration: int, before: dict
             "gain_points": 100 * (measured["greedy"]["success_rate"] - before["success_rate"])}
 
 
-def remeasure(episodes: int, demos: int, base: bool, smoothing: float = 0.0) -> None:
+def remeasure(episodes: int, demos: int, base: bool, smoothing: float = 0.0, lr: float = LR) -> None:
     """Measure the diagnosis again for the start and every finished run in rl.json (their final
     checkpoints), without training: for a diagnosis added after the runs."""
-    result = _result_name(demos, base, smoothing)
+    result = _result_name(demos, base, smoothing, lr)
     path = RESULTS / f"{result}.json"
     if not path.exists():
         raise SystemExit(f"nothing to measure again: {path} does not exist; run bench-rl with "
                          f"PUSHCUT_BENCH_RL_DEMOS={demos} PUSHCUT_BENCH_RL_BASE={int(base)} "
-                         f"PUSHCUT_BENCH_RL_SMOOTHING={smoothing:g} first")
+                         f"PUSHCUT_BENCH_RL_SMOOTHING={smoothing:g} PUSHCUT_BENCH_RL_LR={lr:g} first")
     out = json.loads(path.read_text())
     from_start = ["init_checkpoint=" + out["start"]["checkpoint"]]
     recipe = from_hydra(TrainConfig, compose("train", from_start))
@@ -188,7 +192,7 @@ def remeasure(episodes: int, demos: int, base: bool, smoothing: float = 0.0) -> 
     write(result, out)
 
 
-def main(demos: int, base: bool, smoothing: float = 0.0) -> None:
+def main(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR) -> None:
     budget = env_int("PUSHCUT_BENCH_RL_BUDGET_S", 2700)
     ablation_budget = env_int("PUSHCUT_BENCH_RL_ABLATION_BUDGET_S", budget)
     episodes = env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200)
@@ -205,7 +209,7 @@ def main(demos: int, base: bool, smoothing: float = 0.0) -> None:
     if unknown:
         raise SystemExit(f"unknown PUSHCUT_BENCH_RL_VARIANTS {unknown}; known: {list(VARIANTS)}")
     out = {"task": "click_bell", "start": {"checkpoint": str(ckpt), **before, "diagnosis": start}}
-    result = _result_name(demos, base, smoothing)
+    result = _result_name(demos, base, smoothing, lr)
     previous = RESULTS / f"{result}.json"
     if set(only) != set(VARIANTS) and previous.exists():  # keep the other variants of the same start
         old = json.loads(previous.read_text())
@@ -215,7 +219,7 @@ def main(demos: int, base: bool, smoothing: float = 0.0) -> None:
         run = CACHE / f"{result}_{name}_{int(time.time())}"
         run_budget = budget if name == "grpo" else ablation_budget
         cfg = from_hydra(TrainConfig, compose("train", [
-            f"init_checkpoint={ckpt}", "iterations=100000", "lr=1e-3", f"time_budget_s={run_budget}",
+            f"init_checkpoint={ckpt}", "iterations=100000", f"lr={lr}", f"time_budget_s={run_budget}",
             "eval_every=3", "eval_episodes=50", *overrides]))
         t0 = time.perf_counter()
         final = grpo.train(cfg, run)
@@ -226,6 +230,7 @@ def main(demos: int, base: bool, smoothing: float = 0.0) -> None:
         iterations = max(r["step"] for r in rows)
         out[name] = {
             "budget_s": run_budget,
+            "lr": lr,
             "overrides": overrides,
             "wall_s": wall,
             "iterations": iterations,
@@ -248,7 +253,8 @@ def main(demos: int, base: bool, smoothing: float = 0.0) -> None:
 if __name__ == "__main__":
     n_demos, from_base = env_int("PUSHCUT_BENCH_RL_DEMOS", 1), bool(env_int("PUSHCUT_BENCH_RL_BASE", 0))
     smooth = float(os.environ.get("PUSHCUT_BENCH_RL_SMOOTHING", "0"))
+    rate = float(os.environ.get("PUSHCUT_BENCH_RL_LR", str(LR)))
     if os.environ.get("PUSHCUT_BENCH_RL_REMEASURE"):
-        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200), n_demos, from_base, smooth)
+        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200), n_demos, from_base, smooth, rate)
     else:
-        main(n_demos, from_base, smooth)
+        main(n_demos, from_base, smooth, rate)
