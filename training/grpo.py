@@ -26,6 +26,7 @@ the checkpoint. That plumbing, and the resumable state, live in ``training/learn
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -236,6 +237,16 @@ def collect(pool: WorkerPool, cfg: TrainConfig, state: dict) -> tuple[list[Traje
     return kept, info
 
 
+def no_signal_message(info: dict, iteration: int) -> str:
+    """Why an iteration whose groups were all successes or all failures updates nothing."""
+    outcome = {0.0: "every rollout failed", 1.0: "every rollout succeeded"}.get(
+        info["reward"], "every group was all successes or all failures")
+    return (f"grpo iteration {iteration}: {outcome} in {info['drawn_groups']} groups, so no advantage is "
+            "non-zero and the policy does not change. If this persists, GRPO has no signal: a start that "
+            "never succeeds cannot improve, and a learning rate too high for the start can collapse it "
+            "(watch approx_kl).")
+
+
 def eval_due(cfg: TrainConfig, iteration: int) -> bool:
     """Greedy evaluation runs before the first iteration and after every ``eval_every``-th."""
     return bool(cfg.eval_every and cfg.eval_episodes) and iteration % cfg.eval_every == 0
@@ -341,6 +352,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                 for k, a in enumerate(grpo_advantages(r)):
                     adv[(g, k)] = float(a)
             batch = flatten(kept, adv)
+            if is_main and not mixed_groups(kept):  # say why nothing changes instead of spinning silently
+                tqdm.write(no_signal_message(info, state["iteration"] + 1), file=sys.stderr)
             # 4. the update
             t0 = time.perf_counter()
             metrics = update(model, ref_model, opt, policy, batch, len(kept), cfg, gen) if kept else {}

@@ -95,6 +95,10 @@ def test_dynamic_sampling_gives_up_after_max_rounds_and_off_keeps_all():
     pool = ScriptedPool([[0, 0], [1, 1]])
     kept, info = grpo.collect(pool, _cfg(dynamic_sampling=False), {"next_group": 0})
     assert len(kept) == 4 and info["draw_rounds"] == 1
+    # neither batch has a mixed group: the trainer then says which way the groups went
+    assert "every group was all successes or all failures in 2 groups" in grpo.no_signal_message(info, 7)
+    assert grpo.no_signal_message({"reward": 0.0, "drawn_groups": 4}, 7).startswith(
+        "grpo iteration 7: every rollout failed in 4 groups")
 
 
 def test_best_evaluation_is_the_first_that_no_later_one_beats():

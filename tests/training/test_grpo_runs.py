@@ -174,7 +174,7 @@ def test_fsdp_learner_trains_and_resumes_under_two_ranks(sft_checkpoint, tmp_pat
     assert checkpoint.read_meta(run / "checkpoint")["trainer"]["iteration"] == 2
 
 
-def test_two_iterations_through_ray_on_the_twin(sft_checkpoint, tmp_path):
+def test_two_iterations_through_ray_on_the_twin(sft_checkpoint, tmp_path, capfd):
     from pushcut.training import grpo
     from pushcut.training.run_log import read_metrics
 
@@ -183,6 +183,9 @@ def test_two_iterations_through_ray_on_the_twin(sft_checkpoint, tmp_path):
     out = grpo.train(cfg, tmp_path / "run", progress=False)
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2]
+    # an iteration that kept no mixed group says so (on stderr), one that kept some does not
+    warned = capfd.readouterr().err.count("so no advantage is non-zero")
+    assert warned == sum(r["kept_groups"] == 0 for r in rows[1:])
     for key in ("reward", "kept_groups", "env_steps_per_s", "sim_s", "inference_s", "update_s"):
         assert key in rows[1], key
     assert 0.0 <= rows[2]["eval_success"] <= 1.0
