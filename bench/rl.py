@@ -18,7 +18,8 @@ diagnosis also asks whether the policy looks at the bell at all (``image_sensiti
 PUSHCUT_BENCH_RL_REMEASURE=1 measures the diagnosis again for the runs already in rl.json.
 PUSHCUT_BENCH_RL_DEMOS=N (default 1, the issue's start) starts from the N-demo SFT instead and
 writes rl_<N>demos.json: with 3 demos (two bells on the right, one on the left) the start has
-seen both arms move, which tests whether the unexplored arm is what limits the 1-demo runs.
+seen both arms move, which tests whether the unexplored arm is what limits the 1-demo runs; with 10,
+the start looks at the bell (distinct greedy first chunks), which tests whether blindness does.
 PUSHCUT_BENCH_RL_BASE=1 fine-tunes that SFT from a pretrained base instead of from scratch (the
 tiny policy SFT'd on 50 demos each of stack_bowls_two and stack_bowls_three, ``pretrained_base``),
 as OpenVLA-OFT fine-tunes a pretrained OpenVLA, and writes rl_base.json (rl_<N>demos_base.json).
