@@ -352,7 +352,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                 for k, a in enumerate(grpo_advantages(r)):
                     adv[(g, k)] = float(a)
             batch = flatten(kept, adv)
-            if is_main and not mixed_groups(kept):  # say why nothing changes instead of spinning silently
+            if is_main and not any(adv.values()):  # say why nothing changes instead of spinning silently
                 tqdm.write(no_signal_message(info, state["iteration"] + 1), file=sys.stderr)
             # 4. the update
             t0 = time.perf_counter()
