@@ -13,8 +13,11 @@ last checkpoint (``final``) and the one at its best validation evaluation (``bes
 Rollout throughput and the share of time in simulation, policy inference and the learner update
 come from the runs' own logs. Each policy is also measured sampled at its rollout temperature on
 the same seeds, and both are split by the arm the bell needs (``diagnosis``): the gap between
-sampled and greedy success is what the reward improves and greedy evaluation does not see. The
-diagnosis also asks whether the policy looks at the bell at all (``image_sensitivity``).
+sampled and greedy success is what the reward improves and greedy evaluation does not see. A
+deterministic decoder by each token's expected bin (``expected_T1``) splits that gap into argmax
+against mean, and noise. The diagnosis also asks whether the policy looks at the bell at all
+(``image_sensitivity``) and how much of each arm's action mass sits on one bin
+(``peak_probability``: near 1, sampling explores nothing).
 PUSHCUT_BENCH_RL_REMEASURE=1 measures the diagnosis again for the runs already in rl.json.
 PUSHCUT_BENCH_RL_DEMOS=N (default 1, the issue's start) starts from the N-demo SFT instead and
 writes rl_<N>demos.json: with 3 demos (two bells on the right, one on the left) the start has
@@ -28,7 +31,12 @@ PUSHCUT_BENCH_RL_SMOOTHING=S starts from the same SFT trained on Gaussian soft t
 makes every action token a near-delta, which greedy decoding keeps after RL has moved the mass.
 NOTE: lr is raised from the 7B recipe's 5e-6 to 1e-3 for the tiny preset, which is trained from
 scratch on 2 cores and barely moves at 5e-6. PUSHCUT_BENCH_RL_LR sets another (results in
-rl..._lr<LR>.json): a sharper start than the 1-demo SFT needs a lower one (see the README).
+rl..._lr<LR>.json): a sharper start than the 1-demo SFT needs a lower one (see bench/README.md).
+PUSHCUT_BENCH_RL_SEED=N (default 0) sets the runs' ``seed`` (rollout sampling noise, mini-batch
+order; the initial states stay the same) and writes rl..._seed<N>.json. A run is deterministic:
+the same seed gives the same curve, iteration for iteration, and only the number of iterations
+that fit in the budget moves with the machine's speed, so a repeat that tests the spread between
+runs needs another seed.
 """
 
 from __future__ import annotations
@@ -92,6 +100,24 @@ class _Sampled:
         return self.policy.act_batch(observations, self.temperature, self.gen)[0]
 
 
+class _Expected:
+    """The policy decoded deterministically by each token's expected bin centre (at T = 1) instead of
+    its argmax. A chunk's 25 independently sampled steps pass through the twin's speed limit and
+    smoothing, which average them: where this decoder succeeds and greedy fails, what the reward
+    improved is the mean of the bins, which argmax does not follow; where only sampling succeeds,
+    the noise itself (a random sweep) clicks the bell."""
+
+    def __init__(self, policy: TorchPolicy):
+        self.policy = policy
+
+    @torch.no_grad()
+    def infer_batch(self, observations):
+        p, cfg = self.policy, self.policy.cfg
+        probs = torch.softmax(p.logits(observations).float(), dim=-1).numpy()  # (B, A, n_bins)
+        norm = (probs @ p.action_tokenizer.centers).reshape(len(observations), cfg.chunk_len, cfg.action_dim)
+        return p.action_norm.unnormalize(norm)
+
+
 def _initial_states(cfg, episodes: int) -> tuple[list[dict], list[str]]:
     """Each held-out seed's first observation and the arm its bell needs (its side of the table):
     the same for every policy measured, so reset once per bench."""
@@ -115,13 +141,31 @@ def image_sensitivity(policy: TorchPolicy, initial_obs: list[dict]) -> dict:
             "action_std_across_seeds": float(chunks.std(axis=0).mean())}
 
 
+@torch.no_grad()
+def peak_probability(policy: TorchPolicy, initial_obs: list[dict], temperatures: tuple[float, ...]) -> dict:
+    """How much exploration each arm has left: the probability of each action token's likeliest
+    bin, averaged over the first chunk's tokens of that arm on each seed's initial state, at each
+    temperature. Near 1, sampling repeats the argmax and an arm that the demos never moved stays
+    where it is (dims 0-6 are the left arm and its gripper, 7-13 the right, as the twin's action)."""
+    cfg = policy.cfg
+    logits = policy.logits(initial_obs).float().view(len(initial_obs), cfg.chunk_len, cfg.action_dim, -1)
+    half = cfg.action_dim // 2
+    out = {}
+    for t in temperatures:
+        peak = torch.softmax(logits / t, dim=-1).amax(-1)  # (B, chunk_len, action_dim)
+        out[f"T{t:g}"] = {"left": float(peak[..., :half].mean()), "right": float(peak[..., half:].mean())}
+    return out
+
+
 def _measure(policy: TorchPolicy, cfg, initial: tuple[list[dict], list[str]]) -> dict:
     """Greedy success on the held-out seeds, split by the arm the bell needs, beside the success of
     the same policy sampled at the rollout temperature and at T = 1: where they part, the RL reward
-    (sampled) has improved what greedy evaluation does not see. ``initial``: ``_initial_states``."""
+    (sampled) has improved what greedy evaluation does not see; ``expected_T1`` (``_Expected``) tells
+    how much of that gap is argmax against mean. ``initial``: ``_initial_states``."""
     obs, arms = initial
     out = {}
-    decoders = {"greedy": policy} | {f"sampled_T{t:g}": _Sampled(policy, t) for t in (cfg.temperature, 1.0)}
+    decoders = ({"greedy": policy} | {f"sampled_T{t:g}": _Sampled(policy, t) for t in (cfg.temperature, 1.0)}
+                | {"expected_T1": _Expected(policy)})
     for name, pol in decoders.items():
         results = held_out_episodes(pol, "click_bell", len(obs))
         by_arm = {}
@@ -130,15 +174,17 @@ def _measure(policy: TorchPolicy, cfg, initial: tuple[list[dict], list[str]]) ->
             by_arm[arm] = sum(ok) / max(1, len(ok))
         out[name] = success_summary(results) | {"by_arm": by_arm}
     out["image_sensitivity"] = image_sensitivity(policy, obs[:SENSITIVITY_SEEDS])
+    out["peak_probability"] = peak_probability(policy, obs[:SENSITIVITY_SEEDS], (1.0, cfg.temperature))
     return out
 
 
 LR = 1e-3  # the tiny preset's learning rate in this bench (see the NOTE above)
 
 
-def _result_name(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR) -> str:
+def _result_name(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: int = 0) -> str:
     return (("rl" if demos == 1 else f"rl_{demos}demos") + ("_base" if base else "")
-            + (f"_smooth{smoothing:g}" if smoothing else "") + (f"_lr{lr:g}" if lr != LR else ""))
+            + (f"_smooth{smoothing:g}" if smoothing else "") + (f"_lr{lr:g}" if lr != LR else "")
+            + (f"_seed{seed}" if seed else ""))
 
 
 def _start_checkpoint(demos: int, base: bool, smoothing: float = 0.0) -> Path:
@@ -162,10 +208,10 @@ def _best(run: Path, cfg, initial, last: dict, last_iteration: int, before: dict
             "gain_points": 100 * (measured["greedy"]["success_rate"] - before["success_rate"])}
 
 
-def remeasure(episodes: int, demos: int, base: bool, smoothing: float = 0.0, lr: float = LR) -> None:
+def remeasure(episodes: int, demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: int = 0) -> None:
     """Measure the diagnosis again for the start and every finished run in rl.json (their final
     checkpoints), without training: for a diagnosis added after the runs."""
-    result = _result_name(demos, base, smoothing, lr)
+    result = _result_name(demos, base, smoothing, lr, seed)
     path = RESULTS / f"{result}.json"
     if not path.exists():
         raise SystemExit(f"nothing to measure again: {path} does not exist; run bench-rl with "
@@ -193,7 +239,7 @@ def remeasure(episodes: int, demos: int, base: bool, smoothing: float = 0.0, lr:
     write(result, out)
 
 
-def main(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR) -> None:
+def main(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: int = 0) -> None:
     budget = env_int("PUSHCUT_BENCH_RL_BUDGET_S", 2700)
     ablation_budget = env_int("PUSHCUT_BENCH_RL_ABLATION_BUDGET_S", budget)
     episodes = env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200)
@@ -210,7 +256,7 @@ def main(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR) -> None
     if unknown:
         raise SystemExit(f"unknown PUSHCUT_BENCH_RL_VARIANTS {unknown}; known: {list(VARIANTS)}")
     out = {"task": "click_bell", "start": {"checkpoint": str(ckpt), **before, "diagnosis": start}}
-    result = _result_name(demos, base, smoothing, lr)
+    result = _result_name(demos, base, smoothing, lr, seed)
     previous = RESULTS / f"{result}.json"
     if set(only) != set(VARIANTS) and previous.exists():  # keep the other variants of the same start
         old = json.loads(previous.read_text())
@@ -220,7 +266,7 @@ def main(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR) -> None
         run = CACHE / f"{result}_{name}_{int(time.time())}"
         run_budget = budget if name == "grpo" else ablation_budget
         cfg = from_hydra(TrainConfig, compose("train", [
-            f"init_checkpoint={ckpt}", "iterations=100000", f"lr={lr}", f"time_budget_s={run_budget}",
+            f"init_checkpoint={ckpt}", "iterations=100000", f"lr={lr}", f"seed={seed}", f"time_budget_s={run_budget}",
             "eval_every=3", "eval_episodes=50", *overrides]))
         t0 = time.perf_counter()
         final = grpo.train(cfg, run)
@@ -232,6 +278,7 @@ def main(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR) -> None
         out[name] = {
             "budget_s": run_budget,
             "lr": lr,
+            "seed": seed,
             "overrides": overrides,
             "wall_s": wall,
             "iterations": iterations,
@@ -255,7 +302,8 @@ if __name__ == "__main__":
     n_demos, from_base = env_int("PUSHCUT_BENCH_RL_DEMOS", 1), bool(env_int("PUSHCUT_BENCH_RL_BASE", 0))
     smooth = float(os.environ.get("PUSHCUT_BENCH_RL_SMOOTHING", "0"))
     rate = float(os.environ.get("PUSHCUT_BENCH_RL_LR", str(LR)))
+    run_seed = env_int("PUSHCUT_BENCH_RL_SEED", 0)
     if os.environ.get("PUSHCUT_BENCH_RL_REMEASURE"):
-        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200), n_demos, from_base, smooth, rate)
+        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200), n_demos, from_base, smooth, rate, run_seed)
     else:
-        main(n_demos, from_base, smooth, rate)
+        main(n_demos, from_base, smooth, rate, run_seed)
