@@ -52,13 +52,14 @@ BASE_TASKS = ("stack_bowls_two", "stack_bowls_three")  # a base's tasks: the twi
 
 
 def sft_checkpoint(demos_per_task: int, steps: int, task: str = "click_bell", bin_smoothing: float = 0.0,
-                   base: Path | None = None) -> Path:
+                   base: Path | None = None, mirror: bool = False) -> Path:
     """The tiny policy SFT'd on ``demos_per_task`` expert demos, cached under bench/cache/: from
-    scratch, or fine-tuned from the pretrained ``base`` (``pretrained_base``)."""
+    scratch, or fine-tuned from the pretrained ``base`` (``pretrained_base``); with ``mirror``, on
+    the demos and their mirror images (``mirror_demos``)."""
     smooth = f"_smooth{bin_smoothing:g}" if bin_smoothing else ""
     from_base = f"_from_{base.parent.name}" if base else ""
-    return _sft(f"sft_{task}_{demos_per_task}demos_{steps}steps{smooth}{from_base}",
-                [f"env={task}", f"demos_per_task={demos_per_task}", f"steps={steps}",
+    return _sft(f"sft_{task}_{demos_per_task}demos{'_mirror' if mirror else ''}_{steps}steps{smooth}{from_base}",
+                [f"env={task}", f"demos_per_task={demos_per_task}", f"steps={steps}", f"mirror_demos={mirror}",
                  f"bin_smoothing={bin_smoothing}", f"init_checkpoint={base or 'null'}"])
 
 

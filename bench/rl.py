@@ -26,6 +26,8 @@ the start looks at the bell (distinct greedy first chunks), which tests whether 
 PUSHCUT_BENCH_RL_BASE=1 fine-tunes that SFT from a pretrained base instead of from scratch (the
 tiny policy SFT'd on 50 demos each of stack_bowls_two and stack_bowls_three, ``pretrained_base``),
 as OpenVLA-OFT fine-tunes a pretrained OpenVLA, and writes rl_base.json (rl_<N>demos_base.json).
+PUSHCUT_BENCH_RL_MIRROR=1 starts from the SFT on the demo and its mirror image (``mirror_demos``: the
+other arm on the mirrored scene) and writes rl_mirror.json: the one demo then shows both arms.
 PUSHCUT_BENCH_RL_SMOOTHING=S starts from the same SFT trained on Gaussian soft targets of std S bins
 (``bin_smoothing``) instead of one-hot ones, and writes rl_smooth<S>.json: one-hot SFT on one demo
 makes every action token a near-delta, which greedy decoding keeps after RL has moved the mass.
@@ -181,20 +183,22 @@ def _measure(policy: TorchPolicy, cfg, initial: tuple[list[dict], list[str]]) ->
 LR = 1e-3  # the tiny preset's learning rate in this bench (see the NOTE above)
 
 
-def _result_name(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: int = 0) -> str:
-    return (("rl" if demos == 1 else f"rl_{demos}demos") + ("_base" if base else "")
+def _result_name(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: int = 0,
+                 mirror: bool = False) -> str:
+    return (("rl" if demos == 1 else f"rl_{demos}demos") + ("_mirror" if mirror else "") + ("_base" if base else "")
             + (f"_smooth{smoothing:g}" if smoothing else "") + (f"_lr{lr:g}" if lr != LR else "")
             + (f"_seed{seed}" if seed else ""))
 
 
-def _start_checkpoint(demos: int, base: bool, smoothing: float = 0.0) -> Path:
+def _start_checkpoint(demos: int, base: bool, smoothing: float = 0.0, mirror: bool = False) -> Path:
     """The N-demo click_bell SFT the runs start from: from scratch (1500 steps), or fine-tuned from
     the base (100 steps: enough to learn the bell's prompt and motion, few enough to keep the
-    base's image features; PUSHCUT_BENCH_RL_BASE_SFT_STEPS); on soft targets with ``smoothing``."""
+    base's image features; PUSHCUT_BENCH_RL_BASE_SFT_STEPS); on soft targets with ``smoothing``; on
+    the demos and their mirror images with ``mirror``."""
     if base:
         return sft_checkpoint(demos, env_int("PUSHCUT_BENCH_RL_BASE_SFT_STEPS", 100), bin_smoothing=smoothing,
-                              base=pretrained_base())
-    return sft_checkpoint(demos, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500), bin_smoothing=smoothing)
+                              base=pretrained_base(), mirror=mirror)
+    return sft_checkpoint(demos, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500), bin_smoothing=smoothing, mirror=mirror)
 
 
 def _best(run: Path, cfg, initial, last: dict, last_iteration: int, before: dict) -> dict:
@@ -208,15 +212,17 @@ def _best(run: Path, cfg, initial, last: dict, last_iteration: int, before: dict
             "gain_points": 100 * (measured["greedy"]["success_rate"] - before["success_rate"])}
 
 
-def remeasure(episodes: int, demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: int = 0) -> None:
+def remeasure(episodes: int, demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: int = 0,
+              mirror: bool = False) -> None:
     """Measure the diagnosis again for the start and every finished run in rl.json (their final
     checkpoints), without training: for a diagnosis added after the runs."""
-    result = _result_name(demos, base, smoothing, lr, seed)
+    result = _result_name(demos, base, smoothing, lr, seed, mirror)
     path = RESULTS / f"{result}.json"
     if not path.exists():
         raise SystemExit(f"nothing to measure again: {path} does not exist; run bench-rl with "
                          f"PUSHCUT_BENCH_RL_DEMOS={demos} PUSHCUT_BENCH_RL_BASE={int(base)} "
-                         f"PUSHCUT_BENCH_RL_SMOOTHING={smoothing:g} PUSHCUT_BENCH_RL_LR={lr:g} first")
+                         f"PUSHCUT_BENCH_RL_SMOOTHING={smoothing:g} PUSHCUT_BENCH_RL_LR={lr:g} "
+                         f"PUSHCUT_BENCH_RL_MIRROR={int(mirror)} first")
     out = json.loads(path.read_text())
     from_start = ["init_checkpoint=" + out["start"]["checkpoint"]]
     recipe = from_hydra(TrainConfig, compose("train", from_start))
@@ -239,24 +245,21 @@ def remeasure(episodes: int, demos: int, base: bool, smoothing: float = 0.0, lr:
     write(result, out)
 
 
-def main(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: int = 0) -> None:
+def main(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: int = 0, mirror: bool = False) -> None:
     budget = env_int("PUSHCUT_BENCH_RL_BUDGET_S", 2700)
     ablation_budget = env_int("PUSHCUT_BENCH_RL_ABLATION_BUDGET_S", budget)
     episodes = env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200)
-    ckpt = _start_checkpoint(demos, base, smoothing)
+    ckpt = _start_checkpoint(demos, base, smoothing, mirror)
     recipe = from_hydra(TrainConfig, compose("train", [f"init_checkpoint={ckpt}"]))
     initial = _initial_states(recipe, episodes)
     start = _measure(TorchPolicy.from_checkpoint(ckpt), recipe, initial)
     before = start["greedy"]
-    # a reference that does look: the same policy SFT'd on 50 demos
-    start["image_sensitivity_50_demo_sft"] = image_sensitivity(TorchPolicy.from_checkpoint(sft_checkpoint(50, 1500)),
-                                                               initial[0][:SENSITIVITY_SEEDS])
     only = [v for v in os.environ.get("PUSHCUT_BENCH_RL_VARIANTS", ",".join(VARIANTS)).split(",") if v]
     unknown = sorted(set(only) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown PUSHCUT_BENCH_RL_VARIANTS {unknown}; known: {list(VARIANTS)}")
     out = {"task": "click_bell", "start": {"checkpoint": str(ckpt), **before, "diagnosis": start}}
-    result = _result_name(demos, base, smoothing, lr, seed)
+    result = _result_name(demos, base, smoothing, lr, seed, mirror)
     previous = RESULTS / f"{result}.json"
     if set(only) != set(VARIANTS) and previous.exists():  # keep the other variants of the same start
         old = json.loads(previous.read_text())
@@ -296,6 +299,11 @@ def main(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: i
         plot_curves(run / "metrics.jsonl", ["eval_success", "reward", "kept_groups"],
                     CACHE / f"{result}_{name}.png", name)
         write(result, out)  # after every variant: a cut-short bench keeps what it finished
+    # a reference that does look: the same policy SFT'd on 50 demos (after the runs, whose budgets it
+    # would otherwise delay by the 50 demos' recording and SFT)
+    start["image_sensitivity_50_demo_sft"] = image_sensitivity(TorchPolicy.from_checkpoint(sft_checkpoint(50, 1500)),
+                                                               initial[0][:SENSITIVITY_SEEDS])
+    write(result, out)
 
 
 if __name__ == "__main__":
@@ -303,7 +311,8 @@ if __name__ == "__main__":
     smooth = float(os.environ.get("PUSHCUT_BENCH_RL_SMOOTHING", "0"))
     rate = float(os.environ.get("PUSHCUT_BENCH_RL_LR", str(LR)))
     run_seed = env_int("PUSHCUT_BENCH_RL_SEED", 0)
+    mirrored = bool(env_int("PUSHCUT_BENCH_RL_MIRROR", 0))
     if os.environ.get("PUSHCUT_BENCH_RL_REMEASURE"):
-        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200), n_demos, from_base, smooth, rate, run_seed)
+        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200), n_demos, from_base, smooth, rate, run_seed, mirrored)
     else:
-        main(n_demos, from_base, smooth, rate, run_seed)
+        main(n_demos, from_base, smooth, rate, run_seed, mirrored)

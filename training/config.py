@@ -8,6 +8,7 @@ from typing import Literal
 from pushcut.configs import require
 from pushcut.policy.config import PolicyConfig
 from pushcut.sim.config import EnvConfig
+from pushcut.sim.twin.mirror import MIRRORABLE_CAMERAS
 
 ENV_ACTION_DIM = {"twin": 14, "libero": 7}
 
@@ -39,6 +40,7 @@ class SFTConfig:
     norm_bounds: Literal["robot", "demos"] = "robot"
     steps: int = 1500
     batch_size: int = 32
+    mirror_demos: bool = False  # add each demo's mirror image (the other arm, the mirrored scene); twin only
     bin_smoothing: float = 0.0  # soft targets: a Gaussian of this std (in bins) around each target bin; 0: one-hot
     lr: float = 3e-4
     weight_decay: float = 0.01
@@ -58,6 +60,11 @@ class SFTConfig:
         require(self.eval_episodes >= 0 and self.num_envs >= 1, "eval_episodes >= 0 and num_envs >= 1")
         require(self.tasks is None or self.env.kind == "twin",
                 "tasks lists twin tasks; a LIBERO suite trains on its env.task_ids")
+        require(not self.mirror_demos or self.env.kind == "twin",
+                "mirror_demos mirrors the dual-arm twin's demos; LIBERO's scenes are not symmetric")
+        require(not self.mirror_demos or set(self.policy.cameras) <= set(MIRRORABLE_CAMERAS),
+                f"mirror_demos mirrors only the {list(MIRRORABLE_CAMERAS)} camera(s); the policy reads "
+                f"{list(self.policy.cameras)}")
         check_policy_fits_env(self.policy, self.env)
 
 

@@ -8,6 +8,7 @@ statistics are computed from exactly the demos used, and saved in the checkpoint
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from pushcut.policy.modeling import VLAPolicy
 from pushcut.policy.preprocess import ByteTokenizer, build_inputs, proprio_normalizer
 from pushcut.sim import demos
 from pushcut.sim.registry import robot_bounds
+from pushcut.sim.twin.mirror import mirror_episode
 from pushcut.training.config import SFTConfig
 from pushcut.training.run_log import RunLogger, plot_curves
 
@@ -150,6 +152,9 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     sets = [demos.load(ensure_demos(cfg, env), max_episodes=cfg.demos_per_task)
             for env in demos.task_envs(cfg.env, cfg.tasks)]
+    if cfg.mirror_demos:  # the workcell is left-right symmetric: each demo's mirror image is a demo too
+        sets = [replace(s, episodes=s.episodes + [mirror_episode(e, cfg.policy.cameras) for e in s.episodes])
+                for s in sets]
     bounds = robot_bounds(cfg.env) if cfg.norm_bounds == "robot" else None
     norm_stats = norm_statistics(sets, bounds)
     model = VLAPolicy(cfg.policy) if cfg.init_checkpoint is None else load_base(cfg, norm_stats)

@@ -257,7 +257,8 @@ def build_mjcf(objects: SceneObjects, head: HeadCamera = HeadCamera(), offscreen
   <asset>
     <texture name="grid" type="2d" builtin="checker" width="64" height="64"
              rgb1="0.62 0.55 0.45" rgb2="0.58 0.51 0.42"/>
-    <material name="table" texture="grid" texrepeat="6 4" reflectance="0"/>
+    <!-- 13 checker squares across (6.5 repeats of 2): the table looks the same mirrored about x = 0 -->
+    <material name="table" texture="grid" texrepeat="6.5 4" reflectance="0"/>
   </asset>
   <worldbody>
     <light name="key" pos="0 -0.2 1.6" dir="0 0.1 -1" diffuse="0.7 0.7 0.7" castshadow="false"/>
