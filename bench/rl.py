@@ -34,6 +34,9 @@ makes every action token a near-delta, which greedy decoding keeps after RL has 
 NOTE: lr is raised from the 7B recipe's 5e-6 to 1e-3 for the tiny preset, which is trained from
 scratch on 2 cores and barely moves at 5e-6. PUSHCUT_BENCH_RL_LR sets another (results in
 rl..._lr<LR>.json): a sharper start than the 1-demo SFT needs a lower one (see bench/README.md).
+PUSHCUT_BENCH_RL_WARMUP=N raises lr linearly over the first N iterations (``lr_warmup_iters``) and
+writes rl..._warmup<N>.json: Adam's first step moves every weight by about lr, which can throw a start
+that samples well far from it.
 PUSHCUT_BENCH_RL_SEED=N (default 0) sets the runs' ``seed`` (rollout sampling noise, mini-batch
 order; the initial states stay the same) and writes rl..._seed<N>.json. A run is deterministic:
 the same seed gives the same curve, iteration for iteration, and only the number of iterations
@@ -46,6 +49,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -183,22 +187,51 @@ def _measure(policy: TorchPolicy, cfg, initial: tuple[list[dict], list[str]]) ->
 LR = 1e-3  # the tiny preset's learning rate in this bench (see the NOTE above)
 
 
-def _result_name(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: int = 0,
-                 mirror: bool = False) -> str:
-    return (("rl" if demos == 1 else f"rl_{demos}demos") + ("_mirror" if mirror else "") + ("_base" if base else "")
-            + (f"_smooth{smoothing:g}" if smoothing else "") + (f"_lr{lr:g}" if lr != LR else "")
-            + (f"_seed{seed}" if seed else ""))
+@dataclass(frozen=True)
+class Setup:
+    """What the runs start from and how they train: the PUSHCUT_BENCH_RL_* variables."""
 
+    demos: int = 1
+    base: bool = False
+    smoothing: float = 0.0
+    mirror: bool = False
+    lr: float = LR
+    warmup: int = 0
+    seed: int = 0
 
-def _start_checkpoint(demos: int, base: bool, smoothing: float = 0.0, mirror: bool = False) -> Path:
-    """The N-demo click_bell SFT the runs start from: from scratch (1500 steps), or fine-tuned from
-    the base (100 steps: enough to learn the bell's prompt and motion, few enough to keep the
-    base's image features; PUSHCUT_BENCH_RL_BASE_SFT_STEPS); on soft targets with ``smoothing``; on
-    the demos and their mirror images with ``mirror``."""
-    if base:
-        return sft_checkpoint(demos, env_int("PUSHCUT_BENCH_RL_BASE_SFT_STEPS", 100), bin_smoothing=smoothing,
-                              base=pretrained_base(), mirror=mirror)
-    return sft_checkpoint(demos, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500), bin_smoothing=smoothing, mirror=mirror)
+    @classmethod
+    def from_env(cls) -> Setup:
+        return cls(demos=env_int("PUSHCUT_BENCH_RL_DEMOS", 1), base=bool(env_int("PUSHCUT_BENCH_RL_BASE", 0)),
+                   smoothing=float(os.environ.get("PUSHCUT_BENCH_RL_SMOOTHING", "0")),
+                   mirror=bool(env_int("PUSHCUT_BENCH_RL_MIRROR", 0)),
+                   lr=float(os.environ.get("PUSHCUT_BENCH_RL_LR", str(LR))),
+                   warmup=env_int("PUSHCUT_BENCH_RL_WARMUP", 0), seed=env_int("PUSHCUT_BENCH_RL_SEED", 0))
+
+    @property
+    def result_name(self) -> str:
+        """rl.json for the issue's start and settings; every departure from them named in the file."""
+        return (("rl" if self.demos == 1 else f"rl_{self.demos}demos") + ("_mirror" if self.mirror else "")
+                + ("_base" if self.base else "") + (f"_smooth{self.smoothing:g}" if self.smoothing else "")
+                + (f"_lr{self.lr:g}" if self.lr != LR else "") + (f"_warmup{self.warmup}" if self.warmup else "")
+                + (f"_seed{self.seed}" if self.seed else ""))
+
+    @property
+    def env_vars(self) -> str:
+        return (f"PUSHCUT_BENCH_RL_DEMOS={self.demos} PUSHCUT_BENCH_RL_BASE={int(self.base)} "
+                f"PUSHCUT_BENCH_RL_SMOOTHING={self.smoothing:g} PUSHCUT_BENCH_RL_MIRROR={int(self.mirror)} "
+                f"PUSHCUT_BENCH_RL_LR={self.lr:g} PUSHCUT_BENCH_RL_WARMUP={self.warmup} "
+                f"PUSHCUT_BENCH_RL_SEED={self.seed}")
+
+    def start_checkpoint(self) -> Path:
+        """The N-demo click_bell SFT the runs start from: from scratch (1500 steps), or fine-tuned from
+        the base (100 steps: enough to learn the bell's prompt and motion, few enough to keep the
+        base's image features; PUSHCUT_BENCH_RL_BASE_SFT_STEPS); on soft targets with ``smoothing``;
+        on the demos and their mirror images with ``mirror``."""
+        if self.base:
+            return sft_checkpoint(self.demos, env_int("PUSHCUT_BENCH_RL_BASE_SFT_STEPS", 100),
+                                  bin_smoothing=self.smoothing, base=pretrained_base(), mirror=self.mirror)
+        return sft_checkpoint(self.demos, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500), bin_smoothing=self.smoothing,
+                              mirror=self.mirror)
 
 
 def _best(run: Path, cfg, initial, last: dict, last_iteration: int, before: dict) -> dict:
@@ -212,17 +245,13 @@ def _best(run: Path, cfg, initial, last: dict, last_iteration: int, before: dict
             "gain_points": 100 * (measured["greedy"]["success_rate"] - before["success_rate"])}
 
 
-def remeasure(episodes: int, demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: int = 0,
-              mirror: bool = False) -> None:
+def remeasure(episodes: int, setup: Setup) -> None:
     """Measure the diagnosis again for the start and every finished run in rl.json (their final
     checkpoints), without training: for a diagnosis added after the runs."""
-    result = _result_name(demos, base, smoothing, lr, seed, mirror)
+    result = setup.result_name
     path = RESULTS / f"{result}.json"
     if not path.exists():
-        raise SystemExit(f"nothing to measure again: {path} does not exist; run bench-rl with "
-                         f"PUSHCUT_BENCH_RL_DEMOS={demos} PUSHCUT_BENCH_RL_BASE={int(base)} "
-                         f"PUSHCUT_BENCH_RL_SMOOTHING={smoothing:g} PUSHCUT_BENCH_RL_LR={lr:g} "
-                         f"PUSHCUT_BENCH_RL_MIRROR={int(mirror)} first")
+        raise SystemExit(f"nothing to measure again: {path} does not exist; run bench-rl with {setup.env_vars} first")
     out = json.loads(path.read_text())
     from_start = ["init_checkpoint=" + out["start"]["checkpoint"]]
     recipe = from_hydra(TrainConfig, compose("train", from_start))
@@ -245,11 +274,11 @@ def remeasure(episodes: int, demos: int, base: bool, smoothing: float = 0.0, lr:
     write(result, out)
 
 
-def main(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: int = 0, mirror: bool = False) -> None:
+def main(setup: Setup) -> None:
     budget = env_int("PUSHCUT_BENCH_RL_BUDGET_S", 2700)
     ablation_budget = env_int("PUSHCUT_BENCH_RL_ABLATION_BUDGET_S", budget)
     episodes = env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200)
-    ckpt = _start_checkpoint(demos, base, smoothing, mirror)
+    ckpt = setup.start_checkpoint()
     recipe = from_hydra(TrainConfig, compose("train", [f"init_checkpoint={ckpt}"]))
     initial = _initial_states(recipe, episodes)
     start = _measure(TorchPolicy.from_checkpoint(ckpt), recipe, initial)
@@ -259,7 +288,7 @@ def main(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: i
     if unknown:
         raise SystemExit(f"unknown PUSHCUT_BENCH_RL_VARIANTS {unknown}; known: {list(VARIANTS)}")
     out = {"task": "click_bell", "start": {"checkpoint": str(ckpt), **before, "diagnosis": start}}
-    result = _result_name(demos, base, smoothing, lr, seed, mirror)
+    result = setup.result_name
     previous = RESULTS / f"{result}.json"
     if set(only) != set(VARIANTS) and previous.exists():  # keep the other variants of the same start
         old = json.loads(previous.read_text())
@@ -269,8 +298,8 @@ def main(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: i
         run = CACHE / f"{result}_{name}_{int(time.time())}"
         run_budget = budget if name == "grpo" else ablation_budget
         cfg = from_hydra(TrainConfig, compose("train", [
-            f"init_checkpoint={ckpt}", "iterations=100000", f"lr={lr}", f"seed={seed}", f"time_budget_s={run_budget}",
-            "eval_every=3", "eval_episodes=50", *overrides]))
+            f"init_checkpoint={ckpt}", "iterations=100000", f"lr={setup.lr}", f"lr_warmup_iters={setup.warmup}",
+            f"seed={setup.seed}", f"time_budget_s={run_budget}", "eval_every=3", "eval_episodes=50", *overrides]))
         t0 = time.perf_counter()
         final = grpo.train(cfg, run)
         wall = time.perf_counter() - t0
@@ -280,8 +309,9 @@ def main(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: i
         iterations = max(r["step"] for r in rows)
         out[name] = {
             "budget_s": run_budget,
-            "lr": lr,
-            "seed": seed,
+            "lr": setup.lr,
+            "lr_warmup_iters": setup.warmup,
+            "seed": setup.seed,
             "overrides": overrides,
             "wall_s": wall,
             "iterations": iterations,
@@ -307,12 +337,7 @@ def main(demos: int, base: bool, smoothing: float = 0.0, lr: float = LR, seed: i
 
 
 if __name__ == "__main__":
-    n_demos, from_base = env_int("PUSHCUT_BENCH_RL_DEMOS", 1), bool(env_int("PUSHCUT_BENCH_RL_BASE", 0))
-    smooth = float(os.environ.get("PUSHCUT_BENCH_RL_SMOOTHING", "0"))
-    rate = float(os.environ.get("PUSHCUT_BENCH_RL_LR", str(LR)))
-    run_seed = env_int("PUSHCUT_BENCH_RL_SEED", 0)
-    mirrored = bool(env_int("PUSHCUT_BENCH_RL_MIRROR", 0))
     if os.environ.get("PUSHCUT_BENCH_RL_REMEASURE"):
-        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200), n_demos, from_base, smooth, rate, run_seed, mirrored)
+        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200), Setup.from_env())
     else:
-        main(n_demos, from_base, smooth, rate, run_seed, mirrored)
+        main(Setup.from_env())

@@ -118,6 +118,7 @@ class TrainConfig:
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     lr: float = 5e-6
+    lr_warmup_iters: int = 0  # linear warmup of lr over the first iterations (the recipe: 0, a constant lr)
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -144,5 +145,6 @@ class TrainConfig:
         require(self.kl_coef >= 0 and self.entropy_coef >= 0, "kl_coef and entropy_coef must be >= 0")
         require(self.lr > 0 and self.mini_batches >= 1 and self.ppo_epochs >= 1 and self.iterations >= 1,
                 "lr, mini_batches, ppo_epochs, iterations must be positive")
+        require(self.lr_warmup_iters >= 0, "lr_warmup_iters must be >= 0")
         require(self.eval_every >= 0 and self.eval_episodes >= 0 and self.save_every >= 1, "eval/save cadence")
         check_policy_fits_env(self.policy, self.env)

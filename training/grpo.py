@@ -247,6 +247,13 @@ def no_signal_message(info: dict, iteration: int) -> str:
             "(watch approx_kl).")
 
 
+def lr_at(cfg: TrainConfig, iteration: int) -> float:
+    """The learning rate of update ``iteration`` (1-based): ``cfg.lr`` after a linear warmup over
+    ``cfg.lr_warmup_iters`` iterations. Adam's first steps move every weight by about lr, whatever
+    the gradient's size, so a sharp SFT start can be thrown far by its first update at full lr."""
+    return cfg.lr * min(1.0, iteration / cfg.lr_warmup_iters) if cfg.lr_warmup_iters else cfg.lr
+
+
 def eval_due(cfg: TrainConfig, iteration: int) -> bool:
     """Greedy evaluation runs before the first iteration and after every ``eval_every``-th."""
     return bool(cfg.eval_every and cfg.eval_episodes) and iteration % cfg.eval_every == 0
@@ -355,9 +362,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
             if is_main and not any(adv.values()):  # say why nothing changes instead of spinning silently
                 tqdm.write(no_signal_message(info, state["iteration"] + 1), file=sys.stderr)
             # 4. the update
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, state["iteration"] + 1)
             t0 = time.perf_counter()
             metrics = update(model, ref_model, opt, policy, batch, len(kept), cfg, gen) if kept else {}
             metrics["update_s"] = time.perf_counter() - t0
+            metrics["lr"] = opt.param_groups[0]["lr"]
             weights = full_weights(model)
             state["iteration"] += 1
             it = state["iteration"]
