@@ -55,6 +55,17 @@ def chunk_targets(actions: np.ndarray, start: int, chunk_len: int) -> np.ndarray
     return chunk
 
 
+def demo_sets(cfg: SFTConfig) -> list[demos.DemoSet]:
+    """The demos SFT trains on, one set per task (recorded first where missing); with
+    ``mirror_demos``, each set also holds its episodes' mirror images, after the originals."""
+    sets = [demos.load(ensure_demos(cfg, env), max_episodes=cfg.demos_per_task)
+            for env in demos.task_envs(cfg.env, cfg.tasks)]
+    if cfg.mirror_demos:  # the workcell is left-right symmetric: each demo's mirror image is a demo too
+        sets = [replace(s, episodes=s.episodes + [mirror_episode(e, cfg.policy.cameras) for e in s.episodes])
+                for s in sets]
+    return sets
+
+
 def norm_statistics(sets: list[demos.DemoSet], bounds: dict | None = None) -> dict:
     """Normalisation statistics of the demos; ``bounds`` (``sim.registry.robot_bounds``) replace
     their min/max and q01/q99 where given.
@@ -150,11 +161,7 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
     """Train and write ``<run_dir>/checkpoint``; returns its path."""
     run_dir = Path(run_dir)
     torch.manual_seed(cfg.seed)
-    sets = [demos.load(ensure_demos(cfg, env), max_episodes=cfg.demos_per_task)
-            for env in demos.task_envs(cfg.env, cfg.tasks)]
-    if cfg.mirror_demos:  # the workcell is left-right symmetric: each demo's mirror image is a demo too
-        sets = [replace(s, episodes=s.episodes + [mirror_episode(e, cfg.policy.cameras) for e in s.episodes])
-                for s in sets]
+    sets = demo_sets(cfg)
     bounds = robot_bounds(cfg.env) if cfg.norm_bounds == "robot" else None
     norm_stats = norm_statistics(sets, bounds)
     model = VLAPolicy(cfg.policy) if cfg.init_checkpoint is None else load_base(cfg, norm_stats)

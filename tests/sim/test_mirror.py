@@ -93,3 +93,22 @@ def test_mirroring_is_refused_where_the_scene_is_not_symmetric():
     with pytest.raises(ConfigError, match="mirror_demos"):
         from_hydra(SFTConfig, compose("sft", ["mirror_demos=true", "env.cameras=[head,left_wrist]",
                                               "policy.cameras=[head,left_wrist]"]))
+
+
+def test_sft_trains_on_the_demo_and_its_mirror_image(tmp_path):
+    from pushcut.training.config import WandbConfig
+    from pushcut.training.sft import demo_sets
+    from tests.training.conftest import MICRO_ENV, MICRO_POLICY
+
+    cfg = SFTConfig(env=MICRO_ENV, policy=MICRO_POLICY, demos_dir=str(tmp_path), demos_per_task=1, mirror_demos=True,
+                    wandb=WandbConfig(mode="disabled"))
+    (episodes,) = (s.episodes for s in demo_sets(cfg))
+    assert len(episodes) == 2
+    demo, image = episodes
+    np.testing.assert_array_equal(image["actions"], mirror_dual_arm(demo["actions"]))
+    np.testing.assert_array_equal(image["obs_proprio"], mirror_dual_arm(demo["obs_proprio"]))
+    np.testing.assert_array_equal(image["images_head"], demo["images_head"][:, :, ::-1])
+    moved = np.abs(demo["actions"] - demo["actions"][0]).max(0)  # the demo moves one arm, its image the other
+    moved_image = np.abs(image["actions"] - image["actions"][0]).max(0)
+    assert (moved[:6].max() > 0.1) != (moved[7:13].max() > 0.1)
+    np.testing.assert_allclose(moved_image, np.concatenate([moved[7:], moved[:7]]), atol=1e-6)

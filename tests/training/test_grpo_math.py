@@ -108,3 +108,9 @@ def test_best_evaluation_is_the_first_that_no_later_one_beats():
     resumed = {"best_eval": 0.5}  # a resumed run compares with the best its checkpoint carries
     assert not grpo.is_new_best(_cfg(), resumed, 0.4) and grpo.is_new_best(_cfg(), resumed, 0.6)
     assert not grpo.is_new_best(_cfg(keep_best=False), {}, 1.0)
+
+
+def test_lr_warms_up_linearly_then_holds():
+    assert [grpo.lr_at(_cfg(lr=1e-3, lr_warmup_iters=4), it) for it in (1, 2, 4, 5, 100)] == pytest.approx(
+        [2.5e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+    assert grpo.lr_at(_cfg(lr=1e-3), 1) == 1e-3  # the recipe: constant

@@ -178,7 +178,7 @@ def test_two_iterations_through_ray_on_the_twin(sft_checkpoint, tmp_path, capfd)
     from pushcut.training import grpo
     from pushcut.training.run_log import read_metrics
 
-    cfg = _train_cfg(sft_checkpoint, eval_every=2, eval_episodes=2,
+    cfg = _train_cfg(sft_checkpoint, eval_every=2, eval_episodes=2, lr_warmup_iters=2,
                      rollout=RolloutConfig(backend="ray", num_workers=2, envs_per_worker=2))
     out = grpo.train(cfg, tmp_path / "run", progress=False)
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
@@ -188,6 +188,7 @@ def test_two_iterations_through_ray_on_the_twin(sft_checkpoint, tmp_path, capfd)
     assert warned == sum(r["kept_groups"] == 0 for r in rows[1:])
     for key in ("reward", "kept_groups", "env_steps_per_s", "sim_s", "inference_s", "update_s"):
         assert key in rows[1], key
+    assert [rows[1]["lr"], rows[2]["lr"]] == pytest.approx([cfg.lr / 2, cfg.lr])  # what AdamW stepped with
     assert 0.0 <= rows[2]["eval_success"] <= 1.0
     # evaluated before the first iteration and after every eval_every-th, each timed
     assert ["eval_success" in r for r in rows] == [True, False, True]
@@ -220,7 +221,8 @@ grpo.train(cfg, sys.argv[2], progress=False)
 def test_kill_and_resume_continues_from_the_checkpoint(sft_checkpoint, tmp_path):
     from pushcut.configs import to_dict
 
-    cfg = _train_cfg(sft_checkpoint, iterations=4, dynamic_sampling=False, groups_per_iter=1, n_samples=2)
+    cfg = _train_cfg(sft_checkpoint, iterations=4, dynamic_sampling=False, groups_per_iter=1, n_samples=2,
+                     lr_warmup_iters=3)  # the resumed run must pick the warmup up where it was
     (tmp_path / "cfg.json").write_text(json.dumps(to_dict(cfg)))
     (tmp_path / "run.py").write_text(RUN_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
