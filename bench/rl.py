@@ -14,10 +14,10 @@ Rollout throughput and the share of time in simulation, policy inference and the
 come from the runs' own logs. Each policy is also measured sampled at its rollout temperature on
 the same seeds, and both are split by the arm the bell needs (``diagnosis``): the gap between
 sampled and greedy success is what the reward improves and greedy evaluation does not see. A
-deterministic decoder by each token's expected bin (``expected_T1``) splits that gap into argmax
-against mean, and noise. The diagnosis also asks whether the policy looks at the bell at all
-(``image_sensitivity``) and how much of each arm's action mass sits on one bin
-(``peak_probability``: near 1, sampling explores nothing).
+deterministic decoder by each token's expected bin (``expected_T1``) or median bin (``median_T1``)
+splits that gap into argmax against the bulk of the mass, and noise. The diagnosis also asks
+whether the policy looks at the bell at all (``image_sensitivity``) and how much of each arm's
+action mass sits on one bin (``peak_probability``: near 1, sampling explores nothing).
 PUSHCUT_BENCH_RL_REMEASURE=1 measures the diagnosis again for the runs already in rl.json.
 PUSHCUT_BENCH_RL_DEMOS=N (default 1, the issue's start) starts from the N-demo SFT instead and
 writes rl_<N>demos.json: with 3 demos (two bells on the right, one on the left) the start has
@@ -52,6 +52,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench.common import (
@@ -106,22 +107,28 @@ class _Sampled:
         return self.policy.act_batch(observations, self.temperature, self.gen)[0]
 
 
-class _Expected:
-    """The policy decoded deterministically by each token's expected bin centre (at T = 1) instead of
-    its argmax. A chunk's 25 independently sampled steps pass through the twin's speed limit and
-    smoothing, which average them: where this decoder succeeds and greedy fails, what the reward
-    improved is the mean of the bins, which argmax does not follow; where only sampling succeeds,
-    the noise itself (a random sweep) clicks the bell."""
+class _Deterministic:
+    """The policy decoded deterministically from each token's distribution at T = 1 instead of by its
+    argmax: by the expected bin centre (``mean``) or the median bin (``median``). A chunk's 25
+    independently sampled steps pass through the twin's speed limit and smoothing, which average
+    them: where the mean succeeds and greedy fails, what the reward improved is the mean of the bins,
+    which argmax does not follow. The median follows the bulk of the mass where it is spread over
+    neighbouring bins and a single bin (an SFT spike) still holds the argmax. Where only sampling
+    succeeds, the noise itself (a random sweep) clicks the bell."""
 
-    def __init__(self, policy: TorchPolicy):
-        self.policy = policy
+    def __init__(self, policy: TorchPolicy, statistic: str):
+        self.policy, self.statistic = policy, statistic
 
     @torch.no_grad()
     def infer_batch(self, observations):
         p, cfg = self.policy, self.policy.cfg
         probs = torch.softmax(p.logits(observations).float(), dim=-1).numpy()  # (B, A, n_bins)
-        norm = (probs @ p.action_tokenizer.centers).reshape(len(observations), cfg.chunk_len, cfg.action_dim)
-        return p.action_norm.unnormalize(norm)
+        centers = p.action_tokenizer.centers
+        if self.statistic == "mean":
+            norm = probs @ centers  # (B, A)
+        else:  # the first bin whose CDF reaches one half
+            norm = centers[np.minimum((probs.cumsum(-1) < 0.5).sum(-1), len(centers) - 1)]
+        return p.action_norm.unnormalize(norm.reshape(len(observations), cfg.chunk_len, cfg.action_dim))
 
 
 def _initial_states(cfg, episodes: int) -> tuple[list[dict], list[str]]:
@@ -166,12 +173,13 @@ def peak_probability(policy: TorchPolicy, initial_obs: list[dict], temperatures:
 def _measure(policy: TorchPolicy, cfg, initial: tuple[list[dict], list[str]]) -> dict:
     """Greedy success on the held-out seeds, split by the arm the bell needs, beside the success of
     the same policy sampled at the rollout temperature and at T = 1: where they part, the RL reward
-    (sampled) has improved what greedy evaluation does not see; ``expected_T1`` (``_Expected``) tells
-    how much of that gap is argmax against mean. ``initial``: ``_initial_states``."""
+    (sampled) has improved what greedy evaluation does not see; ``expected_T1`` and ``median_T1``
+    (``_Deterministic``) tell how much of that gap is argmax against the mean or the bulk of the mass.
+    ``initial``: ``_initial_states``."""
     obs, arms = initial
     out = {}
     decoders = ({"greedy": policy} | {f"sampled_T{t:g}": _Sampled(policy, t) for t in (cfg.temperature, 1.0)}
-                | {"expected_T1": _Expected(policy)})
+                | {"expected_T1": _Deterministic(policy, "mean"), "median_T1": _Deterministic(policy, "median")})
     for name, pol in decoders.items():
         results = held_out_episodes(pol, "click_bell", len(obs))
         by_arm = {}
