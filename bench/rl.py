@@ -117,6 +117,8 @@ class _Deterministic:
     succeeds, the noise itself (a random sweep) clicks the bell."""
 
     def __init__(self, policy: TorchPolicy, statistic: str):
+        if statistic not in ("mean", "median"):
+            raise ValueError(f"statistic must be 'mean' or 'median', not {statistic!r}")
         self.policy, self.statistic = policy, statistic
 
     @torch.no_grad()
@@ -126,7 +128,7 @@ class _Deterministic:
         centers = p.action_tokenizer.centers
         if self.statistic == "mean":
             norm = probs @ centers  # (B, A)
-        else:  # the first bin whose CDF reaches one half
+        else:  # median: the first bin whose CDF reaches one half
             norm = centers[np.minimum((probs.cumsum(-1) < 0.5).sum(-1), len(centers) - 1)]
         return p.action_norm.unnormalize(norm.reshape(len(observations), cfg.chunk_len, cfg.action_dim))
 
