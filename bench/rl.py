@@ -42,6 +42,10 @@ order; the initial states stay the same) and writes rl..._seed<N>.json. A run is
 the same seed gives the same curve, iteration for iteration, and only the number of iterations
 that fit in the budget moves with the machine's speed, so a repeat that tests the spread between
 runs needs another seed.
+PUSHCUT_BENCH_RL_LATE_T=T rolls out the last PUSHCUT_BENCH_RL_LATE_FRACTION (default 0.3) of each
+run's budget at temperature T (``late_temperature``) and writes rl..._late<T>x<fraction>.json: at the
+recipe's 1.6 the reward improves a broad sampled sweep that greedy decoding does not follow, and a late
+phase nearer greedy makes the reward improve what greedy evaluation measures.
 """
 
 from __future__ import annotations
@@ -208,6 +212,8 @@ class Setup:
     lr: float = LR
     warmup: int = 0
     seed: int = 0
+    late_temperature: float | None = None
+    late_fraction: float = 0.3
 
     @classmethod
     def from_env(cls) -> Setup:
@@ -215,7 +221,10 @@ class Setup:
                    smoothing=float(os.environ.get("PUSHCUT_BENCH_RL_SMOOTHING", "0")),
                    mirror=bool(env_int("PUSHCUT_BENCH_RL_MIRROR", 0)),
                    lr=float(os.environ.get("PUSHCUT_BENCH_RL_LR", str(LR))),
-                   warmup=env_int("PUSHCUT_BENCH_RL_WARMUP", 0), seed=env_int("PUSHCUT_BENCH_RL_SEED", 0))
+                   warmup=env_int("PUSHCUT_BENCH_RL_WARMUP", 0), seed=env_int("PUSHCUT_BENCH_RL_SEED", 0),
+                   late_temperature=float(os.environ["PUSHCUT_BENCH_RL_LATE_T"])
+                   if os.environ.get("PUSHCUT_BENCH_RL_LATE_T") else None,
+                   late_fraction=float(os.environ.get("PUSHCUT_BENCH_RL_LATE_FRACTION", "0.3")))
 
     @property
     def result_name(self) -> str:
@@ -223,14 +232,24 @@ class Setup:
         return (("rl" if self.demos == 1 else f"rl_{self.demos}demos") + ("_mirror" if self.mirror else "")
                 + ("_base" if self.base else "") + (f"_smooth{self.smoothing:g}" if self.smoothing else "")
                 + (f"_lr{self.lr:g}" if self.lr != LR else "") + (f"_warmup{self.warmup}" if self.warmup else "")
-                + (f"_seed{self.seed}" if self.seed else ""))
+                + (f"_seed{self.seed}" if self.seed else "")
+                + (f"_late{self.late_temperature:g}x{self.late_fraction:g}" if self.late_temperature else ""))
 
     @property
     def env_vars(self) -> str:
         return (f"PUSHCUT_BENCH_RL_DEMOS={self.demos} PUSHCUT_BENCH_RL_BASE={int(self.base)} "
                 f"PUSHCUT_BENCH_RL_SMOOTHING={self.smoothing:g} PUSHCUT_BENCH_RL_MIRROR={int(self.mirror)} "
                 f"PUSHCUT_BENCH_RL_LR={self.lr:g} PUSHCUT_BENCH_RL_WARMUP={self.warmup} "
-                f"PUSHCUT_BENCH_RL_SEED={self.seed}")
+                f"PUSHCUT_BENCH_RL_SEED={self.seed}"
+                + (f" PUSHCUT_BENCH_RL_LATE_T={self.late_temperature:g} "
+                   f"PUSHCUT_BENCH_RL_LATE_FRACTION={self.late_fraction:g}" if self.late_temperature else ""))
+
+    @property
+    def overrides(self) -> list[str]:
+        """The train config's overrides that every variant of these runs shares."""
+        late = ([f"late_temperature={self.late_temperature}", f"late_fraction={self.late_fraction}"]
+                if self.late_temperature else [])
+        return [f"lr={self.lr}", f"lr_warmup_iters={self.warmup}", f"seed={self.seed}", *late]
 
     def start_checkpoint(self) -> Path:
         """The N-demo click_bell SFT the runs start from: from scratch (1500 steps), or fine-tuned from
@@ -308,8 +327,8 @@ def main(setup: Setup) -> None:
         run = CACHE / f"{result}_{name}_{int(time.time())}"
         run_budget = budget if name == "grpo" else ablation_budget
         cfg = from_hydra(TrainConfig, compose("train", [
-            f"init_checkpoint={ckpt}", "iterations=100000", f"lr={setup.lr}", f"lr_warmup_iters={setup.warmup}",
-            f"seed={setup.seed}", f"time_budget_s={run_budget}", "eval_every=3", "eval_episodes=50", *overrides]))
+            f"init_checkpoint={ckpt}", "iterations=100000", *setup.overrides, f"time_budget_s={run_budget}",
+            "eval_every=3", "eval_episodes=50", *overrides]))
         t0 = time.perf_counter()
         final = grpo.train(cfg, run)
         wall = time.perf_counter() - t0
@@ -322,6 +341,8 @@ def main(setup: Setup) -> None:
             "lr": setup.lr,
             "lr_warmup_iters": setup.warmup,
             "seed": setup.seed,
+            "late_temperature": setup.late_temperature,
+            "late_fraction": setup.late_fraction if setup.late_temperature else None,
             "overrides": overrides,
             "wall_s": wall,
             "iterations": iterations,

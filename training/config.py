@@ -113,6 +113,11 @@ class TrainConfig:
     max_draw_rounds: int = 4  # dynamic sampling: draw at most this many batches of groups
     dynamic_sampling: bool = True
     temperature: float = 1.6
+    # the last late_fraction of the run (of its time budget, or of its iterations) rolls out at
+    # late_temperature instead (null: the recipe's constant temperature), so the reward then
+    # improves a policy whose samples stay near its greedy decoding
+    late_temperature: float | None = None
+    late_fraction: float = 0.3
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.28
     kl_coef: float = 0.0
@@ -141,6 +146,8 @@ class TrainConfig:
         require(self.n_samples >= 2, "n_samples must be >= 2 (group-normalised advantages need a group)")
         require(self.groups_per_iter >= 1 and self.max_draw_rounds >= 1, "groups_per_iter, max_draw_rounds >= 1")
         require(self.temperature > 0, "temperature must be > 0")
+        require(self.late_temperature is None or self.late_temperature > 0, "late_temperature must be > 0 or null")
+        require(0 < self.late_fraction <= 1, "late_fraction must be in (0, 1]")
         require(0 <= self.clip_ratio_low < 1 and self.clip_ratio_high >= 0, "clip ratios out of range")
         require(self.kl_coef >= 0 and self.entropy_coef >= 0, "kl_coef and entropy_coef must be >= 0")
         require(self.lr > 0 and self.mini_batches >= 1 and self.ppo_epochs >= 1 and self.iterations >= 1,

@@ -60,9 +60,11 @@ class ScriptedPool:
     def __init__(self, outcomes):
         self.outcomes = list(outcomes)  # one list of successes per drawn group, in draw order
         self.calls = []
+        self.temperatures = []
 
     def rollout(self, jobs, temperature):
         self.calls.append(len(jobs))
+        self.temperatures.append(temperature)
         out = []
         for g in sorted({j.group for j in jobs}):
             res = self.outcomes.pop(0)
@@ -86,6 +88,10 @@ def test_dynamic_sampling_drops_uniform_groups_and_refills():
     assert pool.calls == [4, 2, 2]
     assert info["kept_groups"] == 2 and info["drawn_groups"] == 4 and info["draw_rounds"] == 3
     assert state["next_group"] == 4
+    assert pool.temperatures == [1.6] * 3  # the recipe's rollout temperature, unless told another
+    pool = ScriptedPool([[0, 1], [1, 0]])
+    grpo.collect(pool, _cfg(), {"next_group": 0}, temperature=0.7)
+    assert pool.temperatures == [0.7]
 
 
 def test_dynamic_sampling_gives_up_after_max_rounds_and_off_keeps_all():
@@ -114,3 +120,18 @@ def test_lr_warms_up_linearly_then_holds():
     assert [grpo.lr_at(_cfg(lr=1e-3, lr_warmup_iters=4), it) for it in (1, 2, 4, 5, 100)] == pytest.approx(
         [2.5e-4, 5e-4, 1e-3, 1e-3, 1e-3])
     assert grpo.lr_at(_cfg(lr=1e-3), 1) == 1e-3  # the recipe: constant
+
+
+def test_late_temperature_takes_over_for_the_last_fraction_of_the_run():
+    # by iterations: the last 30% of 10 updates (8, 9, 10) roll out at the late temperature
+    cfg = _cfg(iterations=10, late_temperature=0.8, late_fraction=0.3)
+    assert [grpo.rollout_temperature(cfg, it, 0.0) for it in range(1, 11)] == [1.6] * 7 + [0.8] * 3
+    # by time: with a budget, the wall time already used decides as soon as it is further along
+    cfg = _cfg(iterations=100_000, time_budget_s=100.0, late_temperature=0.8, late_fraction=0.4)
+    assert [grpo.rollout_temperature(cfg, 5, w) for w in (0.0, 59.9, 60.0, 99.0)] == [1.6, 1.6, 0.8, 0.8]
+    assert grpo.rollout_temperature(_cfg(iterations=10), 10, 1e9) == 1.6  # the recipe: constant
+    for bad, match in (({"late_temperature": 0.0}, "late_temperature must be > 0"),
+                       ({"late_fraction": 0.0}, r"late_fraction must be in \(0, 1\]"),
+                       ({"late_fraction": 1.5}, r"late_fraction must be in \(0, 1\]")):
+        with pytest.raises(ValueError, match=match):
+            _cfg(**bad)

@@ -26,16 +26,18 @@ def _train_cfg(ckpt, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def _batch(ckpt, successes=(True, False, True, False)):
-    """A real rollout batch from the SFT policy (local worker): two groups of two, with the given
-    outcomes (by default both groups mixed, so every advantage is non-zero), and its advantages."""
+def _batch(ckpt, successes=(True, False, True, False), temperature=1.6):
+    """A real rollout batch from the SFT policy (local worker) at ``temperature``: two groups of two,
+    with the given outcomes (by default both groups mixed, so every advantage is non-zero), and its
+    advantages."""
     from pushcut.training import grpo
     from pushcut.training.rollout import Job, RolloutWorker
 
     model, stats, tok, _, _ = checkpoint.load(ckpt)
     w = RolloutWorker(MICRO_ENV, MICRO_POLICY, stats, tok.to_json(), n_envs=2)
     w.set_weights({k: v.numpy() for k, v in model.state_dict().items()})
-    trajs = w.rollout([Job(0, 5, s, 100 + s) for s in range(2)] + [Job(1, 6, s, 200 + s) for s in range(2)], 1.6)
+    trajs = w.rollout([Job(0, 5, s, 100 + s) for s in range(2)] + [Job(1, 6, s, 200 + s) for s in range(2)],
+                      temperature)
     for t, ok in zip(trajs, successes, strict=True):
         t.success = ok
     adv = {(g, k): float(a)
@@ -109,6 +111,27 @@ def test_ppo_epochs_repeat_the_pass_against_the_rollout_log_probs(sft_checkpoint
     assert results[3][1]["clipfrac"] >= results[1][1]["clipfrac"]
 
 
+def test_update_takes_log_probs_at_the_temperature_the_batch_was_rolled_out_at(sft_checkpoint):
+    """A batch rolled out at a late temperature of 0.8: in one mini-batch, before any step, the
+    learner's log-probs at 0.8 are the rollout's (ratio 1, nothing clipped); at the recipe's 1.6
+    they are not (the mean ratio stays near 1, an importance-sampling identity, but the tokens'
+    ratios spread: KL and clipping show it)."""
+    from pushcut.policy.inference import TorchPolicy
+    from pushcut.training import grpo
+
+    trajs, batch = _batch(sft_checkpoint, temperature=0.8)
+    cfg = _train_cfg(sft_checkpoint, mini_batches=1)
+    stats = {}
+    for name, temperature in (("late", 0.8), ("recipe", None)):
+        model, norm, tok, _, _ = checkpoint.load(sft_checkpoint)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+        stats[name] = grpo.update(model, None, opt, TorchPolicy(model, norm, tok), batch, len(trajs), cfg,
+                                  torch.Generator().manual_seed(0), temperature=temperature)
+    assert stats["late"]["ratio"] == pytest.approx(1.0, abs=1e-5) and stats["late"]["approx_kl"] < 1e-8
+    assert stats["late"]["clipfrac"] == 0.0
+    assert stats["recipe"]["approx_kl"] > 0.01 and stats["recipe"]["clipfrac"] > 0.05
+
+
 @pytest.mark.parametrize("successes", [(True, False, False, False), (False, False, False, False)],
                          ids=["one-uniform-group", "all-uniform"])
 def test_zero_advantage_chunks_skip_the_pass_and_leave_the_update_unchanged(sft_checkpoint, successes):
@@ -178,8 +201,8 @@ def test_two_iterations_through_ray_on_the_twin(sft_checkpoint, tmp_path, capfd)
     from pushcut.training import grpo
     from pushcut.training.run_log import read_metrics
 
-    cfg = _train_cfg(sft_checkpoint, eval_every=2, eval_episodes=2, lr_warmup_iters=2,
-                     rollout=RolloutConfig(backend="ray", num_workers=2, envs_per_worker=2))
+    cfg = _train_cfg(sft_checkpoint, eval_every=2, eval_episodes=2, lr_warmup_iters=2, late_temperature=1.0,
+                     late_fraction=0.5, rollout=RolloutConfig(backend="ray", num_workers=2, envs_per_worker=2))
     out = grpo.train(cfg, tmp_path / "run", progress=False)
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2]
@@ -189,6 +212,7 @@ def test_two_iterations_through_ray_on_the_twin(sft_checkpoint, tmp_path, capfd)
     for key in ("reward", "kept_groups", "env_steps_per_s", "sim_s", "inference_s", "update_s"):
         assert key in rows[1], key
     assert [rows[1]["lr"], rows[2]["lr"]] == pytest.approx([cfg.lr / 2, cfg.lr])  # what AdamW stepped with
+    assert [rows[1]["temperature"], rows[2]["temperature"]] == [1.6, 1.0]  # the second half at the late one
     assert 0.0 <= rows[2]["eval_success"] <= 1.0
     # evaluated before the first iteration and after every eval_every-th, each timed
     assert ["eval_success" in r for r in rows] == [True, False, True]
