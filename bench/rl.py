@@ -46,6 +46,9 @@ PUSHCUT_BENCH_RL_LATE_T=T rolls out the last PUSHCUT_BENCH_RL_LATE_FRACTION (def
 run's budget at temperature T (``late_temperature``) and writes rl..._late<T>x<fraction>.json: at the
 recipe's 1.6 the reward improves a broad sampled sweep that greedy decoding does not follow, and a late
 phase nearer greedy makes the reward improve what greedy evaluation measures.
+PUSHCUT_BENCH_RL_MIRROR_AUGMENT=1 adds each kept trajectory's mirror image to the learner's batch
+(``mirror_augment``) and writes rl..._mirroraug.json: the arm that the one demo never moves then learns
+from the other arm's successes instead of waiting for a sample to click a bell on its side.
 """
 
 from __future__ import annotations
@@ -214,6 +217,7 @@ class Setup:
     seed: int = 0
     late_temperature: float | None = None
     late_fraction: float = 0.3
+    mirror_augment: bool = False
 
     @classmethod
     def from_env(cls) -> Setup:
@@ -224,7 +228,8 @@ class Setup:
                    warmup=env_int("PUSHCUT_BENCH_RL_WARMUP", 0), seed=env_int("PUSHCUT_BENCH_RL_SEED", 0),
                    late_temperature=float(os.environ["PUSHCUT_BENCH_RL_LATE_T"])
                    if os.environ.get("PUSHCUT_BENCH_RL_LATE_T") else None,
-                   late_fraction=float(os.environ.get("PUSHCUT_BENCH_RL_LATE_FRACTION", "0.3")))
+                   late_fraction=float(os.environ.get("PUSHCUT_BENCH_RL_LATE_FRACTION", "0.3")),
+                   mirror_augment=bool(env_int("PUSHCUT_BENCH_RL_MIRROR_AUGMENT", 0)))
 
     @property
     def result_name(self) -> str:
@@ -233,7 +238,8 @@ class Setup:
                 + ("_base" if self.base else "") + (f"_smooth{self.smoothing:g}" if self.smoothing else "")
                 + (f"_lr{self.lr:g}" if self.lr != LR else "") + (f"_warmup{self.warmup}" if self.warmup else "")
                 + (f"_seed{self.seed}" if self.seed else "")
-                + (f"_late{self.late_temperature:g}x{self.late_fraction:g}" if self.late_temperature else ""))
+                + (f"_late{self.late_temperature:g}x{self.late_fraction:g}" if self.late_temperature else "")
+                + ("_mirroraug" if self.mirror_augment else ""))
 
     @property
     def env_vars(self) -> str:
@@ -242,14 +248,16 @@ class Setup:
                 f"PUSHCUT_BENCH_RL_LR={self.lr:g} PUSHCUT_BENCH_RL_WARMUP={self.warmup} "
                 f"PUSHCUT_BENCH_RL_SEED={self.seed}"
                 + (f" PUSHCUT_BENCH_RL_LATE_T={self.late_temperature:g} "
-                   f"PUSHCUT_BENCH_RL_LATE_FRACTION={self.late_fraction:g}" if self.late_temperature else ""))
+                   f"PUSHCUT_BENCH_RL_LATE_FRACTION={self.late_fraction:g}" if self.late_temperature else "")
+                + (" PUSHCUT_BENCH_RL_MIRROR_AUGMENT=1" if self.mirror_augment else ""))
 
     @property
     def overrides(self) -> list[str]:
         """The train config's overrides that every variant of these runs shares."""
         late = ([f"late_temperature={self.late_temperature}", f"late_fraction={self.late_fraction}"]
                 if self.late_temperature else [])
-        return [f"lr={self.lr}", f"lr_warmup_iters={self.warmup}", f"seed={self.seed}", *late]
+        return [f"lr={self.lr}", f"lr_warmup_iters={self.warmup}", f"seed={self.seed}", *late,
+                *(["mirror_augment=true"] if self.mirror_augment else [])]
 
     def start_checkpoint(self) -> Path:
         """The N-demo click_bell SFT the runs start from: from scratch (1500 steps), or fine-tuned from

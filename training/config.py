@@ -29,6 +29,13 @@ def check_policy_fits_env(policy: PolicyConfig, env: EnvConfig) -> None:
     require(not missing, f"policy camera(s) {missing} are not rendered by env.cameras {list(env.cameras)}")
 
 
+def check_mirrorable(option: str, policy: PolicyConfig, env: EnvConfig) -> None:
+    """An ``option`` that mirrors episodes left-right needs the twin and only its head camera."""
+    require(env.kind == "twin", f"{option} mirrors the dual-arm twin's episodes; LIBERO's scenes are not symmetric")
+    require(set(policy.cameras) <= set(MIRRORABLE_CAMERAS),
+            f"{option} mirrors only the {list(MIRRORABLE_CAMERAS)} camera(s); the policy reads {list(policy.cameras)}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SFTConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -60,11 +67,8 @@ class SFTConfig:
         require(self.eval_episodes >= 0 and self.num_envs >= 1, "eval_episodes >= 0 and num_envs >= 1")
         require(self.tasks is None or self.env.kind == "twin",
                 "tasks lists twin tasks; a LIBERO suite trains on its env.task_ids")
-        require(not self.mirror_demos or self.env.kind == "twin",
-                "mirror_demos mirrors the dual-arm twin's demos; LIBERO's scenes are not symmetric")
-        require(not self.mirror_demos or set(self.policy.cameras) <= set(MIRRORABLE_CAMERAS),
-                f"mirror_demos mirrors only the {list(MIRRORABLE_CAMERAS)} camera(s); the policy reads "
-                f"{list(self.policy.cameras)}")
+        if self.mirror_demos:
+            check_mirrorable("mirror_demos", self.policy, self.env)
         check_policy_fits_env(self.policy, self.env)
 
 
@@ -118,6 +122,9 @@ class TrainConfig:
     # improves a policy whose samples stay near its greedy decoding
     late_temperature: float | None = None
     late_fraction: float = 0.3
+    # also learn from each kept trajectory's mirror image (the other arm on the mirrored scene, same
+    # advantage, old log-probs taken by the policy before the update); twin and head camera only
+    mirror_augment: bool = False
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.28
     kl_coef: float = 0.0
@@ -154,4 +161,6 @@ class TrainConfig:
                 "lr, mini_batches, ppo_epochs, iterations must be positive")
         require(self.lr_warmup_iters >= 0, "lr_warmup_iters must be >= 0")
         require(self.eval_every >= 0 and self.eval_episodes >= 0 and self.save_every >= 1, "eval/save cadence")
+        if self.mirror_augment:
+            check_mirrorable("mirror_augment", self.policy, self.env)
         check_policy_fits_env(self.policy, self.env)

@@ -6,7 +6,9 @@ Per iteration (reads top to bottom, quantities named as in the paper and all log
   2. filter    dynamic sampling: drop groups whose successes are 0/n or n/n, draw more groups
                until ``groups_per_iter`` are kept (at most ``max_draw_rounds`` draws)
   3. adv       A = (R - mean_group) / (std_group + 1e-6), unbiased std, broadcast to every
-               executed action token of the trajectory (tokens past the episode end masked)
+               executed action token of the trajectory (tokens past the episode end masked);
+               optionally (``mirror_augment``) each kept trajectory's left-right mirror image joins
+               the batch with the same advantage
   4. update    ``ppo_epochs`` passes (the recipe: one), each in ``mini_batches`` optimiser steps, of
                the token-level PPO clip loss against the rollout's log-probs, with
                ratio clamped to [1 - clip_ratio_low, 1 + clip_ratio_high]; token-mean inside a
@@ -36,9 +38,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from pushcut import spec
 from pushcut.configs import hydra_entry
 from pushcut.policy import checkpoint, sampling
 from pushcut.policy.inference import TorchPolicy
+from pushcut.sim.twin.mirror import mirror_dual_arm, mirror_image
 from pushcut.training.config import TrainConfig
 from pushcut.training.learner import (
     full_weights,
@@ -138,6 +142,67 @@ def flatten(trajs: list[Trajectory], adv: dict[tuple[int, int], float]) -> dict:
     return rows
 
 
+def carries_gradient(adv, cfg: TrainConfig, skip_zero_advantage: bool = True) -> np.ndarray:
+    """Which chunks the update passes forward and backward: with no KL and no entropy term, a chunk
+    whose advantage is 0 has zero gradient (see ``update``)."""
+    if skip_zero_advantage and cfg.kl_coef == 0 and cfg.entropy_coef == 0:
+        return np.asarray(adv) != 0
+    return np.ones(len(adv), dtype=bool)
+
+
+# --- 3b. mirror images (``mirror_augment``) -----------------------------------------------------
+def mirror_bins(policy: TorchPolicy, bins: np.ndarray) -> np.ndarray:
+    """(N, A) action bins -> the bins of each chunk's mirror image (``mirror_dual_arm``: arms
+    swapped, yaw and roll joints negated). The robot's joint limits are symmetric in the negated
+    joints, so with the robot's bounds a bin maps exactly onto its mirror bin."""
+    chunks = mirror_dual_arm(policy.decode(np.asarray(bins)))  # (N, chunk_len, action_dim)
+    norm = policy.action_norm.normalize(chunks).reshape(len(bins), -1)
+    return policy.action_tokenizer.to_bins(norm)
+
+
+def mirror_observation(obs: dict, cameras) -> dict:
+    """An observation dict -> the one from the mirrored scene: the policy's (head) camera images
+    with their columns reversed, the dual-arm proprio mirrored; other cameras are left out."""
+    return {**obs, spec.IMAGES: {c: mirror_image(obs[spec.IMAGES][c]) for c in cameras},
+            spec.PROPRIO: mirror_dual_arm(obs[spec.PROPRIO])}
+
+
+@torch.no_grad()
+def add_mirror_images(batch: dict, policy: TorchPolicy, temperature: float, carries: np.ndarray,
+                      chunk_rows: int = 64) -> dict:
+    """``batch`` (``flatten``) with every chunk's mirror image appended.
+
+    The workcell is left-right symmetric (``pushcut.sim.twin.mirror``), so a trajectory's mirror
+    image is a trajectory of the same task from the mirrored initial state, by the other arm, with
+    the same outcome: it gets the same advantage, mask and token count, and belongs to a new
+    trajectory (index ``traj + n``). Its bins were not sampled from the policy, so their old
+    log-probs are the policy's own before this update, at the rollout ``temperature``: the PPO ratio
+    starts at 1 and the clip bounds how far one update moves toward them. An arm that the start
+    never moves gets a gradient from the other arm's successes instead of waiting for a sample to
+    succeed by chance. Old log-probs are taken only for the chunks that ``carries`` (the others
+    never enter the update; theirs are NaN)."""
+    n = len(batch["bins"])
+    mobs = [mirror_observation(o, policy.cfg.cameras) for o in batch["obs"]]
+    mbins = mirror_bins(policy, np.stack(batch["bins"]))
+    mlogp = np.full(mbins.shape, np.nan, dtype=np.float32)
+    rows = np.flatnonzero(carries)
+    for start in range(0, len(rows), chunk_rows):
+        r = rows[start : start + chunk_rows]
+        logits = policy.logits([mobs[i] for i in r])
+        bins = torch.from_numpy(mbins[r]).to(logits.device)
+        mlogp[r] = sampling.token_log_probs(logits, bins, temperature).float().cpu().numpy()
+    n_traj = max(batch["traj"], default=-1) + 1
+    return {
+        "obs": batch["obs"] + mobs,
+        "bins": batch["bins"] + list(mbins),
+        "logp": batch["logp"] + list(mlogp),
+        "mask": batch["mask"] + batch["mask"],
+        "adv": batch["adv"] + batch["adv"],
+        "traj_tokens": batch["traj_tokens"] + batch["traj_tokens"],
+        "traj": batch["traj"] + [t + n_traj for t in batch["traj"]],
+    } if n else batch
+
+
 def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int, cfg: TrainConfig,
            gen: torch.Generator, skip_zero_advantage: bool = True, temperature: float | None = None
            ) -> dict[str, float]:
@@ -155,8 +220,7 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
     sharded = is_sharded(model)
     temp = cfg.temperature if temperature is None else temperature
     n = len(batch["bins"])
-    skip = skip_zero_advantage and cfg.kl_coef == 0 and cfg.entropy_coef == 0
-    carries = np.asarray(batch["adv"]) != 0 if skip else np.ones(n, dtype=bool)
+    carries = carries_gradient(batch["adv"], cfg, skip_zero_advantage)
     passes = [np.array_split(torch.randperm(n, generator=gen).numpy(), cfg.mini_batches)
               for _ in range(cfg.ppo_epochs)]
     metrics: dict[str, list[float]] = {}
@@ -380,13 +444,17 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                 for k, a in enumerate(grpo_advantages(r)):
                     adv[(g, k)] = float(a)
             batch = flatten(kept, adv)
+            n_traj = len(kept)
+            if cfg.mirror_augment and kept:  # 3b. each kept trajectory's mirror image, same advantage
+                batch = add_mirror_images(batch, policy, temperature, carries_gradient(batch["adv"], cfg))
+                n_traj *= 2
             if is_main and not any(adv.values()):  # say why nothing changes instead of spinning silently
                 tqdm.write(no_signal_message(info, state["iteration"] + 1), file=sys.stderr)
             # 4. the update
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, state["iteration"] + 1)
             t0 = time.perf_counter()
-            metrics = (update(model, ref_model, opt, policy, batch, len(kept), cfg, gen, temperature=temperature)
+            metrics = (update(model, ref_model, opt, policy, batch, n_traj, cfg, gen, temperature=temperature)
                        if kept else {})
             metrics["update_s"] = time.perf_counter() - t0
             metrics["lr"] = opt.param_groups[0]["lr"]

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -276,3 +277,54 @@ def test_kill_and_resume_continues_from_the_checkpoint(sft_checkpoint, tmp_path)
     b, *_ = checkpoint.load(tmp_path / "run" / "checkpoint")
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(va, vb, rtol=0, atol=1e-6, msg=k)
+
+
+def test_mirror_images_join_the_batch_with_the_same_advantage(sft_checkpoint):
+    """``mirror_augment``: each chunk's mirror image (head image flipped, proprio and bins mirrored:
+    arms swapped, yaw and roll joints negated, so their bins flip exactly) joins the batch with the
+    chunk's advantage and mask as a new trajectory; its old log-probs are the policy's own at the
+    rollout temperature, so the learner's first ratio on it is 1. A uniform group's chunks, which
+    the update skips, get none."""
+    from pushcut import spec
+    from pushcut.policy.inference import TorchPolicy
+    from pushcut.sim.twin.mirror import mirror_dual_arm
+    from pushcut.training import grpo
+
+    trajs, batch = _batch(sft_checkpoint, successes=(True, False, False, False))
+    model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
+    policy = TorchPolicy(model, stats, tok)
+    cfg = _train_cfg(sft_checkpoint, mini_batches=1, mirror_augment=True)
+    carries = grpo.carries_gradient(batch["adv"], cfg)
+    aug = grpo.add_mirror_images(batch, policy, 1.6, carries)
+    n = len(batch["bins"])
+    assert len(aug["bins"]) == len(aug["obs"]) == len(aug["logp"]) == 2 * n
+    assert aug["adv"][n:] == batch["adv"] and aug["traj_tokens"][n:] == batch["traj_tokens"]
+    assert aug["traj"][n:] == [t + len(trajs) for t in batch["traj"]]
+    for o, m in zip(batch["obs"], aug["obs"][n:]):
+        np.testing.assert_array_equal(m[spec.IMAGES]["head"], o[spec.IMAGES]["head"][:, ::-1])
+        np.testing.assert_array_equal(m[spec.PROPRIO], mirror_dual_arm(o[spec.PROPRIO]))
+    bins = np.stack(batch["bins"]).reshape(n, MICRO_POLICY.chunk_len, 14)
+    mirrored = np.stack(aug["bins"][n:]).reshape(n, MICRO_POLICY.chunk_len, 14)
+    last = MICRO_POLICY.n_bins - 1
+    np.testing.assert_array_equal(mirrored[..., 0], last - bins[..., 7])  # left j1 <- right j1, negated
+    np.testing.assert_array_equal(mirrored[..., 8], bins[..., 1])  # right j2 <- left j2, kept
+    np.testing.assert_array_equal(mirrored[..., 13], bins[..., 6])  # grippers swap
+    np.testing.assert_array_equal(grpo.mirror_bins(policy, np.stack(aug["bins"][n:])), np.stack(batch["bins"]))
+    logp = np.stack(aug["logp"][n:])
+    assert np.isnan(logp[~carries]).all() and np.isfinite(logp[carries]).all() and carries.any() and not carries.all()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    mirrored_only = {k: v[n:] for k, v in aug.items()}
+    metrics = grpo.update(model, None, opt, policy, mirrored_only, len(trajs), cfg, torch.Generator().manual_seed(0))
+    assert metrics["ratio"] == pytest.approx(1.0, abs=1e-5) and metrics["approx_kl"] < 1e-8
+    assert np.isfinite(metrics["pg_loss"]) and metrics["grad_norm"] > 0
+
+
+def test_mirror_augment_needs_the_symmetric_twin():
+    from pushcut.configs import ConfigError, compose, from_hydra
+
+    with pytest.raises(ConfigError, match="mirror_augment"):
+        from_hydra(TrainConfig, compose("train", ["init_checkpoint=x", "mirror_augment=true", "env=libero_object",
+                                                  "policy=tiny_libero"]))
+    with pytest.raises(ConfigError, match="mirror_augment"):
+        from_hydra(TrainConfig, compose("train", ["init_checkpoint=x", "mirror_augment=true",
+                                                  "env.cameras=[head,left_wrist]", "policy.cameras=[head,left_wrist]"]))
