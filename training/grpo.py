@@ -167,6 +167,21 @@ def mirror_observation(obs: dict, cameras) -> dict:
             spec.PROPRIO: mirror_dual_arm(obs[spec.PROPRIO])}
 
 
+def acting_arm_dims(chunks: np.ndarray, traj: np.ndarray) -> np.ndarray:
+    """Per chunk, the action dims (its joints and gripper) of the arm that moved more over the
+    chunk's whole trajectory: the span of its six commanded joints, summed. ``chunks``: (N, T, 14)
+    decoded actions; ``traj``: (N,) trajectory index."""
+    n = spec.DOF_PER_ARM
+    out = np.zeros((len(chunks), spec.DUAL_ARM_DIM), dtype=bool)
+    for t in np.unique(traj):
+        rows = traj == t
+        a = chunks[rows].reshape(-1, spec.DUAL_ARM_DIM)
+        span = a.max(0) - a.min(0)
+        arm = int(span[n : n + 6].sum() > span[:6].sum())  # 0: left, 1: right
+        out[rows, arm * n : (arm + 1) * n] = True
+    return out
+
+
 @torch.no_grad()
 def add_mirror_images(batch: dict, policy: TorchPolicy, temperature: float, carries: np.ndarray,
                       chunk_rows: int = 64) -> dict:
@@ -174,33 +189,46 @@ def add_mirror_images(batch: dict, policy: TorchPolicy, temperature: float, carr
 
     The workcell is left-right symmetric (``pushcut.sim.twin.mirror``), so a trajectory's mirror
     image is a trajectory of the same task from the mirrored initial state, by the other arm, with
-    the same outcome: it gets the same advantage, mask and token count, and belongs to a new
-    trajectory (index ``traj + n``). Its bins were not sampled from the policy, so their old
-    log-probs are the policy's own before this update, at the rollout ``temperature``: the PPO ratio
-    starts at 1 and the clip bounds how far one update moves toward them. An arm that the start
-    never moves gets a gradient from the other arm's successes instead of waiting for a sample to
-    succeed by chance. Old log-probs are taken only for the chunks that ``carries`` (the others
-    never enter the update; theirs are NaN)."""
+    the same outcome: it gets the same advantage and belongs to a new trajectory (index ``traj + n``).
+    Only the tokens of the arm that mirrors the trajectory's acting arm (the one that moved more)
+    carry it: the arm that held still is not told to hold still in the mirrored scene, which a
+    policy that does not yet tell the sides apart would take as the opposite of what the original
+    teaches it. Its bins were not sampled from the policy, so their old log-probs are the policy's
+    own before this update, at the rollout ``temperature``: the PPO ratio starts at 1 and the clip
+    bounds how far one update moves toward them. An arm that the start never moves gets a gradient
+    from the other arm's successes instead of waiting for a sample to succeed by chance. Old
+    log-probs are taken only for the chunks that ``carries`` (the others never enter the update;
+    theirs are NaN)."""
     n = len(batch["bins"])
-    mobs = [mirror_observation(o, policy.cfg.cameras) for o in batch["obs"]]
-    mbins = mirror_bins(policy, np.stack(batch["bins"]))
+    if not n:
+        return batch
+    cfg = policy.cfg
+    bins = np.stack(batch["bins"])
+    traj = np.asarray(batch["traj"])
+    mobs = [mirror_observation(o, cfg.cameras) for o in batch["obs"]]
+    mbins = mirror_bins(policy, bins)
+    chunks = policy.decode(bins)  # (N, T, D)
+    acting = mirror_dual_arm(acting_arm_dims(chunks, traj).astype(np.float64)) != 0  # the mirrored arm's dims
+    mmask = np.stack(batch["mask"]).reshape(n, cfg.chunk_len, cfg.action_dim) & acting[:, None, :]
+    mmask = mmask.reshape(n, -1)
+    per_traj = {t: int(mmask[traj == t].sum()) for t in np.unique(traj)}
     mlogp = np.full(mbins.shape, np.nan, dtype=np.float32)
     rows = np.flatnonzero(carries)
     for start in range(0, len(rows), chunk_rows):
         r = rows[start : start + chunk_rows]
         logits = policy.logits([mobs[i] for i in r])
-        bins = torch.from_numpy(mbins[r]).to(logits.device)
-        mlogp[r] = sampling.token_log_probs(logits, bins, temperature).float().cpu().numpy()
-    n_traj = max(batch["traj"], default=-1) + 1
+        mlogp[r] = sampling.token_log_probs(logits, torch.from_numpy(mbins[r]).to(logits.device),
+                                            temperature).float().cpu().numpy()
+    n_traj = int(traj.max()) + 1
     return {
         "obs": batch["obs"] + mobs,
         "bins": batch["bins"] + list(mbins),
         "logp": batch["logp"] + list(mlogp),
-        "mask": batch["mask"] + batch["mask"],
+        "mask": batch["mask"] + list(mmask),
         "adv": batch["adv"] + batch["adv"],
-        "traj_tokens": batch["traj_tokens"] + batch["traj_tokens"],
-        "traj": batch["traj"] + [t + n_traj for t in batch["traj"]],
-    } if n else batch
+        "traj_tokens": batch["traj_tokens"] + [per_traj[t] for t in traj],
+        "traj": batch["traj"] + [int(t) + n_traj for t in traj],
+    }
 
 
 def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int, cfg: TrainConfig,

@@ -282,9 +282,9 @@ def test_kill_and_resume_continues_from_the_checkpoint(sft_checkpoint, tmp_path)
 def test_mirror_images_join_the_batch_with_the_same_advantage(sft_checkpoint):
     """``mirror_augment``: each chunk's mirror image (head image flipped, proprio and bins mirrored:
     arms swapped, yaw and roll joints negated, so their bins flip exactly) joins the batch with the
-    chunk's advantage and mask as a new trajectory; its old log-probs are the policy's own at the
-    rollout temperature, so the learner's first ratio on it is 1. A uniform group's chunks, which
-    the update skips, get none."""
+    chunk's advantage as a new trajectory, its executed tokens masked to the arm that mirrors the
+    acting one; its old log-probs are the policy's own at the rollout temperature, so the learner's
+    first ratio on it is 1. A uniform group's chunks, which the update skips, get none."""
     from pushcut import spec
     from pushcut.policy.inference import TorchPolicy
     from pushcut.sim.twin.mirror import mirror_dual_arm
@@ -298,8 +298,17 @@ def test_mirror_images_join_the_batch_with_the_same_advantage(sft_checkpoint):
     aug = grpo.add_mirror_images(batch, policy, 1.6, carries)
     n = len(batch["bins"])
     assert len(aug["bins"]) == len(aug["obs"]) == len(aug["logp"]) == 2 * n
-    assert aug["adv"][n:] == batch["adv"] and aug["traj_tokens"][n:] == batch["traj_tokens"]
+    assert aug["adv"][n:] == batch["adv"]
     assert aug["traj"][n:] == [t + len(trajs) for t in batch["traj"]]
+    acting = grpo.acting_arm_dims(policy.decode(np.stack(batch["bins"])), np.asarray(batch["traj"]))
+    for i in range(n):
+        mask = batch["mask"][i].reshape(-1, 14)
+        mirrored_mask = aug["mask"][n + i].reshape(-1, 14)
+        arm = 7 if acting[i, 0] else 0  # the left arm acted: its mirror is the right (dims 7-13)
+        np.testing.assert_array_equal(mirrored_mask[:, arm : arm + 7], mask[:, 7 - arm : 14 - arm])
+        assert not mirrored_mask[:, 7 - arm : 14 - arm].any()
+        assert aug["traj_tokens"][n + i] == sum(aug["mask"][n + j].sum() for j in range(n)
+                                                if batch["traj"][j] == batch["traj"][i])
     for o, m in zip(batch["obs"], aug["obs"][n:]):
         np.testing.assert_array_equal(m[spec.IMAGES]["head"], o[spec.IMAGES]["head"][:, ::-1])
         np.testing.assert_array_equal(m[spec.PROPRIO], mirror_dual_arm(o[spec.PROPRIO]))
@@ -317,6 +326,18 @@ def test_mirror_images_join_the_batch_with_the_same_advantage(sft_checkpoint):
     metrics = grpo.update(model, None, opt, policy, mirrored_only, len(trajs), cfg, torch.Generator().manual_seed(0))
     assert metrics["ratio"] == pytest.approx(1.0, abs=1e-5) and metrics["approx_kl"] < 1e-8
     assert np.isfinite(metrics["pg_loss"]) and metrics["grad_norm"] > 0
+
+
+def test_acting_arm_is_the_one_that_moved_more_over_the_trajectory():
+    from pushcut.training import grpo
+
+    chunks = np.zeros((3, 4, 14))
+    chunks[0, :, 8] = np.linspace(0, 0.5, 4)  # trajectory 0: the right arm's j2 moves in its first chunk
+    chunks[1, :, 1] = 0.1  # ... and the left arm holds a shifted pose in its second: a span of 0.1 < 0.5
+    chunks[2, :, 3] = np.linspace(0, -0.3, 4)  # trajectory 1: the left arm's j4 moves
+    dims = grpo.acting_arm_dims(chunks, np.array([0, 0, 1]))
+    right, left = np.arange(14) >= 7, np.arange(14) < 7
+    np.testing.assert_array_equal(dims, np.stack([right, right, left]))
 
 
 def test_mirror_augment_needs_the_symmetric_twin():
