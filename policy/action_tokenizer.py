@@ -81,3 +81,9 @@ def decode_chunks(bins: np.ndarray, tokenizer: ActionTokenizer, normalizer: Norm
     """Bin indices (B, chunk_len * action_dim), time-major -> action chunks (B, chunk_len, action_dim)."""
     norm = tokenizer.from_bins(bins).reshape(len(bins), chunk_len, action_dim)
     return normalizer.unnormalize(norm)
+
+
+def encode_chunks(chunks: np.ndarray, tokenizer: ActionTokenizer, normalizer: Normalizer) -> np.ndarray:
+    """Action chunks (B, chunk_len, action_dim) -> bin indices (B, chunk_len * action_dim), time-major:
+    the inverse of ``decode_chunks`` up to half a bin."""
+    return tokenizer.to_bins(normalizer.normalize(chunks)).reshape(len(chunks), -1)

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from pushcut import spec
 from pushcut.configs import hydra_entry
 from pushcut.policy import checkpoint, sampling
+from pushcut.policy.action_tokenizer import encode_chunks
 from pushcut.policy.inference import TorchPolicy
 from pushcut.sim.twin.mirror import mirror_dual_arm, mirror_image
 from pushcut.training.config import TrainConfig
@@ -151,15 +152,6 @@ def carries_gradient(adv, cfg: TrainConfig, skip_zero_advantage: bool = True) ->
 
 
 # --- 3b. mirror images (``mirror_augment``) -----------------------------------------------------
-def mirror_bins(policy: TorchPolicy, bins: np.ndarray) -> np.ndarray:
-    """(N, A) action bins -> the bins of each chunk's mirror image (``mirror_dual_arm``: arms
-    swapped, yaw and roll joints negated). The robot's joint limits are symmetric in the negated
-    joints, so with the robot's bounds a bin maps exactly onto its mirror bin."""
-    chunks = mirror_dual_arm(policy.decode(np.asarray(bins)))  # (N, chunk_len, action_dim)
-    norm = policy.action_norm.normalize(chunks).reshape(len(bins), -1)
-    return policy.action_tokenizer.to_bins(norm)
-
-
 def mirror_observation(obs: dict, cameras) -> dict:
     """An observation dict -> the one from the mirrored scene: the policy's (head) camera images
     with their columns reversed, the dual-arm proprio mirrored; other cameras are left out."""
@@ -203,12 +195,13 @@ def add_mirror_images(batch: dict, policy: TorchPolicy, temperature: float, carr
     if not n:
         return batch
     cfg = policy.cfg
-    bins = np.stack(batch["bins"])
     traj = np.asarray(batch["traj"])
     mobs = [mirror_observation(o, cfg.cameras) for o in batch["obs"]]
-    mbins = mirror_bins(policy, bins)
-    chunks = policy.decode(bins)  # (N, T, D)
-    acting = mirror_dual_arm(acting_arm_dims(chunks, traj).astype(np.float64)) != 0  # the mirrored arm's dims
+    # arms swapped, yaw and roll joints negated: the robot's limits are symmetric in those joints, so
+    # with the robot's bounds each bin maps exactly onto its mirror bin
+    mchunks = mirror_dual_arm(policy.decode(np.stack(batch["bins"])))  # (N, chunk_len, action_dim)
+    mbins = encode_chunks(mchunks, policy.action_tokenizer, policy.action_norm)
+    acting = acting_arm_dims(mchunks, traj)  # the mirror of the acting arm acts in the mirrored trajectory
     mmask = np.stack(batch["mask"]).reshape(n, cfg.chunk_len, cfg.action_dim) & acting[:, None, :]
     mmask = mmask.reshape(n, -1)
     per_traj = {t: int(mmask[traj == t].sum()) for t in np.unique(traj)}

@@ -286,6 +286,7 @@ def test_mirror_images_join_the_batch_with_the_same_advantage(sft_checkpoint):
     acting one; its old log-probs are the policy's own at the rollout temperature, so the learner's
     first ratio on it is 1. A uniform group's chunks, which the update skips, get none."""
     from pushcut import spec
+    from pushcut.policy.action_tokenizer import encode_chunks
     from pushcut.policy.inference import TorchPolicy
     from pushcut.sim.twin.mirror import mirror_dual_arm
     from pushcut.training import grpo
@@ -318,7 +319,9 @@ def test_mirror_images_join_the_batch_with_the_same_advantage(sft_checkpoint):
     np.testing.assert_array_equal(mirrored[..., 0], last - bins[..., 7])  # left j1 <- right j1, negated
     np.testing.assert_array_equal(mirrored[..., 8], bins[..., 1])  # right j2 <- left j2, kept
     np.testing.assert_array_equal(mirrored[..., 13], bins[..., 6])  # grippers swap
-    np.testing.assert_array_equal(grpo.mirror_bins(policy, np.stack(aug["bins"][n:])), np.stack(batch["bins"]))
+    twice = encode_chunks(mirror_dual_arm(policy.decode(np.stack(aug["bins"][n:]))), policy.action_tokenizer,
+                          policy.action_norm)
+    np.testing.assert_array_equal(twice, np.stack(batch["bins"]))
     logp = np.stack(aug["logp"][n:])
     assert np.isnan(logp[~carries]).all() and np.isfinite(logp[carries]).all() and carries.any() and not carries.all()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
