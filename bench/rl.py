@@ -49,6 +49,13 @@ phase nearer greedy makes the reward improve what greedy evaluation measures.
 PUSHCUT_BENCH_RL_MIRROR_AUGMENT=1 adds each kept trajectory's mirror image to the learner's batch
 (``mirror_augment``) and writes rl..._mirroraug.json: the arm that the one demo never moves then learns
 from the other arm's successes instead of waiting for a sample to click a bell on its side.
+PUSHCUT_BENCH_RL_HORIZON=N ends training rollouts after the chunk that reaches N control steps
+(``rollout_max_steps``; evaluation keeps the task's 400) and writes rl..._horizon<N>.json: the start's
+successes come within the first 80 steps, and a failure run to 400 costs four times what one cut at
+100 does, so the same wall time holds more updates.
+PUSHCUT_BENCH_RL_EVAL_EVERY=N (default 3) evaluates on the validation seeds every N iterations
+(writes rl..._eval<N>.json when not 3): each evaluation runs 50 greedy episodes to the task's
+limit, a larger share of the budget when iterations are short.
 """
 
 from __future__ import annotations
@@ -218,6 +225,8 @@ class Setup:
     late_temperature: float | None = None
     late_fraction: float = 0.3
     mirror_augment: bool = False
+    horizon: int | None = None
+    eval_every: int = 3
 
     @classmethod
     def from_env(cls) -> Setup:
@@ -229,7 +238,9 @@ class Setup:
                    late_temperature=float(os.environ["PUSHCUT_BENCH_RL_LATE_T"])
                    if os.environ.get("PUSHCUT_BENCH_RL_LATE_T") else None,
                    late_fraction=float(os.environ.get("PUSHCUT_BENCH_RL_LATE_FRACTION", "0.3")),
-                   mirror_augment=bool(env_int("PUSHCUT_BENCH_RL_MIRROR_AUGMENT", 0)))
+                   mirror_augment=bool(env_int("PUSHCUT_BENCH_RL_MIRROR_AUGMENT", 0)),
+                   horizon=env_int("PUSHCUT_BENCH_RL_HORIZON", 0) or None,
+                   eval_every=env_int("PUSHCUT_BENCH_RL_EVAL_EVERY", 3))
 
     @property
     def result_name(self) -> str:
@@ -239,7 +250,9 @@ class Setup:
                 + (f"_lr{self.lr:g}" if self.lr != LR else "") + (f"_warmup{self.warmup}" if self.warmup else "")
                 + (f"_seed{self.seed}" if self.seed else "")
                 + (f"_late{self.late_temperature:g}x{self.late_fraction:g}" if self.late_temperature else "")
-                + ("_mirroraug" if self.mirror_augment else ""))
+                + ("_mirroraug" if self.mirror_augment else "")
+                + (f"_horizon{self.horizon}" if self.horizon else "")
+                + (f"_eval{self.eval_every}" if self.eval_every != 3 else ""))
 
     @property
     def env_vars(self) -> str:
@@ -249,7 +262,9 @@ class Setup:
                 f"PUSHCUT_BENCH_RL_SEED={self.seed}"
                 + (f" PUSHCUT_BENCH_RL_LATE_T={self.late_temperature:g} "
                    f"PUSHCUT_BENCH_RL_LATE_FRACTION={self.late_fraction:g}" if self.late_temperature else "")
-                + (" PUSHCUT_BENCH_RL_MIRROR_AUGMENT=1" if self.mirror_augment else ""))
+                + (" PUSHCUT_BENCH_RL_MIRROR_AUGMENT=1" if self.mirror_augment else "")
+                + (f" PUSHCUT_BENCH_RL_HORIZON={self.horizon}" if self.horizon else "")
+                + (f" PUSHCUT_BENCH_RL_EVAL_EVERY={self.eval_every}" if self.eval_every != 3 else ""))
 
     @property
     def overrides(self) -> list[str]:
@@ -257,7 +272,8 @@ class Setup:
         late = ([f"late_temperature={self.late_temperature}", f"late_fraction={self.late_fraction}"]
                 if self.late_temperature else [])
         return [f"lr={self.lr}", f"lr_warmup_iters={self.warmup}", f"seed={self.seed}", *late,
-                *(["mirror_augment=true"] if self.mirror_augment else [])]
+                *(["mirror_augment=true"] if self.mirror_augment else []),
+                *([f"rollout_max_steps={self.horizon}"] if self.horizon else []), f"eval_every={self.eval_every}"]
 
     def start_checkpoint(self) -> Path:
         """The N-demo click_bell SFT the runs start from: from scratch (1500 steps), or fine-tuned from
@@ -336,7 +352,7 @@ def main(setup: Setup) -> None:
         run_budget = budget if name == "grpo" else ablation_budget
         cfg = from_hydra(TrainConfig, compose("train", [
             f"init_checkpoint={ckpt}", "iterations=100000", *setup.overrides, f"time_budget_s={run_budget}",
-            "eval_every=3", "eval_episodes=50", *overrides]))
+            "eval_episodes=50", *overrides]))
         t0 = time.perf_counter()
         final = grpo.train(cfg, run)
         wall = time.perf_counter() - t0
@@ -351,6 +367,8 @@ def main(setup: Setup) -> None:
             "seed": setup.seed,
             "late_temperature": setup.late_temperature,
             "late_fraction": setup.late_fraction if setup.late_temperature else None,
+            "rollout_max_steps": setup.horizon,
+            "eval_every": setup.eval_every,
             "overrides": overrides,
             "wall_s": wall,
             "iterations": iterations,

@@ -125,6 +125,10 @@ class TrainConfig:
     # also learn from each kept trajectory's mirror image (the other arm on the mirrored scene, same
     # advantage, old log-probs taken by the policy before the update); twin and head camera only
     mirror_augment: bool = False
+    # training rollouts end after the chunk that reaches this many control steps, failures unless they
+    # have succeeded by then (null: the task's own limit, as evaluation always uses): a failure costs
+    # that much simulation and inference instead of the task's full limit
+    rollout_max_steps: int | None = None
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.28
     kl_coef: float = 0.0
@@ -155,6 +159,7 @@ class TrainConfig:
         require(self.temperature > 0, "temperature must be > 0")
         require(self.late_temperature is None or self.late_temperature > 0, "late_temperature must be > 0 or null")
         require(0 < self.late_fraction <= 1, "late_fraction must be in (0, 1]")
+        require(self.rollout_max_steps is None or self.rollout_max_steps > 0, "rollout_max_steps must be > 0 or null")
         require(0 <= self.clip_ratio_low < 1 and self.clip_ratio_high >= 0, "clip ratios out of range")
         require(self.kl_coef >= 0 and self.entropy_coef >= 0, "kl_coef and entropy_coef must be >= 0")
         require(self.lr > 0 and self.mini_batches >= 1 and self.ppo_epochs >= 1 and self.iterations >= 1,

@@ -310,7 +310,7 @@ def collect(pool: WorkerPool, cfg: TrainConfig, state: dict,
             seed = cfg.train_seed_start + gid
             jobs += [Job(gid, seed, s, cfg.seed * 1_000_003 + gid * 64 + s) for s in range(cfg.n_samples)]
         state["next_group"] += need
-        trajs = pool.rollout(jobs, cfg.temperature if temperature is None else temperature)
+        trajs = pool.rollout(jobs, cfg.temperature if temperature is None else temperature, cfg.rollout_max_steps)
         drawn += trajs
         keep = mixed_groups(trajs) if cfg.dynamic_sampling else {t.group for t in trajs}
         kept += [t for t in trajs if t.group in keep]

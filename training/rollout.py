@@ -73,8 +73,10 @@ class RolloutWorker:
         return t
 
     @torch.no_grad()
-    def rollout(self, jobs: list[Job], temperature: float) -> list[Trajectory]:
-        """Run ``jobs`` in waves of ``len(envs)``; ``temperature == 0`` decodes greedily."""
+    def rollout(self, jobs: list[Job], temperature: float, max_steps: int | None = None) -> list[Trajectory]:
+        """Run ``jobs`` in waves of ``len(envs)``; ``temperature == 0`` decodes greedily. ``max_steps``
+        (None: the env's own limit) ends an episode after the chunk that reaches it, a failure unless
+        it has succeeded by then."""
         out: list[Trajectory] = []
         for start in range(0, len(jobs), len(self.envs)):
             wave = jobs[start : start + len(self.envs)]
@@ -111,7 +113,7 @@ class RolloutWorker:
                     tr.steps, tr.success = step.steps, step.success
                     self.timing["env_steps"] += step.steps - before
                     obs[i] = step.obs
-                    if not step.done:
+                    if not step.done and (max_steps is None or step.steps < max_steps):
                         still.append(i)
                 active = still
                 self.timing["sim_s"] += time.perf_counter() - t0
@@ -164,11 +166,11 @@ class WorkerPool:
         else:
             self._call("set_weights", [(state,)] * len(self.workers))
 
-    def rollout(self, jobs: list[Job], temperature: float) -> list[Trajectory]:
+    def rollout(self, jobs: list[Job], temperature: float, max_steps: int | None = None) -> list[Trajectory]:
         """Spread ``jobs`` round-robin over the workers; results come back in job order."""
         n = len(self.workers)
         shards = [jobs[i::n] for i in range(n)]
-        results = self._call("rollout", [(s, temperature) for s in shards])
+        results = self._call("rollout", [(s, temperature, max_steps) for s in shards])
         ordered: list[Trajectory] = [None] * len(jobs)  # type: ignore[list-item]
         for i, res in enumerate(results):
             for k, tr in enumerate(res):

@@ -61,10 +61,12 @@ class ScriptedPool:
         self.outcomes = list(outcomes)  # one list of successes per drawn group, in draw order
         self.calls = []
         self.temperatures = []
+        self.max_steps = []
 
-    def rollout(self, jobs, temperature):
+    def rollout(self, jobs, temperature, max_steps=None):
         self.calls.append(len(jobs))
         self.temperatures.append(temperature)
+        self.max_steps.append(max_steps)
         out = []
         for g in sorted({j.group for j in jobs}):
             res = self.outcomes.pop(0)
@@ -89,9 +91,10 @@ def test_dynamic_sampling_drops_uniform_groups_and_refills():
     assert info["kept_groups"] == 2 and info["drawn_groups"] == 4 and info["draw_rounds"] == 3
     assert state["next_group"] == 4
     assert pool.temperatures == [1.6] * 3  # the recipe's rollout temperature, unless told another
+    assert pool.max_steps == [None] * 3  # the task's own step limit, unless told another
     pool = ScriptedPool([[0, 1], [1, 0]])
-    grpo.collect(pool, _cfg(), {"next_group": 0}, temperature=0.7)
-    assert pool.temperatures == [0.7]
+    grpo.collect(pool, _cfg(rollout_max_steps=100), {"next_group": 0}, temperature=0.7)
+    assert pool.temperatures == [0.7] and pool.max_steps == [100]
 
 
 def test_dynamic_sampling_gives_up_after_max_rounds_and_off_keeps_all():
@@ -132,6 +135,7 @@ def test_late_temperature_takes_over_for_the_last_fraction_of_the_run():
     assert grpo.rollout_temperature(_cfg(iterations=10), 10, 1e9) == 1.6  # the recipe: constant
     for bad, match in (({"late_temperature": 0.0}, "late_temperature must be > 0"),
                        ({"late_fraction": 0.0}, r"late_fraction must be in \(0, 1\]"),
-                       ({"late_fraction": 1.5}, r"late_fraction must be in \(0, 1\]")):
+                       ({"late_fraction": 1.5}, r"late_fraction must be in \(0, 1\]"),
+                       ({"rollout_max_steps": 0}, "rollout_max_steps must be > 0 or null")):
         with pytest.raises(ValueError, match=match):
             _cfg(**bad)

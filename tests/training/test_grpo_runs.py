@@ -46,6 +46,23 @@ def _batch(ckpt, successes=(True, False, True, False), temperature=1.6):
     return trajs, grpo.flatten(trajs, adv)
 
 
+def test_rollout_horizon_ends_episodes_after_the_chunk_that_reaches_it(sft_checkpoint):
+    from pushcut.training.rollout import Job, RolloutWorker
+
+    model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
+    w = RolloutWorker(MICRO_ENV, MICRO_POLICY, stats, tok.to_json(), n_envs=2)
+    w.set_weights({k: v.numpy() for k, v in model.state_dict().items()})
+    jobs = [Job(0, seed, 0, 300 + seed) for seed in range(4)]
+    full, cut = w.rollout(jobs, 1.6), w.rollout(jobs, 1.6, max_steps=25)  # 10-step chunks, 60-step episodes
+    assert any(not t.success and t.steps == MICRO_ENV.max_steps for t in full)  # failures run to the limit
+    for f, c in zip(full, cut, strict=True):
+        # the same episode up to the horizon: the third chunk (steps 20-30) is the last one
+        assert len(c.bins) == min(len(f.bins), 3) and c.steps == min(f.steps, 30)
+        assert c.success == (f.success and f.steps <= 30)
+        for a, b in zip(f.bins, c.bins):
+            np.testing.assert_array_equal(a, b)
+
+
 def _ddp_worker(rank, world, ckpt, port, out, fsdp=False):
     import torch.distributed as dist
 
@@ -203,7 +220,8 @@ def test_two_iterations_through_ray_on_the_twin(sft_checkpoint, tmp_path, capfd)
     from pushcut.training.run_log import read_metrics
 
     cfg = _train_cfg(sft_checkpoint, eval_every=2, eval_episodes=2, lr_warmup_iters=2, late_temperature=1.0,
-                     late_fraction=0.5, rollout=RolloutConfig(backend="ray", num_workers=2, envs_per_worker=2))
+                     late_fraction=0.5, rollout_max_steps=20,
+                     rollout=RolloutConfig(backend="ray", num_workers=2, envs_per_worker=2))
     out = grpo.train(cfg, tmp_path / "run", progress=False)
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2]
@@ -214,6 +232,7 @@ def test_two_iterations_through_ray_on_the_twin(sft_checkpoint, tmp_path, capfd)
         assert key in rows[1], key
     assert [rows[1]["lr"], rows[2]["lr"]] == pytest.approx([cfg.lr / 2, cfg.lr])  # what AdamW stepped with
     assert [rows[1]["temperature"], rows[2]["temperature"]] == [1.6, 1.0]  # the second half at the late one
+    assert max(rows[1]["episode_steps"], rows[2]["episode_steps"]) <= 20  # training's horizon, not the env's 60
     assert 0.0 <= rows[2]["eval_success"] <= 1.0
     # evaluated before the first iteration and after every eval_every-th, each timed
     assert ["eval_success" in r for r in rows] == [True, False, True]
