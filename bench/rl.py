@@ -1,7 +1,7 @@
 """bench-rl: GRPO from the 1-demo SFT tiny policy on click_bell, with the paper's two ablations.
 
-Three runs: the recipe (dynamic sampling, T=1.6; by default with the late phase below) with a wall-time budget of 45 min
-(PUSHCUT_BENCH_RL_BUDGET_S), then dynamic sampling off and rollout temperature 1.0, each with
+Three runs: the recipe (dynamic sampling, T=1.6; by default with the late phase below) with a
+wall-time budget of 45 min (PUSHCUT_BENCH_RL_BUDGET_S), then dynamic sampling off and rollout temperature 1.0, each with
 PUSHCUT_BENCH_RL_ABLATION_BUDGET_S (default: the same budget); the curves carry wall time, so
 the recipe can be read at the ablations' budget when that is shorter. PUSHCUT_BENCH_RL_VARIANTS
 (comma-separated) runs some of them and keeps the others' results from the same start. Each

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from pushcut import spec
 from pushcut.configs import hydra_entry, to_dict
 from pushcut.policy import checkpoint
-from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer
+from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer, encode_chunks
 from pushcut.policy.config import PolicyConfig
 from pushcut.policy.modeling import VLAPolicy
 from pushcut.policy.preprocess import ByteTokenizer, build_inputs, proprio_normalizer
@@ -93,7 +93,7 @@ def build_dataset(policy_cfg: PolicyConfig, sets: list[demos.DemoSet], norm_stat
     action_norm = Normalizer(norm_stats["action"], policy_cfg.normalization, policy_cfg.action_dim)
     tok = ActionTokenizer(policy_cfg.n_bins, policy_cfg.llm.vocab_size)
     text = prompt_tokenizer(policy_cfg)
-    observations, bins = [], []
+    observations, targets = [], []
     for s in sets:
         for e in s.episodes:
             for k, step in enumerate(e["obs_steps"]):
@@ -102,12 +102,11 @@ def build_dataset(policy_cfg: PolicyConfig, sets: list[demos.DemoSet], norm_stat
                     spec.PROPRIO: e["obs_proprio"][k],
                     spec.INSTRUCTION: s.meta["instruction"],
                 })
-                target = chunk_targets(e["actions"], int(step), policy_cfg.chunk_len)
-                bins.append(tok.to_bins(action_norm.normalize(target)).reshape(-1))
+                targets.append(chunk_targets(e["actions"], int(step), policy_cfg.chunk_len))
     inputs = build_inputs(observations, policy_cfg.cameras, policy_cfg.vision.image_size, text,
                           proprio_normalizer(norm_stats, policy_cfg.proprio_dim))
     data = {k: torch.from_numpy(v) for k, v in inputs.items()}
-    data["bins"] = torch.from_numpy(np.stack(bins))
+    data["bins"] = torch.from_numpy(encode_chunks(np.stack(targets), tok, action_norm))
     return data, text
 
 
