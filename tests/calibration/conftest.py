@@ -1,0 +1,1 @@
+from tests.robot.conftest import frozen_heap  # noqa: F401  (the SDK calibration runs the arm loops too)
