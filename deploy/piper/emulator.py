@@ -9,6 +9,10 @@ disable 0x471, emergency stop 0x150), moves its joints toward the targets at a r
 Faults for tests: ``drop_prob`` (feedback frames lost), ``silent`` (no feedback at all),
 ``error_code`` (arm status reports an error), ``garbage`` (random frames, and joint feedback
 frames at +-250 degrees, beyond every joint's range, interleaved with the real ones).
+
+What arrives is kept for inspection, bounded: the last ``keep_frames`` frames (:meth:`commands`)
+and a count per frame id since start (:meth:`count`); a driver at 200 Hz sends about a thousand
+frames a second, so an emulated dry run of an hour would otherwise hold millions.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import random
 import struct
 import threading
 import time
+from collections import Counter, deque
 from typing import Self
 
 import can
@@ -32,7 +37,8 @@ MOTION_1, MOTION_2, JC12, JC34, JC56, GRIPPER_CMD, ENABLE = 0x150, 0x151, 0x155,
 
 class PiperEmulator:
     def __init__(self, channel: str, rate_hz: float = 200.0, max_joint_speed: float = JOINT_MAX_SPEED,
-                 max_gripper_speed: float = 0.1, initial: np.ndarray | None = None, seed: int = 0):
+                 max_gripper_speed: float = 0.1, initial: np.ndarray | None = None, seed: int = 0,
+                 keep_frames: int = 20_000):
         self.channel = channel
         self.bus = can.Bus(channel=channel, interface="virtual", receive_own_messages=False)
         self.dt = 1.0 / rate_hz
@@ -57,7 +63,8 @@ class PiperEmulator:
         self.error_code = 0
         self.garbage = False
         # what arrived, for tests
-        self.received: list[can.Message] = []
+        self.received: deque[can.Message] = deque(maxlen=keep_frames)
+        self.received_counts: Counter[int] = Counter()
         self.frames_sent = 0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -85,6 +92,7 @@ class PiperEmulator:
         d = bytes(msg.data)
         with self._lock:
             self.received.append(msg)
+            self.received_counts[msg.arbitration_id] += 1
             if msg.arbitration_id == ENABLE and len(d) >= 2:
                 motors = range(6) if d[0] in (0xFF, 7) else [d[0] - 1] if 1 <= d[0] <= 6 else []
                 for m in motors:
@@ -192,5 +200,11 @@ class PiperEmulator:
             return self.q.copy(), self.gripper
 
     def commands(self, arbitration_id: int) -> list[can.Message]:
+        """The kept frames (the last ``keep_frames`` of all ids) with this id, oldest first."""
         with self._lock:
             return [m for m in self.received if m.arbitration_id == arbitration_id]
+
+    def count(self, arbitration_id: int) -> int:
+        """How many frames with this id arrived since start, kept or not."""
+        with self._lock:
+            return self.received_counts[arbitration_id]

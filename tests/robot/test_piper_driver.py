@@ -166,7 +166,7 @@ def test_bus_loss_stops_all_commands_until_reinit(rig):
     t_lost = time.monotonic()
     detected = None
     while time.monotonic() - t_lost < 1.0:
-        n_before = len(emu.commands(JC12))
+        n_before = emu.count(JC12)
         arm.command(START + 0.1)
         if arm.tick() is None:
             detected = time.monotonic() - t_lost
@@ -174,14 +174,14 @@ def test_bus_loss_stops_all_commands_until_reinit(rig):
         time.sleep(0.005)
     assert detected is not None and detected <= arm.cfg.stale_s + 0.1  # within 100 ms of the watchdog period
     assert "stale" in arm.fault
-    n_after_loss = len(emu.commands(JC12))
+    n_after_loss = emu.count(JC12)
     drive(arm, START + 0.1, 0.3)
-    assert len(emu.commands(JC12)) == n_after_loss >= n_before  # no command sent after the loss
+    assert emu.count(JC12) == n_after_loss >= n_before  # no command sent after the loss
     emu.silent = False
     arm.reinit()
     arm.enable()
     drive(arm, START + 0.1, 0.5)
-    assert len(emu.commands(JC12)) > n_after_loss and arm.fault is None
+    assert emu.count(JC12) > n_after_loss and arm.fault is None
 
 
 def test_two_arms_on_two_buses_without_crosstalk(rig):
@@ -226,3 +226,21 @@ def test_fault_injection_garbage_never_becomes_motion(rig):
         a, b = struct.unpack(">ii", bytes(frame.data))
         assert abs(a) < 200_000 and abs(b) < 200_000  # every command stayed within the joint range
     assert len(sent) < 100
+
+
+def test_emulator_keeps_a_bounded_record_of_what_arrived():
+    import can
+
+    name = f"vcan_test_{next(_bus_ids)}"
+    with (
+        PiperEmulator(name, initial=START, keep_frames=10) as emu,
+        can.Bus(channel=name, interface="virtual", receive_own_messages=False) as bus,
+    ):
+        for i in range(50):  # joint-1 targets of i millidegrees, joint 2 at 0
+            bus.send(can.Message(arbitration_id=JC12, data=struct.pack(">ii", i, 0), is_extended_id=False))
+        deadline = time.monotonic() + 2
+        while emu.count(JC12) < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert emu.count(JC12) == 50 and len(emu.received) == 10  # all counted, the last 10 kept
+        kept = [struct.unpack(">ii", bytes(m.data))[0] for m in emu.commands(JC12)]
+        assert kept == list(range(40, 50))
