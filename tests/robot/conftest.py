@@ -55,7 +55,7 @@ def frozen_heap():
 
     These tests run 200 Hz arm loops (emulator, SDK reader, node timer) inside the pytest process,
     whose heap by now holds all that the earlier tests built: after a torch.onnx export a full
-    collection takes 0.5-0.7 s on 2 cores, and one such pause trips the driver's 0.1 s feedback
+    collection takes 0.4-0.8 s on 2 cores, and one such pause trips the driver's 0.1 s feedback
     watchdog exactly as a lost bus would (the arm then holds, as it must). A node's own process
     collects its whole heap in 20-35 ms. Freezing takes what exists now out of the collector's
     reach; what these tests allocate is still collected.

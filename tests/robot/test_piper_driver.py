@@ -4,6 +4,7 @@ import itertools
 import struct
 import time
 
+import can
 import numpy as np
 import pytest
 
@@ -229,8 +230,6 @@ def test_fault_injection_garbage_never_becomes_motion(rig):
 
 
 def test_emulator_keeps_a_bounded_record_of_what_arrived():
-    import can
-
     name = f"vcan_test_{next(_bus_ids)}"
     with (
         PiperEmulator(name, initial=START, keep_frames=10) as emu,
