@@ -1,6 +1,9 @@
-"""The Piper driver through the real piper_sdk, against the CAN emulator on python-can's virtual bus."""
+"""The Piper driver through the real piper_sdk, against the CAN emulator on python-can's virtual bus.
+
+Every rig runs the deployed defaults (``DriverConfig()``: speed rate 50%, 200 Hz)."""
 
 import itertools
+import re
 import struct
 import time
 
@@ -31,10 +34,10 @@ def rig():
     """A fresh emulator + driver pair on a bus name never used before (the SDK caches per name)."""
     made = []
 
-    def make(**driver_kw):
+    def make(emulator_kw=None, **driver_kw):
         name = f"vcan_test_{next(_bus_ids)}"
-        emu = PiperEmulator(name, initial=START).start()
-        arm = PiperArm(DriverConfig(can_port=name, bus="virtual", speed_rate=100, **driver_kw))
+        emu = PiperEmulator(name, initial=START, **(emulator_kw or {})).start()
+        arm = PiperArm(DriverConfig(can_port=name, bus="virtual", **driver_kw))
         arm.connect()
         made.append((emu, arm))
         return emu, arm
@@ -70,17 +73,58 @@ def test_units_round_trip():
     assert units.nm_to_milli(1.5) == 1500
 
 
-def test_enable_disable_sequence_and_frames(rig):
+def test_enable_confirms_every_motor_and_the_emulator_speaks_the_sdk(rig):
     emu, arm = rig()
     arm.enable()
-    time.sleep(0.05)
-    assert emu.enabled and emu.ctrl_mode == 0x01 and emu.move_mode == 0x01 and emu.speed_rate == 100
+    assert emu.enabled and emu.ctrl_mode == 0x01 and emu.move_mode == 0x01 and emu.speed_rate == 50
     enable = emu.commands(ENABLE)[-1]
     assert bytes(enable.data[:2]) == bytes([7, 0x02])
+    time.sleep(0.1)
     assert emu.commands(MOTION_2) and emu.commands(GRIPPER_CMD)
+    # read back through the SDK's own decoders: driver enable bits, gripper status bits, driver positions
+    assert arm.sdk.GetArmEnableStatus() == [True] * 6
+    gripper = arm.sdk.GetArmGripperMsgs().gripper_state.foc_status
+    assert gripper.driver_enable_status and not gripper.voltage_too_low
+    high = arm.sdk.GetArmHighSpdInfoMsgs()
+    assert [high.motor_2.pos, high.motor_3.pos] == [500, -500]  # 0.001 rad
+    assert arm.firmware_limits is not None
+
+
+def test_enable_times_out_naming_the_motor_that_stays_disabled(rig):
+    emu, arm = rig()
+    emu.ignore_enable = {4}
+    t0 = time.monotonic()
+    with pytest.raises(ArmFault, match=r"motor\(s\) \[4\] did not report enabled"):
+        arm.enable()
+    assert time.monotonic() - t0 < arm.cfg.enable_timeout_s + 0.5 and not arm.enabled
+    assert emu.count(ENABLE) >= 2  # re-sent, as the vendor's demo does
+    assert emu.count(JC12) == 0 and arm.tick() is None  # not one target went out
+
+
+def test_disable_cuts_power_only_from_a_settled_hold(rig):
+    # an arm slower than the driver assumes lags its commands by max_relative_target: still moving
+    emu, arm = rig(emulator_kw={"max_joint_speed": 0.6})
+    arm.enable()
+    drive(arm, START + np.array([0.8, 0, 0, 0, 0, 0, 0]), 0.8)
+    assert np.abs(emu.qd).max() > 0.2
+    t_call, n_before = time.time(), emu.count(JC12)
     arm.disable()
     time.sleep(0.05)
     assert not emu.enabled and bytes(emu.commands(ENABLE)[-1].data[:2]) == bytes([7, 0x01])
+    assert emu.last_received[ENABLE] - t_call >= arm.cfg.settle_s  # held first ...
+    assert emu.count(JC12) - n_before >= 10  # ... with hold frames streaming meanwhile
+    assert len(emu.power_cuts) == 6
+    assert all(abs(speed) < arm.cfg.settle_speed for _, _, speed in emu.power_cuts)  # cut at rest
+
+
+def test_disable_refuses_with_a_fault_latched(rig):
+    emu, arm = rig()
+    arm.enable()
+    emu.press_estop()
+    drive(arm, START, 0.1)
+    with pytest.raises(ArmFault, match="refusing to cut power"):
+        arm.disable()
+    assert emu.power_cuts == [] and emu.motor_enabled.all()
 
 
 def test_commands_arrive_in_sdk_units_and_feedback_comes_back(rig):
@@ -103,13 +147,57 @@ def test_commands_arrive_in_sdk_units_and_feedback_comes_back(rig):
 def test_safety_clamps_limits_and_step_per_tick(rig):
     _, arm = rig()
     arm.enable()
-    # 2.62 rad at 0.05 rad/tick: 53 ticks
-    sent = drive(arm, np.array([5.0, 4.0, 1.0, 0.0, 0.0, 0.0, 0.2]), 0.6, min_ticks=120)
+    step = arm.cfg.joint_step()
+    assert step == pytest.approx([3.0 * 0.5 / 200] * 6)  # the top speed at 50% per 200 Hz tick
+    # 2.62 rad at 0.0075 rad/tick: 349 ticks, after a 0.5 s ramp
+    sent = drive(arm, np.array([5.0, 4.0, 1.0, 0.0, 0.0, 0.0, 0.2]), 2.5, min_ticks=520)
     sent = np.array(sent)
-    assert np.all(np.abs(np.diff(sent[:, :6], axis=0)) <= arm.cfg.safety.max_joint_step + 1e-9)
-    assert sent[-1, 0] == pytest.approx(2.6179) and sent[-1, 1] == pytest.approx(3.14) and sent[-1, 2] == 0.0
-    assert sent[-1, 6] == pytest.approx(0.07)
+    assert np.all(np.abs(np.diff(sent[:, :6], axis=0)) <= step + 1e-9)
+    # limits: the SDK's table, narrowed to the firmware's (j2 answers 1799 x 0.1 degree < 3.14 rad)
+    assert sent[-1, 0] == pytest.approx(2.6179) and sent[-1, 1] == pytest.approx(np.radians(179.9))
+    assert sent[-1, 2] == 0.0 and sent[-1, 6] == pytest.approx(0.07)
     assert arm.safety.counts["clamped_limits"] > 0 and arm.safety.counts["clamped_step"] > 0
+
+
+def test_command_never_leads_the_measured_joints_by_more_than_the_bound(rig):
+    # an arm slower than the driver assumes (0.6 rad/s at 100%): without the bound the command runs away
+    _, arm = rig(emulator_kw={"max_joint_speed": 0.6})
+    arm.enable()
+    bound = arm.cfg.safety.max_relative_target
+    leads = []
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        arm.command(START + np.array([2.0, 1.0, -1.0, 0, 0, 0, 0]))
+        out = arm.tick()
+        if out is not None:
+            leads.append(np.abs(out[:6] - arm.feedback().q).max())
+        time.sleep(0.005)
+    # the tick clips to the feedback it read; the arm moves 0.0015 rad a tick and reports in 0.001 degree
+    assert max(leads) <= bound + 0.0015 + 1e-4
+    assert max(leads) > 0.9 * bound and arm.safety.counts["clamped_relative"] > 0  # the bound did the work
+
+
+@pytest.mark.parametrize("limits,match", [
+    ({1: [900, 900, 3000]}, "joint 2 .* are implausible"),  # min = max, as corrupted firmware reports
+    ({0: [1500, -1500, 0]}, "joint 1 .* are implausible"),  # zero top speed
+    ({3: [200, -200, 3000]}, "joint 4 .* leave less than half"),
+])
+def test_implausible_firmware_limits_are_refused(rig, limits, match):
+    emu, arm = rig()
+    for j, row in limits.items():
+        emu.limits[j] = row
+    with pytest.raises(ArmFault, match=match):
+        arm.enable()
+    assert not emu.enabled and emu.count(ENABLE) == 0
+
+
+def test_firmware_limits_narrow_the_safety_layer(rig):
+    emu, arm = rig()
+    emu.limits[0] = [1000, -1000, 1500]  # joint 1: +-100 degrees at 1.5 rad/s
+    arm.enable()
+    assert arm.safety.upper[0] == pytest.approx(np.radians(100))
+    assert arm.safety.lower[0] == pytest.approx(-np.radians(100))
+    assert arm.safety.step[0] == pytest.approx(arm.safety.step[1] / 2)
 
 
 @pytest.mark.parametrize("bad,count", [([np.nan] * 7, "rejected_nonfinite"), ([0.0] * 6, "rejected_size"),
@@ -127,7 +215,7 @@ def test_bad_commands_never_move_the_arm(rig, bad, count):
 
 
 def test_watchdog_holds_when_commands_go_stale():
-    layer = SafetyLayer(SafetyConfig(watchdog_s=0.2))
+    layer = SafetyLayer(SafetyConfig(watchdog_s=0.2), joint_step=0.05)
     cur = np.zeros(7)
     cmd = np.array([0.01, 0.01, -0.01, 0.01, 0.01, 0.01, 0.004])  # within limits and one tick's step
     layer.accept(cmd, now=0.0)
@@ -138,16 +226,60 @@ def test_watchdog_holds_when_commands_go_stale():
     assert layer.counts["watchdog_hold"] == 1
 
 
-def test_emergency_stop(rig):
+def test_emergency_stop_latches_until_resume(rig):
     emu, arm = rig()
     arm.enable()
     arm.estop()
     time.sleep(0.05)
     assert emu.estopped and bytes(emu.commands(MOTION_1)[-1].data[:1]) == b"\x01"
     assert arm.tick() is None  # no longer enabled: nothing is sent
-    q0, _ = emu.state()
+    n = emu.count(JC12)
     drive(arm, np.array([0.5] * 6 + [0.05]), 0.2)
-    np.testing.assert_allclose(emu.state()[0], q0)
+    with pytest.raises(ArmFault, match="emergency stop is latched; resume"):
+        arm.enable()
+    assert emu.count(JC12) == n and emu.power_cuts == []  # damped, never dropped
+
+
+@pytest.mark.parametrize("inject,match", [
+    (lambda emu: emu.press_estop(), r"emergency stop \(0x2A1 arm status 0x01\)"),
+    (lambda emu: setattr(emu, "error_code", 0x0100), r"error code 0x0100 \(joint 1 over its angle limit\)"),
+    (lambda emu: setattr(emu, "status_fault", 0x07), "status 0x07"),
+    (lambda emu: emu.drop_motor(3), r"motor\(s\) \[3\] report disabled"),
+    (lambda emu: emu.driver_faults.__setitem__(1, 1 << 4), "motor 2 reports collision protection"),
+])
+def test_no_target_while_the_arm_reports_a_fault(rig, inject, match):
+    emu, arm = rig()
+    arm.enable()
+    target = START + np.array([0.3, 0.2, -0.2, 0, 0, 0, 0])
+    drive(arm, target, 0.2)
+    t_fault = time.time()
+    inject(emu)
+    drive(arm, target, 0.3)
+    assert arm.fault is not None and re.search(match, arm.fault), arm.fault
+    n = emu.count(JC12)
+    assert emu.last_received[JC12] - t_fault < 0.1  # the last target went out within 100 ms of the report
+    drive(arm, target, 0.3)
+    assert emu.count(JC12) == n  # latched: nothing more
+
+
+def test_resume_after_estop_follows_the_vendor_sequence_and_ramps_in(rig):
+    emu, arm = rig(emulator_kw={"damp_speed": 1.0})
+    arm.enable()
+    drive(arm, START + np.array([0.4, 0.3, -0.2, 0, 0, 0, 0]), 0.6)
+    emu.press_estop()  # the arm's own button; the damped stop sinks joints 2 and 3 toward rest
+    drive(arm, START, 0.1)
+    assert arm.estopped and "emergency stop" in arm.fault
+    arm.resume()
+    resets = [m for m in emu.commands(MOTION_1) if m.data[0] == 0x02]
+    assert len(resets) == 1 and emu.enabled and not emu.estopped and arm.fault is None
+    assert all(abs(speed) < arm.cfg.settle_speed for _, _, speed in emu.power_cuts)  # reset only once at rest
+    at_resume = arm.feedback().state7
+    sent = np.array(drive(arm, START + np.array([0.4, 0.3, -0.2, 0, 0, 0, 0]), 1.0))
+    step = arm.safety.step[:6]
+    assert np.all(np.abs(sent[0, :6] - at_resume[:6]) <= step + 2e-5)  # no jump from where the arm is
+    assert np.all(np.abs(np.diff(sent[:, :6], axis=0)) <= step + 1e-9)
+    ramp = np.abs(np.diff(sent[:20, 1]))  # joint 2 sank in the damped stop and climbs back
+    assert ramp[0] < ramp[-1]  # the step limit grows in after the enable
 
 
 def test_refuses_to_enable_when_the_arm_reports_errors(rig):
@@ -159,11 +291,12 @@ def test_refuses_to_enable_when_the_arm_reports_errors(rig):
     assert not emu.enabled
 
 
-def test_bus_loss_stops_all_commands_until_reinit(rig):
+@pytest.mark.parametrize("loss", ["silent", "bus_off"])
+def test_bus_loss_stops_all_commands_until_reinit(rig, loss):
     emu, arm = rig()
     arm.enable()
     drive(arm, START + 0.05, 0.2)
-    emu.silent = True
+    setattr(emu, loss, True)
     t_lost = time.monotonic()
     detected = None
     while time.monotonic() - t_lost < 1.0:
@@ -178,7 +311,7 @@ def test_bus_loss_stops_all_commands_until_reinit(rig):
     n_after_loss = emu.count(JC12)
     drive(arm, START + 0.1, 0.3)
     assert emu.count(JC12) == n_after_loss >= n_before  # no command sent after the loss
-    emu.silent = False
+    setattr(emu, loss, False)
     arm.reinit()
     arm.enable()
     drive(arm, START + 0.1, 0.5)

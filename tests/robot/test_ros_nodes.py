@@ -13,6 +13,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
 
 from pushcut.deploy.policy import ActionChunkBroker, smooth_path
 from pushcut.deploy.trials import TrialLog, wilson_interval
@@ -107,15 +108,29 @@ def test_piper_arm_lifecycle_node(graph):
     assert node.arm.enabled and graph.spin_until(lambda: node.emulator.enabled, 2)
     cmd_pub = probe.create_publisher(JointState, "/left/joint_command", 10)
     target = np.array([0.2, 0.4, -0.3, 0.1, 0.0, 0.0, 0.04])
-    assert graph.spin_until(lambda: (cmd_pub.publish(arm_state_msg(target, probe.get_clock().now().to_msg())),
-                                     np.allclose(node.emulator.state()[0], target[:6], atol=2e-3))[1], timeout=5)
+    send = every(0.01, lambda q: cmd_pub.publish(arm_state_msg(q, probe.get_clock().now().to_msg())))
+    assert graph.spin_until(lambda: (send(target), np.allclose(node.emulator.state()[0], target[:6], atol=2e-3))[1],
+                            timeout=5)
     assert graph.spin_until(lambda: states and np.allclose(states[-1].position[:6], target[:6], atol=3e-3), 3)
     assert states[-1].name[-1] == "gripper" and statuses and "enabled=True" in statuses[-1].data
     estop = probe.create_publisher(Bool, "/estop", 10)
     assert graph.spin_until(lambda: (estop.publish(Bool(data=True)), node.emulator.estopped)[1], timeout=3)
+    # the damped stop holds the motors powered: deactivation holds, it never cuts power (the arm would fall)
     assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-    assert graph.spin_until(lambda: not node.emulator.enabled, 2)
-    assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    graph.spin_for(0.2)
+    assert node.emulator.enabled and node.emulator.power_cuts == []
+    resume = probe.create_client(Trigger, "/left/piper_arm/resume")
+    assert resume.wait_for_service(timeout_sec=2)
+    future = resume.call_async(Trigger.Request())
+    assert graph.spin_until(future.done, 15) and future.result().success, future.result()
+    assert not node.emulator.estopped and node.emulator.enabled and node.arm.fault is None
+    # inactive: commands are ignored, the arm holds where it is
+    q_hold = node.emulator.state()[0]
+    graph.spin_until(lambda: (send(target - 0.1), False)[1], timeout=0.3)
+    np.testing.assert_allclose(node.emulator.state()[0], q_hold, atol=2e-3)
+    emulator = node.emulator
+    assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS  # cuts power from a settled hold
+    assert len(emulator.power_cuts) == 6 and all(abs(v) < node.arm.cfg.settle_speed for _, _, v in emulator.power_cuts)
 
 
 def test_camera_node_publishes_frames_from_opencv(graph, tmp_path):
@@ -200,6 +215,20 @@ def test_trial_log_survives_kill_9_mid_trial(bundle, tmp_path):
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     after = log.read()
     assert after[: len(rows)] == rows and after[-1]["trial"] == len(rows) + 1  # numbering resumed
+
+
+def every(period, fn):
+    """``fn`` at most once per ``period`` seconds: commands at a control rate, as a commanding node
+    sends them. A publish on every spin of the test's own loop floods this one process, and the
+    arm's SDK and emulator threads then wait for the GIL long enough to trip the feedback watchdog."""
+    last = [-period]
+
+    def call(*args):
+        if time.monotonic() - last[0] >= period:
+            last[0] = time.monotonic()
+            fn(*args)
+
+    return call
 
 
 def rclpy_node(graph, name):

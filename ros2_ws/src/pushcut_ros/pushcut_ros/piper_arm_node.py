@@ -1,10 +1,12 @@
 """piper_arm_node: one Piper arm as a ROS 2 lifecycle node over ``pushcut.deploy.piper``.
 
 configure = open the CAN bus and wait for feedback; activate = enable the arm and gripper in CAN
-joint-position mode; deactivate = hold and disable; cleanup = close the bus. Publishes
-``joint_states`` (joint1..joint6 rad, gripper m, as piper_ros) at ``rate_hz`` and ``arm_status``,
-takes ``joint_command``; ``~/estop`` and the global ``/estop`` topic call the SDK's emergency stop;
-``~/reinit`` is the explicit recovery after a lost bus. With ``emulate: true`` an emulated arm
+joint-position mode (every motor confirmed); deactivate = hold the measured pose, commands
+ignored; cleanup = cut motor power from a settled hold (never with a fault latched: a disabled
+Piper falls), then close the bus. Publishes ``joint_states`` (joint1..joint6 rad, gripper m, as
+piper_ros) at ``rate_hz`` and ``arm_status``, takes ``joint_command``; ``~/estop`` and the global
+``/estop`` topic send the vendor's damped stop; ``~/resume`` is the operator's explicit resume
+after it, ``~/reinit`` the explicit recovery after a lost bus. With ``emulate: true`` an emulated arm
 (``PiperEmulator``) answers on a virtual bus inside this process, for dry runs and tests.
 """
 
@@ -30,13 +32,14 @@ class PiperArmNode(LifecycleNode):
         self.declare_parameter("rate_hz", 200.0)
         self.declare_parameter("speed_rate", 50)
         self.declare_parameter("gripper_effort", 1.0)
-        self.declare_parameter("max_joint_step", 0.05)
+        self.declare_parameter("max_relative_target", 0.1)
         self.declare_parameter("max_gripper_step", 0.005)
         self.declare_parameter("watchdog_s", 0.2)
         self.declare_parameter("stale_s", 0.1)
         self.arm: PiperArm | None = None
         self.emulator = None
         self.timer = None
+        self.active = False
 
     # --- lifecycle ------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -44,9 +47,9 @@ class PiperArmNode(LifecycleNode):
         emulate = g("emulate")
         cfg = DriverConfig(
             can_port=g("can_port"), bus="virtual" if emulate else "socketcan", speed_rate=g("speed_rate"),
-            gripper_effort=g("gripper_effort"), stale_s=g("stale_s"),
-            safety=SafetyConfig(max_joint_step=g("max_joint_step"), max_gripper_step=g("max_gripper_step"),
-                                watchdog_s=g("watchdog_s")),
+            rate_hz=g("rate_hz"), gripper_effort=g("gripper_effort"), stale_s=g("stale_s"),
+            safety=SafetyConfig(max_relative_target=g("max_relative_target"),
+                                max_gripper_step=g("max_gripper_step"), watchdog_s=g("watchdog_s")),
         )
         if emulate:
             from pushcut.deploy.piper.emulator import PiperEmulator
@@ -64,6 +67,7 @@ class PiperArmNode(LifecycleNode):
         self.create_subscription(JointState, "joint_command", self._on_command, 10)
         self.create_subscription(Bool, "/estop", lambda m: self._estop() if m.data else None, 10)
         self.create_service(Trigger, "~/estop", self._srv_estop)
+        self.create_service(Trigger, "~/resume", self._srv_resume)
         self.create_service(Trigger, "~/reinit", self._srv_reinit)
         self.timer = self.create_timer(1.0 / g("rate_hz"), self._tick)
         self.get_logger().info(f"configured on {cfg.can_port} ({cfg.bus})")
@@ -75,12 +79,14 @@ class PiperArmNode(LifecycleNode):
         except ArmFault as exc:
             self.get_logger().error(str(exc))
             return TransitionCallbackReturn.FAILURE
+        self.active = True
         self.get_logger().info("arm enabled")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.arm.disable()
-        self.get_logger().info("arm holding and disabled")
+        self.active = False
+        self.arm.hold()
+        self.get_logger().info("arm holding; commands ignored until activated")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -88,12 +94,15 @@ class PiperArmNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        if self.arm is not None and self.arm.enabled:
-            self.arm.disable()
         self._shutdown()
         return TransitionCallbackReturn.SUCCESS
 
     def _shutdown(self) -> None:
+        if self.arm is not None and self.arm.enabled:
+            try:
+                self.arm.disable()
+            except ArmFault as exc:  # a fault or a moving arm: leave it holding / damped, never drop it
+                self.get_logger().error(f"motors left powered: {exc}")
         if self.timer is not None:
             self.destroy_timer(self.timer)
             self.timer = None
@@ -105,6 +114,8 @@ class PiperArmNode(LifecycleNode):
 
     # --- runtime --------------------------------------------------------------------------------
     def _on_command(self, msg: JointState) -> None:
+        if not self.active:
+            return
         try:
             target = arm_array(msg)
         except ValueError as exc:
@@ -132,11 +143,18 @@ class PiperArmNode(LifecycleNode):
         response.success, response.message = True, "emergency stop sent"
         return response
 
+    def _srv_resume(self, request, response):
+        try:
+            self.arm.resume()
+            response.success, response.message = True, "resumed: holding at the measured pose"
+        except ArmFault as exc:
+            response.success, response.message = False, str(exc)
+        return response
+
     def _srv_reinit(self, request, response):
         try:
             self.arm.reinit()
             response.success, response.message = True, "bus re-initialised; activate again to move"
-            self.arm.enabled = False
         except ArmFault as exc:
             response.success, response.message = False, str(exc)
         return response
