@@ -2,8 +2,11 @@
 
 Each finished trial is one JSON line ``{task, trial, outcome, success, duration_s, bundle_sha256,
 seed, notes, recording, started_at}``, written with ``flush`` + ``fsync`` before the next trial
-starts, so a process killed at any point loses at most the trial in progress. A torn last line
-(killed mid-write) is skipped on reading, with a warning. ``pushcut-trials summary LOG`` prints
+starts, so a process killed at any point loses at most the trial in progress. Reading accepts
+only valid rows (a JSON object with a ``task`` string, a positive integer ``trial``, a known
+``outcome`` and a boolean ``success`` that agrees with it) and reports every other line with its
+number and reason: a torn line from a killed writer, bytes that are not UTF-8, a value that is not
+an object. Reading never creates or modifies a file. ``pushcut-trials summary LOG`` prints
 per-task success with Wilson 95% intervals and writes a plot (and uploads to wandb when asked).
 """
 
@@ -31,23 +34,49 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def check_row(row) -> str | None:
+    """Why ``row`` is not a valid trial record (None when it is)."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    if not isinstance(row.get("task"), str) or not row["task"]:
+        return "no task name"
+    trial = row.get("trial")
+    if isinstance(trial, bool) or not isinstance(trial, int) or trial < 1:
+        return f"trial {trial!r} is not a positive integer"
+    if row.get("outcome") not in OUTCOMES:
+        return f"outcome {row.get('outcome')!r} is not one of {list(OUTCOMES)}"
+    if row.get("success") is not (row["outcome"] == "success"):
+        return f"success {row.get('success')!r} does not agree with outcome {row['outcome']!r}"
+    return None
+
+
 class TrialLog:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.skipped: list[tuple[int, str]] = []  # (line number, reason) of the last read
 
     def read(self) -> list[dict]:
+        """The valid rows, in order; every other line is skipped, logged and kept in ``skipped``."""
+        self.skipped = []
         if not self.path.exists():
             return []
         rows = []
-        lines = self.path.read_text().splitlines()
-        for i, line in enumerate(lines):
-            if not line.strip():
+        for i, raw in enumerate(self.path.read_bytes().split(b"\n"), start=1):
+            if not raw.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                reason = "not UTF-8 text"
             except json.JSONDecodeError:
-                log.warning("%s: skipping a torn line %d (a write was interrupted)", self.path, i + 1)
+                reason = "not JSON (a torn write, or garbage)"
+            else:
+                reason = check_row(row)
+                if reason is None:
+                    rows.append(row)
+                    continue
+            self.skipped.append((i, reason))
+            log.warning("%s: skipping line %d: %s", self.path, i, reason)
         return rows
 
     def next_trial(self, task: str) -> int:
@@ -58,6 +87,10 @@ class TrialLog:
         if record.get("outcome") not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}, got {record.get('outcome')!r}")
         record = {**record, "success": record["outcome"] == "success"}
+        reason = check_row(record)
+        if reason:
+            raise ValueError(f"not a valid trial record: {reason}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = (json.dumps(record) + "\n").encode()
         # a torn tail from a killed writer must not glue onto this record
         if self.path.exists() and self.path.stat().st_size > 0:
@@ -115,7 +148,12 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--plot", default=None, help="PNG path (default: beside the log)")
     s.add_argument("--wandb", choices=("offline", "online"), default=None, help="also log to wandb")
     args = ap.parse_args(argv)
-    rows = TrialLog(args.log).read()
+    log_file = TrialLog(args.log)
+    if not log_file.path.is_file():
+        raise SystemExit(f"{args.log}: no such trial log")
+    rows = log_file.read()
+    if log_file.skipped:
+        print(f"{args.log}: skipped {len(log_file.skipped)} invalid line(s) (see the warnings above)")
     if not rows:
         raise SystemExit(f"{args.log}: no finished trials")
     summary = summarize(rows)

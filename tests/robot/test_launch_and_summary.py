@@ -87,3 +87,39 @@ def test_trials_summary_command(tmp_path):
                        check=False, capture_output=True, text=True)
     assert r.returncode != 0 and "no finished trials" in r.stderr
     json.dumps(log.read())
+
+
+def test_trial_log_reader_accepts_only_valid_rows_and_never_writes(tmp_path):
+    from pushcut.deploy.trials import TrialLog
+
+    missing = TrialLog(tmp_path / "nowhere" / "trials.jsonl")
+    assert missing.read() == [] and missing.next_trial("click_bell") == 1
+    assert not (tmp_path / "nowhere").exists()  # reading created nothing
+    good = {"task": "click_bell", "trial": 1, "outcome": "success", "success": True}
+    lines = [
+        json.dumps(good).encode(),
+        b'{"task": "click_bell", "trial": 2, "outc',  # torn by a kill
+        b"\xff\xfe not utf-8",
+        b"[1, 2, 3]",
+        json.dumps({"trial": 3, "outcome": "failure", "success": False}).encode(),  # no task
+        json.dumps({"task": "click_bell", "outcome": "failure", "success": False}).encode(),  # no trial
+        json.dumps({**good, "trial": 4, "outcome": "failure"}).encode(),  # success disagrees with outcome
+        json.dumps({**good, "trial": 5, "outcome": "maybe"}).encode(),
+        json.dumps({**good, "trial": 6}).encode(),
+    ]
+    path = tmp_path / "trials.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    before = path.read_bytes()
+    log = TrialLog(path)
+    assert [r["trial"] for r in log.read()] == [1, 6]
+    assert [n for n, _ in log.skipped] == [2, 3, 4, 5, 6, 7, 8]
+    reasons = dict(log.skipped)
+    assert "not JSON" in reasons[2] and "UTF-8" in reasons[3] and "not an object" in reasons[4]
+    assert "task" in reasons[5] and "trial" in reasons[6] and "agree" in reasons[7] and "outcome" in reasons[8]
+    assert log.next_trial("click_bell") == 7 and path.read_bytes() == before
+    r = subprocess.run([sys.executable, "-m", "pushcut.deploy.trials", "summary", str(path)],
+                       check=False, capture_output=True, text=True)
+    assert r.returncode == 0 and "skipped 7 invalid line(s)" in r.stdout and "2/2 " in r.stdout
+    r = subprocess.run([sys.executable, "-m", "pushcut.deploy.trials", "summary", str(tmp_path / "no.jsonl")],
+                       check=False, capture_output=True, text=True)
+    assert r.returncode != 0 and "no such trial log" in r.stderr and not (tmp_path / "no.jsonl").exists()

@@ -1,5 +1,6 @@
 """The ROS 2 nodes with real rclpy and DDS on loopback."""
 
+import json
 import os
 import signal
 import subprocess
@@ -241,3 +242,11 @@ def rclpy_duration(seconds):
     from rclpy.duration import Duration
 
     return Duration(seconds=seconds)
+
+
+def test_trial_node_starts_on_a_log_with_bad_lines(graph, tmp_path):
+    good = {"task": "click_bell", "trial": 4, "outcome": "failure", "success": False}
+    (tmp_path / "trials.jsonl").write_text(json.dumps(good) + '\n{"torn\n[1]\n')
+    trial = graph.add(TrialNode(context=graph.context, parameter_overrides=_params(
+        record=False, log_dir=str(tmp_path), terminal_ui=False)))
+    assert trial.trial == 5 and [n for n, _ in trial.log.skipped] == [2, 3]

@@ -59,8 +59,12 @@ class TrialNode(Node):
         self.seed_start, self.record, self.notes = g("seed_start"), g("record"), g("notes")
         self.bundle_sha = self._bundle_hash(g("bundle"))
         self.log_dir = Path(g("log_dir"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)  # the writer fails at start, not after a trial
         self.log = TrialLog(self.log_dir / "trials.jsonl")
         self.trial = self.log.next_trial(self.task)
+        if self.log.skipped:
+            self.get_logger().warning(f"{self.log.path}: skipped {len(self.log.skipped)} invalid line(s) "
+                                      f"(line, reason): {self.log.skipped[:5]}")
         self.completed = 0
         self.state = IDLE
         self.recorder: McapRecorder | None = None
