@@ -101,6 +101,9 @@ def test_int8_and_fp16_variants(bundle):
     half = Engine(bundle, variant="fp16")
     m = load_manifest(bundle)
     assert m["models"]["fp16"] == "model.fp16.onnx"
+    import onnx
+
+    onnx.checker.check_model(str(bundle / "model.fp16.onnx"), full_check=True)  # topologically sorted, valid
     if "error" not in m["parity"]["fp16"]:
         assert m["parity"]["fp16"]["greedy_agreement"] > 0.5
         env = make_env(MICRO_ENV)
