@@ -2,7 +2,7 @@
 
 Layout of a checkpoint directory::
 
-    meta.json           {"format": "pushcut-checkpoint", "version": 1, ...extra}
+    meta.json           {"format": "pushcut-checkpoint", "version": 2, "files": {name: sha256}, ...extra}
     config.json         the resolved PolicyConfig (and the run's full config under "run")
     norm_stats.json     {"action": {min,max,q01,q99,...}, "proprio": {...}}
     tokenizer.json      the prompt tokenizer
@@ -11,14 +11,16 @@ Layout of a checkpoint directory::
 Written into a temporary sibling directory, fsynced, then renamed into place (atomic on POSIX),
 so a crash never leaves a half-written checkpoint under the final name; a crash between moving
 the previous one aside (``<name>.old``) and renaming the new one in leaves the previous one,
-which ``recover`` puts back. Loading checks format,
-version, that the weights match the config, and (if given) that the config matches the one the
-caller expects, naming every mismatching field.
+which ``recover`` puts back. Loading checks format, version, the sha256 of every file against
+``meta.json`` (a flipped byte, a truncated or missing file is refused naming the file), that the
+weights match the config, and (if given) that the config matches the one the caller expects,
+naming every mismatching field. Version 1 checkpoints (no hashes) still load, with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -27,12 +29,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pushcut.configs import to_dataclass, to_dict
+from pushcut.deploy.bundle import sha256
 from pushcut.policy.config import ARCHITECTURE_FIELDS, PolicyConfig
 from pushcut.policy.modeling import VLAPolicy
 from pushcut.policy.preprocess import ByteTokenizer, HFTokenizer, load_tokenizer
 
 CKPT_FORMAT = "pushcut-checkpoint"
-CKPT_VERSION = 1
+CKPT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: written before checkpoints carried file hashes
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -71,13 +76,15 @@ def save(
     if extra_tensors:
         save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()}, tmp / "extra.safetensors")
     files = {
-        "meta.json": {"format": CKPT_FORMAT, "version": CKPT_VERSION, **(extra or {})},
         "config.json": {"policy": to_dict(model.cfg), "run": run_config or {}},
         "norm_stats.json": norm_stats,
     }
     for name, data in files.items():
         (tmp / name).write_text(json.dumps(data, indent=2))
     (tmp / "tokenizer.json").write_text(tokenizer.to_json())
+    digests = {f.name: sha256(f) for f in sorted(tmp.iterdir())}
+    meta = {"format": CKPT_FORMAT, "version": CKPT_VERSION, **(extra or {}), "files": digests}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -107,17 +114,45 @@ def recover(path: str | Path) -> bool:
     return True
 
 
-def read_meta(path: str | Path) -> dict:
+def read_meta(path: str | Path, verify: bool = True) -> dict:
+    """``meta.json`` of the checkpoint at ``path``; with ``verify``, every file's sha256 checked."""
     path = Path(path)
     meta_path = path / "meta.json"
     if not meta_path.exists():
-        raise CheckpointError(f"{path} is not a pushcut checkpoint (no meta.json)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != CKPT_FORMAT:
-        raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {CKPT_FORMAT!r}")
-    if meta.get("version") != CKPT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {meta.get('version')!r}; this pushcut reads {CKPT_VERSION}")
+        old = path.with_name(path.name + ".old")
+        hint = f"; a previous checkpoint sits at {old} (a save was interrupted)" if (old / "meta.json").exists() else ""
+        raise CheckpointError(f"{path} is not a pushcut checkpoint (no meta.json){hint}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{meta_path} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != CKPT_FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else meta
+        raise CheckpointError(f"{path}: format {got!r}, expected {CKPT_FORMAT!r}")
+    if meta.get("version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path}: checkpoint version {meta.get('version')!r}; this pushcut reads "
+                              f"{list(READABLE_VERSIONS)}")
+    if verify:
+        verify_files(path, meta)
     return meta
+
+
+def verify_files(path: Path, meta: dict) -> None:
+    """Every file ``meta.json`` lists must exist with its sha256; nothing else may sit beside them."""
+    listed = meta.get("files")
+    if listed is None:
+        log.warning("%s: a version-%s checkpoint carries no file hashes: its files are not verified",
+                    path, meta.get("version"))
+        return
+    for name, digest in listed.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{path}: {name} listed in meta.json is missing")
+        if sha256(f) != digest:
+            raise CheckpointError(f"{path}: {name} does not match its sha256 in meta.json (corrupted or edited)")
+    unlisted = sorted(f.name for f in path.iterdir() if f.name not in listed and f.name != "meta.json")
+    if unlisted:
+        raise CheckpointError(f"{path}: {unlisted} not listed in meta.json")
 
 
 def config_mismatch(a: PolicyConfig, b: PolicyConfig) -> list[str]:

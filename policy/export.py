@@ -127,10 +127,14 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
     obs = parity_observations(policy, cfg.env, cfg.parity_env_samples, cfg.parity_random_samples, cfg.seed)
     example = policy.inputs(obs[:2] if len(obs) >= 2 else obs * 2)
     exporter = _export_onnx(model, example, tmp / "model.onnx", cfg)
+    # the gate's reference is the checkpoint loaded again from disk (hashes verified), not the model
+    # object the exporter traced
+    ref_model, ref_stats, ref_tok, _, _ = checkpoint.load(ckpt)
+    reference = TorchPolicy(ref_model.eval(), ref_stats, ref_tok)
     session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
     parity = {
-        "env": compare(policy, session, obs[: cfg.parity_env_samples]) if cfg.parity_env_samples else None,
-        "random": compare(policy, session, obs[cfg.parity_env_samples :]) if cfg.parity_random_samples else None,
+        "env": compare(reference, session, obs[: cfg.parity_env_samples]) if cfg.parity_env_samples else None,
+        "random": compare(reference, session, obs[cfg.parity_env_samples :]) if cfg.parity_random_samples else None,
         "atol": cfg.parity_atol,
     }
     for name in ("env", "random"):
@@ -147,12 +151,11 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
 
         quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8)
         q = ort.InferenceSession(str(tmp / "model.int8.onnx"), providers=["CPUExecutionProvider"])
-        parity["int8"] = compare(policy, q, obs)
+        parity["int8"] = compare(reference, q, obs)
         models["int8"] = "model.int8.onnx"
     if cfg.fp16:
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
-
         from onnxruntime.transformers.onnx_model import OnnxModel
 
         half = convert_float_to_float16(onnx.load(str(tmp / "model.onnx")), keep_io_types=True)
@@ -161,7 +164,7 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
         onnx.checker.check_model(str(tmp / "model.fp16.onnx"), full_check=True)
         models["fp16"] = "model.fp16.onnx"
         try:  # measured on CPU here; the variant is meant for CUDA/TensorRT
-            parity["fp16"] = compare(policy, ort.InferenceSession(str(tmp / "model.fp16.onnx"),
+            parity["fp16"] = compare(reference, ort.InferenceSession(str(tmp / "model.fp16.onnx"),
                                                                   providers=["CPUExecutionProvider"]), obs)
         except Exception as exc:  # noqa: BLE001 - an op without a CPU fp16 kernel: report, do not fail the export
             parity["fp16"] = {"error": f"not measurable on CPU: {exc}"}

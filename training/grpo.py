@@ -529,7 +529,7 @@ def _main(cfg: TrainConfig, run_dir: Path) -> None:
     print(f"checkpoint: {train(cfg, run_dir)}")
     best = Path(run_dir) / "best"
     if (best / "meta.json").exists():
-        meta = checkpoint.read_meta(best)
+        meta = checkpoint.read_meta(best, verify=False)
         print(f"best: {best} (iteration {meta['iteration']}, greedy success {meta['eval_success']:.1%} "
               f"on {cfg.eval_episodes} validation seeds from {cfg.eval_seed_start})")
 

@@ -132,6 +132,21 @@ def test_parity_failure_says_by_how_much(sft_checkpoint, tmp_path):
     assert not (tmp_path / "b").exists() and not (tmp_path / "b.tmp").exists()
 
 
+def test_a_corrupted_checkpoint_is_never_exported(sft_checkpoint, tmp_path):
+    from pushcut.policy.checkpoint import CheckpointError
+
+    ckpt = tmp_path / "checkpoint"
+    shutil.copytree(sft_checkpoint, ckpt)
+    data = bytearray((ckpt / "model.safetensors").read_bytes())
+    data[-3] ^= 0x40  # one weight's exponent byte: the weight becomes huge, the file still parses
+    (ckpt / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors does not match its sha256"):
+        export(ExportConfig(env=MICRO_ENV, checkpoint=str(ckpt), out_dir=str(tmp_path / "b")))
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        TorchPolicy.from_checkpoint(ckpt)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.tmp").exists()
+
+
 def test_engine_imports_without_torch():
     code = (
         "import sys, pushcut.deploy.engine, pushcut.deploy.bundle, pushcut.deploy.policy;"
