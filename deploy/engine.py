@@ -77,6 +77,7 @@ class Engine:
         self.action_dim, self.chunk_len, self.n_bins = space["dim"], space["chunk_len"], space["n_bins"]
         self.cameras = [c["name"] for c in m["cameras"]]
         self.image_size = m["cameras"][0]["image_size"]
+        self._check_model_shapes(models[variant])
         stats = m["norm_stats"]
         self.action_norm = Normalizer(stats["action"], space["normalization"], self.action_dim)
         self.proprio_norm = proprio_normalizer(stats, m["proprio"]["dim"])
@@ -84,6 +85,22 @@ class Engine:
         self.action_tokenizer = ActionTokenizer(self.n_bins, space["vocab_size"])
         self.temperature = temperature
         self.rng = np.random.default_rng(seed)
+
+    def _check_model_shapes(self, model_file: str) -> None:
+        """The ONNX graph's input and output shapes must be the manifest's: a mismatch is refused
+        here, naming both, instead of as a reshape error at the first inference."""
+        m = self.manifest
+        expect = {"logits": [self.chunk_len * self.action_dim, self.n_bins], **m["inputs"]}
+        graph = {a.name: a.shape[1:] for a in (*self.session.get_inputs(), *self.session.get_outputs())}
+        for name, want in expect.items():
+            have = graph.get(name)
+            static = [d for d in (have or []) if isinstance(d, int)]
+            if have is None or (len(static) == len(have) and list(have) != list(want)):
+                raise BundleError(f"{self.path}: {model_file} has {name} of shape {have}; the manifest says {want}")
+        sizes = {c["image_size"] for c in m["cameras"]}  # square images, one size for all cameras
+        pixels = m["inputs"]["pixels"]  # (cameras, 3, H, W)
+        if len(sizes) != 1 or len(m["cameras"]) != pixels[0] or pixels[-2:] != [min(sizes)] * 2:
+            raise BundleError(f"{self.path}: cameras {m['cameras']} do not match the model's pixels input {pixels}")
 
     def logits(self, observations: Sequence[Mapping]) -> np.ndarray:
         inputs = build_inputs(observations, self.cameras, self.image_size, self.tokenizer, self.proprio_norm)

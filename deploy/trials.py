@@ -1,7 +1,8 @@
 """Real-world trial logs: append-only JSONL with fsync, resumable numbering, Wilson intervals.
 
 Each finished trial is one JSON line ``{task, trial, outcome, success, duration_s, bundle_sha256,
-seed, notes, recording, started_at}``, written with ``flush`` + ``fsync`` before the next trial
+seed, notes, recording, started_at}`` (``bundle_sha256``: the bundle manifest's signature, which
+covers every file of the bundle), written with ``flush`` + ``fsync`` before the next trial
 starts, so a process killed at any point loses at most the trial in progress. Reading accepts
 only valid rows (a JSON object with a ``task`` string, a positive integer ``trial``, a known
 ``outcome`` and a boolean ``success`` that agrees with it) and reports every other line with its

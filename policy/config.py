@@ -71,3 +71,20 @@ class PolicyConfig:
     @property
     def n_action_tokens(self) -> int:
         return self.chunk_len * self.action_dim
+
+
+def check_policy_fits_env(policy: PolicyConfig, env, source: str = "policy") -> None:
+    """The ``source`` policy's action and proprio dims and cameras against the env's
+    (``pushcut.sim.config.EnvConfig``), both named."""
+    from pushcut.sim.registry import ACTION_DIM, PROPRIO_DIM
+
+    require(
+        policy.action_dim == ACTION_DIM[env.kind],
+        f"{source}: action_dim {policy.action_dim} does not match the {env.kind} env's {ACTION_DIM[env.kind]}",
+    )
+    require(
+        not policy.use_proprio or policy.proprio_dim == PROPRIO_DIM[env.kind],
+        f"{source}: proprio_dim {policy.proprio_dim} does not match the {env.kind} env's {PROPRIO_DIM[env.kind]}",
+    )
+    missing = [c for c in policy.cameras if c not in env.cameras]
+    require(not missing, f"{source}: camera(s) {missing} are not rendered by env.cameras {list(env.cameras)}")

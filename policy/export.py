@@ -21,6 +21,7 @@ import torch
 from pushcut.configs import hydra_entry, require, to_dict
 from pushcut.deploy.bundle import write_manifest
 from pushcut.policy import checkpoint
+from pushcut.policy.config import check_policy_fits_env
 from pushcut.policy.inference import TorchPolicy
 from pushcut.policy.preprocess import PROMPT
 from pushcut.sim.config import EnvConfig
@@ -116,6 +117,7 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
     t0 = time.perf_counter()
     ckpt = Path(cfg.checkpoint)
     model, stats, tokenizer, meta, _ = checkpoint.load(ckpt)
+    check_policy_fits_env(model.cfg, cfg.env, source=f"checkpoint {ckpt}")
     model.eval()
     pcfg = model.cfg
     policy = TorchPolicy(model, stats, tokenizer)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pushcut.sim.config import EnvConfig
 from pushcut.sim.core import Env
 
+ACTION_DIM = {"twin": 14, "libero": 7}  # per env kind
+PROPRIO_DIM = {"twin": 14, "libero": 8}
+
 
 def robot_bounds(cfg: EnvConfig) -> dict[str, tuple[list[float], list[float]]]:
     """The embodiment's own action (and, where it has them, proprio) bounds, without building the env.

@@ -6,11 +6,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pushcut.configs import require
-from pushcut.policy.config import PolicyConfig
+from pushcut.policy.config import PolicyConfig, check_policy_fits_env
 from pushcut.sim.config import EnvConfig
 from pushcut.sim.twin.mirror import MIRRORABLE_CAMERAS
-
-ENV_ACTION_DIM = {"twin": 14, "libero": 7}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -20,13 +18,13 @@ class WandbConfig:
     entity: str | None = None
 
 
-def check_policy_fits_env(policy: PolicyConfig, env: EnvConfig) -> None:
-    require(
-        policy.action_dim == ENV_ACTION_DIM[env.kind],
-        f"policy.action_dim {policy.action_dim} does not match the {env.kind} env's {ENV_ACTION_DIM[env.kind]}",
-    )
-    missing = [c for c in policy.cameras if c not in env.cameras]
-    require(not missing, f"policy camera(s) {missing} are not rendered by env.cameras {list(env.cameras)}")
+def check_bundle_fits_env(manifest: dict, env: EnvConfig) -> None:
+    """A bundle's action space, proprio and cameras against the env it is evaluated on."""
+    from pushcut.deploy.bundle import check_compatible
+    from pushcut.sim.registry import ACTION_DIM, PROPRIO_DIM
+
+    check_compatible(manifest, ACTION_DIM[env.kind], env.cameras, proprio_dim=PROPRIO_DIM[env.kind],
+                     target=f"the {env.kind} env ({env.task}, cameras {list(env.cameras)})")
 
 
 def check_mirrorable(option: str, policy: PolicyConfig, env: EnvConfig) -> None:

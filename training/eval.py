@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from pushcut.configs import hydra_entry, to_dict
 from pushcut.sim.config import EnvConfig
-from pushcut.training.config import EvalConfig
+from pushcut.training.config import EvalConfig, check_bundle_fits_env, check_policy_fits_env
 
 
 def run_episodes(policy, env_cfg: EnvConfig, seeds: list[int], num_envs: int = 1, progress: bool = True) -> list[dict]:
@@ -67,13 +67,18 @@ def summarize(results: list[dict], task: str) -> dict:
 
 
 def load_policy(cfg: EvalConfig):
+    """The checkpoint's or bundle's policy, refused before any env step unless it fits ``cfg.env``."""
     if cfg.checkpoint:
         from pushcut.policy.inference import TorchPolicy
 
-        return TorchPolicy.from_checkpoint(cfg.checkpoint)
+        policy = TorchPolicy.from_checkpoint(cfg.checkpoint)
+        check_policy_fits_env(policy.cfg, cfg.env, source=f"checkpoint {cfg.checkpoint}")
+        return policy
     from pushcut.deploy.engine import Engine
 
-    return Engine(cfg.bundle, providers=cfg.providers)
+    engine = Engine(cfg.bundle, providers=cfg.providers)
+    check_bundle_fits_env(engine.manifest, cfg.env)
+    return engine
 
 
 def evaluate(cfg: EvalConfig, run_dir: str | Path, progress: bool = True) -> dict:

@@ -86,11 +86,79 @@ def test_unknown_version_and_missing_files_are_rejected(bundle, tmp_path):
 
 def test_bundle_that_does_not_fit_the_robot_is_rejected(bundle):
     m = load_manifest(bundle)
-    check_compatible(m, 14, ["head", "left_wrist", "right_wrist"], chunk_len=10)
+    check_compatible(m, 14, ["head", "left_wrist", "right_wrist"], chunk_len=10, proprio_dim=14, n_bins=256)
     with pytest.raises(BundleError, match="14-dim actions; this robot takes 7"):
         check_compatible(m, 7, ["head"])
     with pytest.raises(BundleError, match=r"needs camera\(s\) \['head'\]"):
         check_compatible(m, 14, ["cam_high", "cam_left"])
+    with pytest.raises(BundleError, match="reads 14-dim proprio; this robot gives 8"):
+        check_compatible(m, 14, ["head"], proprio_dim=8)
+    with pytest.raises(BundleError, match="chunk length 10; this robot expects 8"):
+        check_compatible(m, 14, ["head"], chunk_len=8)
+    with pytest.raises(BundleError, match="decodes 256 bins; this robot expects 128"):
+        check_compatible(m, 14, ["head"], n_bins=128)
+
+
+def _edit_manifest(b, edit, resign=False):
+    from pushcut.deploy.bundle import signature
+
+    m = json.loads((b / "manifest.json").read_text())
+    edit(m)
+    if resign:
+        m["signature"] = signature(m)
+    (b / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["norm_stats"]["action"]["max"].__setitem__(0, m["norm_stats"]["action"]["max"][0] + 0.8),
+    lambda m: m["cameras"][0].__setitem__("name", "left_wrist"),
+    lambda m: m["models"].__setitem__("fp32", "model.int8.onnx"),
+    lambda m: m["action_space"].__setitem__("chunk_len", 5),
+    lambda m: m["files"].pop("tokenizer.json"),
+], ids=["norm_stats", "camera_name", "fp32_entry", "chunk_len", "file_list"])
+def test_an_edited_manifest_is_refused(bundle, tmp_path, edit):
+    b = _copy(bundle, tmp_path)
+    _edit_manifest(b, edit)
+    with pytest.raises(BundleError, match="edited after export"):
+        Engine(b)
+    with pytest.raises(BundleError, match="edited after export"):
+        load_manifest(b, verify=False)  # the signature is checked even where file hashes are skipped
+
+
+def test_unlisted_files_and_a_resigned_inconsistent_manifest_are_refused(bundle, tmp_path):
+    b = _copy(bundle, tmp_path)
+    (b / "notes.txt").write_text("x")
+    with pytest.raises(BundleError, match=r"\['notes.txt'\] not listed"):
+        Engine(b)
+    b = _copy(bundle, tmp_path / "x")  # the external weights dropped from the list (and re-signed), then corrupted
+    assert "model.onnx.data" in load_manifest(b)["files"]
+    _edit_manifest(b, lambda m: m["files"].pop("model.onnx.data"), resign=True)
+    (b / "model.onnx.data").write_bytes(b"\0" * 64)
+    with pytest.raises(BundleError, match=r"\['model.onnx.data'\] not listed"):
+        Engine(b)
+    # consistent signature, model and manifest disagree: refused at load, naming both, not at inference
+    b = _copy(bundle, tmp_path / "y")
+    _edit_manifest(b, lambda m: m["action_space"].__setitem__("n_bins", 128), resign=True)
+    with pytest.raises(BundleError, match=r"model.onnx has logits of shape \[140, 256\]; the manifest says \[140, 128"):
+        Engine(b)
+
+
+def test_eval_and_export_check_the_env_before_the_first_step(bundle, sft_checkpoint, tmp_path):
+    from pushcut.sim.config import EnvConfig
+    from pushcut.training.config import EvalConfig
+    from pushcut.training.eval import evaluate
+
+    libero = EnvConfig(kind="libero", task="libero_object", cameras=("agentview",))
+    with pytest.raises(BundleError, match="bundle outputs 14-dim actions; the libero env .* takes 7"):
+        evaluate(EvalConfig(env=libero, bundle=str(bundle)), tmp_path / "e1", progress=False)
+    with pytest.raises(ValueError, match=r"checkpoint .*: action_dim 14 does not match the libero env's 7"):
+        evaluate(EvalConfig(env=libero, checkpoint=str(sft_checkpoint)), tmp_path / "e2", progress=False)
+    wrist = EnvConfig(task="click_bell", cameras=("left_wrist",))
+    with pytest.raises(BundleError, match=r"needs camera\(s\) \['head'\]; the twin env"):
+        evaluate(EvalConfig(env=wrist, bundle=str(bundle)), tmp_path / "e3", progress=False)
+    with pytest.raises(ValueError, match=r"camera\(s\) \['head'\] are not rendered"):
+        export(ExportConfig(env=wrist, checkpoint=str(sft_checkpoint), out_dir=str(tmp_path / "b")))
+    assert not any((tmp_path / d).exists() for d in ("e1", "e2", "e3", "b", "b.tmp"))
 
 
 def test_int8_and_fp16_variants(bundle):

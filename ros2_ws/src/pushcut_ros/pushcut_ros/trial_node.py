@@ -96,8 +96,7 @@ class TrialNode(Node):
     def _bundle_hash(bundle: str) -> str:
         if not bundle:
             return ""
-        m = load_manifest(bundle, verify=False)
-        return m["files"].get(m["models"]["fp32"], "")
+        return load_manifest(bundle, verify=False)["signature"]  # covers the manifest and every file
 
     # --- protocol -------------------------------------------------------------------------------
     @property
