@@ -71,6 +71,27 @@ def save(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    try:
+        _write(tmp, model, norm_stats, tokenizer, run_config, extra, extra_tensors, weights)
+    except BaseException as exc:  # disk full, killed, ...: the previous checkpoint stays where it is
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            kept = f"the previous checkpoint is kept at {path}" if (path / "meta.json").exists() else "no checkpoint"
+            raise CheckpointError(f"could not write the checkpoint {path} ({exc}); {kept}") from exc
+        raise
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def _write(tmp: Path, model, norm_stats, tokenizer, run_config, extra, extra_tensors, weights) -> None:
     state = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
     save_file(state, tmp / "model.safetensors")
     if extra_tensors:
@@ -88,22 +109,17 @@ def save(
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    if old.exists():
-        shutil.rmtree(old)
-    return path
 
 
 def recover(path: str | Path) -> bool:
     """Put back the previous checkpoint that a save killed between its two renames left at
-    ``<path>.old`` with nothing at ``path``; returns whether it did."""
+    ``<path>.old`` with nothing at ``path``, and drop a ``<path>.tmp`` a killed save left half
+    written; returns whether a checkpoint was put back."""
     path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        log.warning("%s: dropping a half-written checkpoint (a save was interrupted)", tmp)
+        shutil.rmtree(tmp)
     old = path.with_name(path.name + ".old")
     if (path / "meta.json").exists() or not (old / "meta.json").exists():
         return False

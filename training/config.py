@@ -53,6 +53,7 @@ class SFTConfig:
     grad_clip: float = 1.0
     seed: int = 0
     log_every: int = 50
+    save_every: int = 500  # steps between resumable checkpoints (weights, optimizer, RNGs)
     eval_episodes: int = 0
     num_envs: int = 2
     wandb: WandbConfig = field(default_factory=WandbConfig)

@@ -28,7 +28,6 @@ the checkpoint. That plumbing, and the resumable state, live in ``training/learn
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -57,7 +56,7 @@ from pushcut.training.learner import (
     shard,
 )
 from pushcut.training.rollout import Job, Trajectory, WorkerPool
-from pushcut.training.run_log import RunLogger, plot_curves, read_metrics
+from pushcut.training.run_log import RunLogger, keep_metrics_before, plot_curves
 
 EPS = 1e-6
 
@@ -418,8 +417,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     is_main = rank == 0
     last_eval = None  # the latest greedy success, shown by the progress bar
     if resume and is_main:  # rows logged after the last checkpoint are redone: drop them
-        keep = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] <= state["iteration"]]
-        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+        print(f"grpo: resuming from iteration {state['iteration']} in {run_dir}")
+        keep = keep_metrics_before(run_dir, state["iteration"] + 1)
         last_eval = next((r["eval_success"] for r in reversed(keep) if "eval_success" in r), None)
     logger = RunLogger(run_dir, cfg, cfg.wandb, job="grpo", resume=resume) if is_main else None
     pool = WorkerPool(cfg.rollout, cfg.env, cfg.policy, norm_stats, tokenizer.to_json()) if is_main else None

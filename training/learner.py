@@ -66,7 +66,7 @@ def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 # --- checkpoint and resume ----------------------------------------------------------------------
-def _opt_tensors(model, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def optimizer_tensors(model, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """AdamW's state keyed ``opt.<parameter name>.<field>`` (full, gathered on rank 0 under FSDP)."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
@@ -75,7 +75,7 @@ def _opt_tensors(model, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
             for fqn, st in sd.get("state", {}).items() for k, v in st.items()}  # empty off rank 0
 
 
-def _load_opt(model, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+def load_optimizer_tensors(model, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_optimizer_state_dict,
@@ -100,7 +100,7 @@ def _load_opt(model, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor
 def save_state(run_dir: Path, model, opt, policy: TorchPolicy, cfg: TrainConfig, state: dict, gen: torch.Generator,
                weights: dict[str, torch.Tensor]):
     """Every rank calls this (gathering is collective under FSDP); rank 0 writes."""
-    extra = _opt_tensors(model, opt)
+    extra = optimizer_tensors(model, opt)
     if dist.is_initialized() and dist.get_rank() != 0:
         return
     extra["rng.torch"] = torch.get_rng_state()
@@ -130,7 +130,7 @@ def load_weights(run_dir: Path, model) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def load_optimizer_and_rng(model, opt, gen: torch.Generator, extra: dict[str, torch.Tensor]) -> None:
     """Resume, part 2 (after the optimizer exists): AdamW's state and the RNGs."""
-    _load_opt(model, opt, extra)
+    load_optimizer_tensors(model, opt, extra)
     torch.set_rng_state(extra["rng.torch"])
     gen.set_state(extra["rng.update"])
 

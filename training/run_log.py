@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from pushcut.configs import to_dict
+
+log = logging.getLogger(__name__)
 
 
 class RunLogger:
@@ -56,10 +59,32 @@ class RunLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``; a line that is not a JSON object with a step (a write torn by
+    a kill) is dropped with a message naming the file and line."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+        else:
+            log.warning("%s: dropping line %d, not a metrics row (a write torn by a kill?)", path, i)
+    return rows
+
+
+def keep_metrics_before(run_dir: Path, step: int) -> list[dict]:
+    """On resume: rewrite ``metrics.jsonl`` with the rows logged before ``step`` (the ones after the
+    checkpoint are redone) and return them."""
+    keep = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] < step]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+    return keep
 
 
 def plot_curves(metrics_path: str | Path, keys: list[str], out_png: str | Path, title: str = "") -> Path | None:

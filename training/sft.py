@@ -3,6 +3,12 @@
 Cross-entropy on the action tokens of each demo chunk (the known pitfall: an SFT that trains a
 regression head leaves the token head untrained and RL then starts from 0%). Normalisation
 statistics are computed from exactly the demos used, and saved in the checkpoint.
+
+Resumable like GRPO: every ``save_every`` steps ``<run_dir>/checkpoint`` holds the weights, AdamW's
+state, both RNGs and the step; run the same command in the same run directory
+(``hydra.run.dir=<run_dir>``) and it says "resuming from step N", drops the metrics rows logged
+after that checkpoint, continues the same wandb run, and ends with the same weights as a run that
+was never interrupted. The final checkpoint keeps the weights only.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from pushcut.sim import demos
 from pushcut.sim.registry import robot_bounds
 from pushcut.sim.twin.mirror import mirror_episode
 from pushcut.training.config import SFTConfig
-from pushcut.training.run_log import RunLogger, plot_curves
+from pushcut.training.learner import load_optimizer_tensors, optimizer_tensors
+from pushcut.training.run_log import RunLogger, keep_metrics_before, plot_curves
 
 
 def ensure_demos(cfg: SFTConfig, env_cfg) -> Path:
@@ -156,9 +163,28 @@ def lr_at(step: int, cfg: SFTConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def resume_state(ckpt: Path, cfg: SFTConfig, model: VLAPolicy, opt, gen: torch.Generator) -> int:
+    """Load an interrupted SFT run's weights, optimizer state and RNGs; returns its completed steps."""
+    meta = checkpoint.read_meta(ckpt, verify=False)  # load() below verifies every file
+    if meta.get("job") != "sft":
+        raise checkpoint.CheckpointError(f"{ckpt} is not an SFT checkpoint (job {meta.get('job')!r}); "
+                                         "give SFT a fresh run directory")
+    loaded, *_ = checkpoint.load(ckpt, expected=cfg.policy)
+    model.load_state_dict(loaded.state_dict())
+    done = int(meta.get("step", meta.get("steps", 0)))  # a checkpoint without "step" is a finished one
+    if done < cfg.steps:
+        extra = checkpoint.load_extra(ckpt)
+        load_optimizer_tensors(model, opt, extra)
+        torch.set_rng_state(extra["rng.torch"])
+        gen.set_state(extra["rng.batch"])
+    return done
+
+
 def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
-    """Train and write ``<run_dir>/checkpoint``; returns its path."""
+    """Train (or resume) and write ``<run_dir>/checkpoint``; returns its path."""
     run_dir = Path(run_dir)
+    ckpt = run_dir / "checkpoint"
+    checkpoint.recover(ckpt)  # a run killed mid-save left the previous checkpoint aside: put it back
     torch.manual_seed(cfg.seed)
     sets = demo_sets(cfg)
     bounds = robot_bounds(cfg.env) if cfg.norm_bounds == "robot" else None
@@ -167,10 +193,23 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
     data, text_tok = build_dataset(cfg.policy, sets, norm_stats)
     n = len(data["bins"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    logger = RunLogger(run_dir, cfg, cfg.wandb, job="sft")
     gen = torch.Generator().manual_seed(cfg.seed)
     tasks = [s.meta["task"] for s in sets]
-    bar = tqdm(range(cfg.steps), desc=f"sft {'+'.join(tasks)} ({n} samples)", disable=not progress)
+    resume = (ckpt / "meta.json").exists()
+    start = resume_state(ckpt, cfg, model, opt, gen) if resume else 0
+    if resume:
+        print(f"sft: resuming from step {start} in {run_dir}")
+        keep_metrics_before(run_dir, start)
+    logger = RunLogger(run_dir, cfg, cfg.wandb, job="sft", resume=resume)
+
+    def save(step: int, final: bool) -> Path:
+        extra_tensors = None if final else {**optimizer_tensors(model, opt), "rng.torch": torch.get_rng_state(),
+                                            "rng.batch": gen.get_state()}
+        return checkpoint.save(ckpt, model, norm_stats, text_tok, run_config=to_dict(cfg), extra_tensors=extra_tensors,
+                               extra={"job": "sft", "tasks": tasks, "demos_per_task": cfg.demos_per_task,
+                                      "samples": n, "steps": cfg.steps, "step": step})
+
+    bar = tqdm(range(start, cfg.steps), desc=f"sft {'+'.join(tasks)} ({n} samples)", disable=not progress)
     model.train()
     for step in bar:
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
@@ -190,10 +229,11 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
             logger.log({"loss": loss.item(), "token_acc": acc.item(), "bin_err": bin_err.item(),
                         "grad_norm": grad_norm.item(), "lr": lr_at(step, cfg)}, step)
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc.item():.2f}")
+        if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            save(step + 1, final=False)
     model.eval()
-    ckpt = checkpoint.save(run_dir / "checkpoint", model, norm_stats, text_tok, run_config=to_dict(cfg),
-                           extra={"job": "sft", "tasks": tasks, "demos_per_task": cfg.demos_per_task,
-                                  "samples": n, "steps": cfg.steps})
+    if start < cfg.steps:
+        save(cfg.steps, final=True)
     plot_curves(logger.path, ["loss", "token_acc", "bin_err"], run_dir / "sft_curve.png", "SFT")
     if cfg.eval_episodes:
         from pushcut.policy.inference import TorchPolicy
