@@ -12,10 +12,11 @@ import numpy as np
 
 from pushcut.calibration.board import Board
 from pushcut.calibration.files import CalibrationError, load_intrinsics, save_arm, save_intrinsics
-from pushcut.configs import hydra_entry, require
+from pushcut.configs import hydra_entry, ranges, require
 from pushcut.spec import TWIN_CAMERAS
 
 
+@ranges(cols=">=3", rows=">=3", square=">0")
 @dataclass(frozen=True, kw_only=True)
 class BoardConfig:
     cols: int = 8
@@ -23,10 +24,10 @@ class BoardConfig:
     square: float = 0.03
 
     def __post_init__(self) -> None:
-        require(self.cols >= 3 and self.rows >= 3 and self.square > 0, "board needs >= 3x3 squares and square > 0")
         require((self.cols + self.rows) % 2 == 1, "use an even x odd board (its orientation is then unambiguous)")
 
 
+@ranges(min_views=">=3", max_rms_px=">0", synthetic_views=">=1", seed=">=0")
 @dataclass(frozen=True, kw_only=True)
 class CalibrateConfig:
     mode: Literal["synthetic", "intrinsics", "handeye", "joint_zero", "gripper_zero"] = "intrinsics"
@@ -45,7 +46,6 @@ class CalibrateConfig:
 
     def __post_init__(self) -> None:
         require(self.camera in TWIN_CAMERAS, f"unknown camera {self.camera!r}; known: {list(TWIN_CAMERAS)}")
-        require(self.min_views >= 3 and self.synthetic_views >= 1, "min_views >= 3, synthetic_views >= 1")
 
 
 def _images(folder: Path) -> list[np.ndarray]:

@@ -3,13 +3,16 @@
 The YAML files beside this module are composed by Hydra at each entry point (groups ``env/``,
 ``policy/``, ``train/``, ``export/``, ``robot/``). The composed config is converted *once* with
 :func:`to_dataclass` into frozen, keyword-only dataclasses; library code never sees OmegaConf.
-The loader rejects unknown keys, missing required keys and ill-typed values, naming the full
-dotted path of the offending field (follows the openpi/LeRobot habit of typed configs).
+The loader rejects unknown keys, missing required keys, ill-typed values and values outside the
+range each dataclass declares for its numeric fields (:func:`ranges`), naming the full dotted path
+of the offending field, the value and the allowed range (follows the openpi/LeRobot habit of typed
+configs), before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -21,6 +24,67 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration value is unknown, missing, or of the wrong type or range."""
+
+
+class Range:
+    """An allowed interval written as in maths: ``">0"``, ``">=1"``, ``"[0,1)"``, ``"(0,1]"``."""
+
+    def __init__(self, spec: str):
+        self.spec = spec.replace(" ", "")
+        self.lo = self.hi = None
+        self.lo_open = self.hi_open = False
+        if self.spec[0] in "[(":
+            lo, hi = self.spec[1:-1].split(",")
+            self.lo, self.lo_open = float(lo), self.spec[0] == "("
+            self.hi, self.hi_open = float(hi), self.spec[-1] == ")"
+        elif self.spec.startswith(">="):
+            self.lo = float(self.spec[2:])
+        elif self.spec.startswith(">"):
+            self.lo, self.lo_open = float(self.spec[1:]), True
+        else:
+            raise ValueError(f"unknown range {spec!r}")
+
+    def __contains__(self, v: float) -> bool:
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def __str__(self) -> str:
+        if self.spec[0] in "[(":
+            return f"in {self.spec.replace(',', ', ')}"
+        return f">= {self.spec[2:]}" if self.spec.startswith(">=") else f"> {self.spec[1:]}"
+
+
+def _check_range(value: Any, rng: Range, path: str) -> None:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for v in items:
+        if v is not None and (not math.isfinite(v) or v not in rng):
+            raise ConfigError(f"{path}: {value!r} is out of range: must be {rng}")
+
+
+def ranges(**specs: str):
+    """Class decorator: the allowed range of each numeric field (``None`` always passes; a tuple is
+    checked item by item). The loader checks them before construction, naming the dotted path; a
+    dataclass built directly checks them first thing in ``__post_init__``."""
+
+    def wrap(cls):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(specs) - names)
+        if unknown:
+            raise TypeError(f"{cls.__name__}: ranges for unknown field(s) {unknown}")
+        cls.__ranges__ = {k: Range(v) for k, v in specs.items()}
+        post = getattr(cls, "__post_init__", None)
+
+        def __post_init__(self) -> None:
+            for name, rng in cls.__ranges__.items():
+                _check_range(getattr(self, name), rng, f"{cls.__name__}.{name}")
+            if post is not None:
+                post(self)
+
+        cls.__post_init__ = __post_init__
+        return cls
+
+    return wrap
 
 
 def _type_name(tp: Any) -> str:
@@ -117,6 +181,9 @@ def to_dataclass(cls: type[T], data: Any, path: str = "config") -> T:
             kwargs[name] = _convert(hints[name], data[name], f"{path}.{name}")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{path}.{name}: missing required key")
+    for name, rng in getattr(cls, "__ranges__", {}).items():
+        if name in kwargs:
+            _check_range(kwargs[name], rng, f"{path}.{name}")
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -136,15 +203,15 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def from_hydra(cls: type[T], cfg: Any) -> T:
+def from_hydra(cls: type[T], cfg: Any, path: str = "config") -> T:
     """Convert a composed Hydra/OmegaConf config once into ``cls`` (resolving interpolations)."""
     from omegaconf import OmegaConf
 
     try:
         data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as exc:  # omegaconf raises its own MissingMandatoryValue etc.
-        raise ConfigError(f"config: {exc}") from exc
-    return to_dataclass(cls, data)
+        raise ConfigError(f"{path}: {exc}") from exc
+    return to_dataclass(cls, data, path)
 
 
 def compose(config_name: str, overrides: typing.Sequence[str] = ()) -> Any:
@@ -182,7 +249,7 @@ def hydra_entry(config_name: str, cls: type[T], run: typing.Callable[[T, Path], 
         @hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")
         def _run(cfg) -> None:
             try:
-                run(from_hydra(cls, cfg), Path(HydraConfig.get().runtime.output_dir))
+                run(from_hydra(cls, cfg, config_name), Path(HydraConfig.get().runtime.output_dir))
             except ValueError as exc:
                 raise SystemExit(f"{config_name} failed: {exc}") from exc
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pushcut.configs import require
+from pushcut.configs import ranges, require
 
 # Fields that fix the weights' shapes: a checkpoint must match the config on all of them.
 ARCHITECTURE_FIELDS = ("vision", "llm", "action_dim", "chunk_len", "n_bins", "cameras", "proprio_dim", "use_proprio")
 
 
+@ranges(image_size=">=1", patch_size=">=1", hidden_size=">=1", num_layers=">=1", num_heads=">=1",
+        intermediate_size=">=1")
 @dataclass(frozen=True, kw_only=True)
 class VisionConfig:
     """A SigLIP-style ViT over each camera image."""
@@ -25,9 +27,10 @@ class VisionConfig:
     def __post_init__(self) -> None:
         require(self.image_size % self.patch_size == 0, "vision.image_size must be a multiple of patch_size")
         require(self.hidden_size % self.num_heads == 0, "vision.hidden_size must divide by num_heads")
-        require(min(self.image_size, self.patch_size, self.num_layers, self.num_heads) > 0, "vision sizes must be > 0")
 
 
+@ranges(hidden_size=">=1", num_layers=">=1", num_heads=">=1", num_kv_heads=">=1", intermediate_size=">=1",
+        vocab_size=">=2", max_positions=">=1")
 @dataclass(frozen=True, kw_only=True)
 class LLMConfig:
     """A Llama-style backbone, attending bidirectionally for parallel decoding."""
@@ -43,9 +46,9 @@ class LLMConfig:
     def __post_init__(self) -> None:
         require(self.hidden_size % self.num_heads == 0, "llm.hidden_size must divide by num_heads")
         require(self.num_heads % self.num_kv_heads == 0, "llm.num_heads must divide by num_kv_heads")
-        require(min(self.num_layers, self.num_heads, self.vocab_size) > 0, "llm sizes must be > 0")
 
 
+@ranges(action_dim=">=1", chunk_len=">=1", n_bins=">=2", proprio_dim=">=1", max_prompt_len=">=1")
 @dataclass(frozen=True, kw_only=True)
 class PolicyConfig:
     name: str = "tiny"
@@ -62,11 +65,8 @@ class PolicyConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
-        require(self.action_dim > 0 and self.chunk_len > 0, "action_dim and chunk_len must be > 0")
-        require(self.n_bins >= 2, "n_bins must be >= 2")
         require(self.llm.vocab_size >= self.n_bins, "llm.vocab_size must hold the n_bins action tokens")
         require(len(self.cameras) > 0, "policy.cameras must name at least one camera")
-        require(self.max_prompt_len > 0, "max_prompt_len must be > 0")
 
     @property
     def n_action_tokens(self) -> int:

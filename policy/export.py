@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pushcut.configs import hydra_entry, require, to_dict
+from pushcut.configs import hydra_entry, ranges, require, to_dict
 from pushcut.deploy.bundle import write_manifest
 from pushcut.policy import checkpoint
 from pushcut.policy.config import check_policy_fits_env
@@ -30,6 +30,8 @@ from pushcut.spec import dual_arm_names
 INPUTS = ("pixels", "proprio", "input_ids", "text_mask")
 
 
+@ranges(opset=">=17", parity_atol=">0", parity_env_samples=">=0", parity_random_samples=">=0", max_batch=">=1",
+        seed=">=0")
 @dataclass(frozen=True, kw_only=True)
 class ExportConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -47,9 +49,7 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         require(self.exporter in ("dynamo", "legacy"), "exporter must be 'dynamo' or 'legacy'")
-        require(self.opset >= 17, "opset must be >= 17")
         require(self.exporter == "legacy" or self.opset >= 18, "the dynamo exporter needs opset >= 18")
-        require(self.parity_atol > 0, "parity_atol must be > 0")
         require(self.parity_env_samples + self.parity_random_samples >= 1, "parity needs samples")
 
 

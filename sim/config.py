@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pushcut.configs import require
+from pushcut.configs import ranges, require
 from pushcut.spec import TWIN_CAMERAS
 
 TWIN_TASKS = ("click_bell", "stack_bowls_two", "stack_bowls_three")
@@ -13,6 +13,8 @@ LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 LIBERO_CAMERAS = ("agentview", "robot0_eye_in_hand")
 
 
+@ranges(light=">=0", color=">=0", camera_pos=">=0", camera_rot_deg=">=0", mass=">=0", friction=">=0",
+        latency_steps=">=0")
 @dataclass(frozen=True, kw_only=True)
 class RandomizationConfig:
     """Domain randomisation for sim-to-real; everything off unless ``enabled``."""
@@ -26,12 +28,8 @@ class RandomizationConfig:
     friction: float = 0.2  # relative jitter of sliding friction
     latency_steps: int = 0  # max action latency (control steps), sampled per episode
 
-    def __post_init__(self) -> None:
-        for name in ("light", "color", "camera_pos", "camera_rot_deg", "mass", "friction"):
-            require(getattr(self, name) >= 0, f"randomization.{name} must be >= 0")
-        require(self.latency_steps >= 0, "randomization.latency_steps must be >= 0")
 
-
+@ranges(task_ids=">=0", image_size=">=1", max_steps=">=1", physics_hz=">=1", control_hz=">=1", num_wait_steps=">=0")
 @dataclass(frozen=True, kw_only=True)
 class EnvConfig:
     """One environment: the MuJoCo twin (``kind: twin``) or a LIBERO suite (``kind: libero``)."""
@@ -55,16 +53,11 @@ class EnvConfig:
         else:
             require(self.task in LIBERO_SUITES, f"unknown LIBERO suite {self.task!r}; known: {list(LIBERO_SUITES)}")
             allowed = LIBERO_CAMERAS
-            require(all(i >= 0 for i in self.task_ids), "task_ids must be >= 0")
         require(len(self.cameras) > 0, "cameras must name at least one camera")
         bad = [c for c in self.cameras if c not in allowed]
         require(not bad, f"unknown camera(s) {bad}; known for {self.kind}: {list(allowed)}")
         require(len(set(self.cameras)) == len(self.cameras), "cameras must not repeat")
-        require(all(s > 0 for s in self.image_size), f"image_size must be positive, got {self.image_size}")
-        require(self.max_steps is None or self.max_steps > 0, "max_steps must be > 0")
-        require(self.physics_hz > 0 and self.control_hz > 0, "physics_hz and control_hz must be > 0")
         require(self.physics_hz % self.control_hz == 0, "physics_hz must be a multiple of control_hz")
-        require(self.num_wait_steps >= 0, "num_wait_steps must be >= 0")
 
     @property
     def substeps(self) -> int:

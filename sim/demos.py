@@ -30,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pushcut.configs import hydra_entry, require, to_dict
+from pushcut.configs import hydra_entry, ranges, require, to_dict
 from pushcut.sim.config import EnvConfig
 
 DEMO_FORMAT = "pushcut-demos"
 DEMO_VERSION = 1
 
 
+@ranges(num_episodes=">=1", seed_start=">=0", chunk_len=">=1", obs_offsets=">=1", max_attempts=">=1")
 @dataclass(frozen=True, kw_only=True)
 class DemosConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -49,9 +50,6 @@ class DemosConfig:
 
     def __post_init__(self) -> None:
         require(all(0 < o < self.chunk_len for o in self.obs_offsets), "obs_offsets must lie in (0, chunk_len)")
-        require(self.num_episodes > 0, "num_episodes must be > 0")
-        require(self.seed_start >= 0, "seed_start must be >= 0")
-        require(self.chunk_len > 0, "chunk_len must be > 0")
         require(self.env.kind == "twin" or len(self.env.task_ids) == 1,
                 "LIBERO demos are recorded one task at a time: give env.task_ids a single id")
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pushcut.configs import require
+from pushcut.configs import ranges, require
 from pushcut.policy.config import PolicyConfig, check_policy_fits_env
 from pushcut.sim.config import EnvConfig
 from pushcut.sim.twin.mirror import MIRRORABLE_CAMERAS
@@ -16,6 +17,27 @@ class WandbConfig:
     mode: Literal["offline", "online", "disabled"] = "offline"
     project: str = "pushcut"
     entity: str | None = None
+
+
+def check_device(device: str, name: str) -> None:
+    """A torch device this machine has: ``cpu``, or ``cuda`` / ``cuda:N`` with that GPU present."""
+    m = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    require(m is not None, f"{name}: {device!r} is not a device: expected cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(m.group(1) or 0)
+        require(index < count, f"{name}: {device!r} asked for, but this machine has {count} CUDA device(s)")
+
+
+def check_providers(providers: tuple[str, ...], name: str) -> None:
+    """onnxruntime execution provider names (the engine reports which of them it actually got)."""
+    import onnxruntime as ort
+
+    known = ort.get_all_providers()
+    bad = [p for p in providers if p not in known]
+    require(providers and not bad, f"{name}: {bad or 'none'} not onnxruntime provider names; known: {known}")
 
 
 def check_bundle_fits_env(manifest: dict, env: EnvConfig) -> None:
@@ -34,6 +56,9 @@ def check_mirrorable(option: str, policy: PolicyConfig, env: EnvConfig) -> None:
             f"{option} mirrors only the {list(MIRRORABLE_CAMERAS)} camera(s); the policy reads {list(policy.cameras)}")
 
 
+@ranges(demos_per_task=">=1", steps=">=1", batch_size=">=1", bin_smoothing=">=0", lr=">0", weight_decay=">=0",
+        warmup_steps=">=0", grad_clip=">0", seed=">=0", log_every=">=1", save_every=">=1", eval_episodes=">=0",
+        num_envs=">=1")
 @dataclass(frozen=True, kw_only=True)
 class SFTConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -59,11 +84,6 @@ class SFTConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
-        require(self.demos_per_task >= 1, "demos_per_task must be >= 1")
-        require(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
-        require(self.lr > 0, "lr must be > 0")
-        require(self.bin_smoothing >= 0, "bin_smoothing must be >= 0 (a std in bins; 0 for one-hot targets)")
-        require(self.eval_episodes >= 0 and self.num_envs >= 1, "eval_episodes >= 0 and num_envs >= 1")
         require(self.tasks is None or self.env.kind == "twin",
                 "tasks lists twin tasks; a LIBERO suite trains on its env.task_ids")
         if self.mirror_demos:
@@ -71,6 +91,7 @@ class SFTConfig:
         check_policy_fits_env(self.policy, self.env)
 
 
+@ranges(episodes=">=1", seed_start=">=0", num_envs=">=1")
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -83,9 +104,10 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         require((self.checkpoint is None) != (self.bundle is None), "give exactly one of checkpoint= or bundle=")
-        require(self.episodes >= 1 and self.num_envs >= 1, "episodes and num_envs must be >= 1")
+        check_providers(self.providers, "providers")
 
 
+@ranges(num_workers=">=1", envs_per_worker=">=1", threads_per_worker=">=1")
 @dataclass(frozen=True, kw_only=True)
 class RolloutConfig:
     backend: Literal["ray", "local"] = "ray"
@@ -94,10 +116,8 @@ class RolloutConfig:
     threads_per_worker: int = 1
     ray_address: str | None = None  # an existing cluster ("auto" or host:port); None starts one locally
 
-    def __post_init__(self) -> None:
-        require(self.num_workers >= 1 and self.envs_per_worker >= 1, "rollout workers and envs must be >= 1")
 
-
+@ranges(threads=">=1")
 @dataclass(frozen=True, kw_only=True)
 class LearnerConfig:
     backend: Literal["gloo", "nccl"] = "gloo"  # torch.distributed backend when launched by torchrun
@@ -105,7 +125,15 @@ class LearnerConfig:
     threads: int = 2
     fsdp: bool = False  # shard weights, gradients and optimizer state over the ranks (FSDP2); for 7B
 
+    def __post_init__(self) -> None:
+        check_device(self.device, "device")
 
+
+@ranges(n_samples=">=2", groups_per_iter=">=1", max_draw_rounds=">=1", temperature=">0", late_temperature=">0",
+        late_fraction="(0,1]", rollout_max_steps=">=1", clip_ratio_low="[0,1)", clip_ratio_high=">0", kl_coef=">=0",
+        entropy_coef=">=0", lr=">0", lr_warmup_iters=">=0", weight_decay=">=0", betas="[0,1)", grad_clip=">0",
+        mini_batches=">=1", ppo_epochs=">=1", iterations=">=1", time_budget_s=">0", eval_every=">=0",
+        eval_episodes=">=0", eval_seed_start=">=0", train_seed_start=">=0", save_every=">=1", seed=">=0")
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -153,18 +181,6 @@ class TrainConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
-        require(self.n_samples >= 2, "n_samples must be >= 2 (group-normalised advantages need a group)")
-        require(self.groups_per_iter >= 1 and self.max_draw_rounds >= 1, "groups_per_iter, max_draw_rounds >= 1")
-        require(self.temperature > 0, "temperature must be > 0")
-        require(self.late_temperature is None or self.late_temperature > 0, "late_temperature must be > 0 or null")
-        require(0 < self.late_fraction <= 1, "late_fraction must be in (0, 1]")
-        require(self.rollout_max_steps is None or self.rollout_max_steps > 0, "rollout_max_steps must be > 0 or null")
-        require(0 <= self.clip_ratio_low < 1 and self.clip_ratio_high >= 0, "clip ratios out of range")
-        require(self.kl_coef >= 0 and self.entropy_coef >= 0, "kl_coef and entropy_coef must be >= 0")
-        require(self.lr > 0 and self.mini_batches >= 1 and self.ppo_epochs >= 1 and self.iterations >= 1,
-                "lr, mini_batches, ppo_epochs, iterations must be positive")
-        require(self.lr_warmup_iters >= 0, "lr_warmup_iters must be >= 0")
-        require(self.eval_every >= 0 and self.eval_episodes >= 0 and self.save_every >= 1, "eval/save cadence")
         if self.mirror_augment:
             check_mirrorable("mirror_augment", self.policy, self.env)
         check_policy_fits_env(self.policy, self.env)

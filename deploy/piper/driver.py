@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pushcut.configs import ranges
 from pushcut.deploy.piper import units
 from pushcut.deploy.piper.safety import LOWER, UPPER, SafetyConfig, SafetyLayer
 from pushcut.spec import JOINT_MAX_SPEED
@@ -47,6 +48,8 @@ class ArmFault(RuntimeError):
     """The arm or its bus is in a state where no command may be sent."""
 
 
+@ranges(speed_rate="[1,100]", rate_hz=">0", top_speed=">0", gripper_effort="[0,5]", stale_s=">0", min_fps=">=0",
+        enable_timeout_s=">0", settle_speed=">0", settle_s=">0", settle_timeout_s=">0")
 @dataclass(frozen=True)
 class DriverConfig:
     can_port: str = "can0"
@@ -64,11 +67,6 @@ class DriverConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def __post_init__(self):
-        if not 1 <= self.speed_rate <= 100:
-            raise ValueError(f"DriverConfig.speed_rate={self.speed_rate}: must be a percentage in 1..100")
-        for name in ("rate_hz", "top_speed", "stale_s", "enable_timeout_s", "settle_s", "settle_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"DriverConfig.{name}={getattr(self, name)}: must be > 0")
         if self.bus not in ("socketcan", "virtual"):
             raise ValueError(f"DriverConfig.bus={self.bus!r}: must be 'socketcan' or 'virtual'")
 

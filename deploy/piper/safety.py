@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pushcut.configs import ranges
 from pushcut.spec import GRIPPER_RANGE_M, JOINT_LIMITS
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ LOWER = np.array([lo for lo, _ in JOINT_LIMITS] + [GRIPPER_RANGE_M[0]])
 UPPER = np.array([hi for _, hi in JOINT_LIMITS] + [GRIPPER_RANGE_M[1]])
 
 
+@ranges(max_relative_target=">0", max_gripper_step=">0", ramp_s=">0", watchdog_s=">0")
 @dataclass(frozen=True)
 class SafetyConfig:
     max_relative_target: float = 0.1  # rad: a joint target never leads the measured joint by more
