@@ -133,6 +133,7 @@ def test_the_checkpoint_tokenizer_travels_to_the_torch_free_engine(tmp_path):
     from pushcut.policy import checkpoint
     from pushcut.policy.export import ExportConfig, export
     from pushcut.policy.preprocess import PROMPT, HFTokenizer
+    from pushcut.sim.config import EnvConfig
 
     oft = tmp_path / "oft"
     oft.mkdir()
@@ -147,8 +148,9 @@ def test_the_checkpoint_tokenizer_travels_to_the_torch_free_engine(tmp_path):
     ckpt = checkpoint.save(tmp_path / "ckpt", model, stats, tok)
     _, _, loaded, _, _ = checkpoint.load(ckpt)
     assert loaded.encode(task).tolist() == reference
-    bundle = export(ExportConfig(checkpoint=str(ckpt), out_dir=str(tmp_path / "bundle"), parity_env_samples=0,
-                                 parity_random_samples=4, int8=False, fp16=False))
+    libero = EnvConfig(kind="libero", task="libero_object", cameras=("agentview",))  # a 7-dim arm, as OFT's
+    bundle = export(ExportConfig(env=libero, checkpoint=str(ckpt), out_dir=str(tmp_path / "bundle"),
+                                 parity_env_samples=0, parity_random_samples=4, int8=False, fp16=False))
     engine = Engine(bundle)
     assert engine.tokenizer.encode(task).tolist() == reference
     obs = {"images": {"agentview": np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)},

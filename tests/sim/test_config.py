@@ -17,10 +17,10 @@ def test_composed_default_loads():
     [
         (["env.task=fly_to_moon"], r"config\.env: unknown twin task 'fly_to_moon'"),
         (["env.cameras=[head,belly]"], r"config\.env: unknown camera\(s\) \['belly'\]"),
-        (["num_episodes=-3"], r"num_episodes must be > 0"),
-        (["env.image_size=[64,-1]"], r"image_size must be positive"),
+        (["num_episodes=-3"], r"config\.num_episodes: -3 is out of range: must be >= 1"),
+        (["env.image_size=[64,-1]"], r"config\.env\.image_size: \(64, -1\) is out of range: must be >= 1"),
         (["env.max_steps=abc"], r"config\.env\.max_steps: .*abc"),
-        (["env.randomization.latency_steps=-1"], r"latency_steps must be >= 0"),
+        (["env.randomization.latency_steps=-1"], r"config\.env\.randomization\.latency_steps: -1 is out of range"),
     ],
 )
 def test_bad_values_name_the_field(overrides, match):

@@ -133,9 +133,9 @@ def test_late_temperature_takes_over_for_the_last_fraction_of_the_run():
     cfg = _cfg(iterations=100_000, time_budget_s=100.0, late_temperature=0.8, late_fraction=0.4)
     assert [grpo.rollout_temperature(cfg, 5, w) for w in (0.0, 59.9, 60.0, 99.0)] == [1.6, 1.6, 0.8, 0.8]
     assert grpo.rollout_temperature(_cfg(iterations=10), 10, 1e9) == 1.6  # the recipe: constant
-    for bad, match in (({"late_temperature": 0.0}, "late_temperature must be > 0"),
-                       ({"late_fraction": 0.0}, r"late_fraction must be in \(0, 1\]"),
-                       ({"late_fraction": 1.5}, r"late_fraction must be in \(0, 1\]"),
-                       ({"rollout_max_steps": 0}, "rollout_max_steps must be > 0 or null")):
+    for bad, match in (({"late_temperature": 0.0}, r"late_temperature: 0.0 is out of range: must be > 0"),
+                       ({"late_fraction": 0.0}, r"late_fraction: 0.0 is out of range: must be in \(0, 1\]"),
+                       ({"late_fraction": 1.5}, r"late_fraction: 1.5 is out of range: must be in \(0, 1\]"),
+                       ({"rollout_max_steps": 0}, "rollout_max_steps: 0 is out of range: must be >= 1")):
         with pytest.raises(ValueError, match=match):
             _cfg(**bad)

@@ -287,7 +287,12 @@ def test_kill_and_resume_continues_from_the_checkpoint(sft_checkpoint, tmp_path)
     proc.wait()
     killed_at = json.loads(meta.read_text())["trainer"]["iteration"]
     assert killed_at < 4
-    subprocess.run(cmd + [str(tmp_path / "run")], check=True, env=env, timeout=300)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "rew')  # a row torn by the kill: dropped with a message, not a JSON error
+    out = subprocess.run(cmd + [str(tmp_path / "run")], check=True, env=env, timeout=300, capture_output=True,
+                         text=True)
+    assert f"grpo: resuming from iteration {killed_at}" in out.stdout
+    assert "metrics.jsonl: dropping line" in out.stderr
     assert json.loads(meta.read_text())["trainer"]["iteration"] == 4
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]

@@ -2,7 +2,6 @@
 of another architecture, action bounds or prompt tokenizer is refused."""
 
 import json
-import shutil
 from dataclasses import replace
 
 import pytest
@@ -46,8 +45,7 @@ def test_a_base_of_another_architecture_is_refused(sft_checkpoint, tmp_path):
 
 
 def test_a_base_with_another_prompt_tokenizer_is_refused(sft_checkpoint, tmp_path):
-    base = tmp_path / "base"
-    shutil.copytree(sft_checkpoint, base)
-    (base / "tokenizer.json").write_text(ByteTokenizer(offset=2).to_json())  # every prompt id shifted by one
+    model, stats, _, _, run = checkpoint.load(sft_checkpoint)  # a consistent base whose prompt ids are shifted by one
+    base = checkpoint.save(tmp_path / "base", model, stats, ByteTokenizer(offset=2), run_config=run)
     with pytest.raises(checkpoint.CheckpointError, match="prompt tokenizer"):
         sft.train(_finetune_cfg(base, tmp_path), tmp_path / "run", progress=False)
