@@ -36,6 +36,21 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_versioned(path: Path, fmt: str, versions: Sequence[int], error: type[ValueError], what: str) -> dict:
+    """The JSON object at ``path``, refused with ``error`` (naming the file) unless it is an object
+    whose ``format`` is ``fmt`` and whose ``version`` is one of ``versions``."""
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        got = data.get("format") if isinstance(data, dict) else data
+        raise error(f"{path}: format {got!r}, expected {fmt!r}")
+    if data.get("version") not in versions:
+        raise error(f"{path}: {what} version {data.get('version')!r}; this pushcut reads {list(versions)}")
+    return data
+
+
 def signature(manifest: dict) -> str:
     """sha256 of the manifest's content without its ``signature`` field, as canonical JSON."""
     body = {k: v for k, v in manifest.items() if k != "signature"}
@@ -60,15 +75,7 @@ def load_manifest(bundle: str | Path, verify: bool = True) -> dict:
     path = bundle / MANIFEST
     if not path.exists():
         raise BundleError(f"{bundle} is not a pushcut bundle (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else manifest
-        raise BundleError(f"{path}: format {got!r}, expected {BUNDLE_FORMAT!r}")
-    if manifest.get("version") != BUNDLE_VERSION:
-        raise BundleError(f"{path}: bundle version {manifest.get('version')!r}; this pushcut reads {BUNDLE_VERSION}")
+    manifest = read_versioned(path, BUNDLE_FORMAT, (BUNDLE_VERSION,), BundleError, "bundle")
     if manifest.get("signature") != signature(manifest):
         raise BundleError(f"{path} was edited after export: its content does not match its signature "
                           "(re-export the checkpoint instead of editing the manifest)")

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pushcut.configs import to_dataclass, to_dict
-from pushcut.deploy.bundle import sha256
+from pushcut.deploy.bundle import read_versioned, sha256
 from pushcut.policy.config import ARCHITECTURE_FIELDS, PolicyConfig
 from pushcut.policy.modeling import VLAPolicy
 from pushcut.policy.preprocess import ByteTokenizer, HFTokenizer, load_tokenizer
@@ -138,16 +138,7 @@ def read_meta(path: str | Path, verify: bool = True) -> dict:
         old = path.with_name(path.name + ".old")
         hint = f"; a previous checkpoint sits at {old} (a save was interrupted)" if (old / "meta.json").exists() else ""
         raise CheckpointError(f"{path} is not a pushcut checkpoint (no meta.json){hint}")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{meta_path} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != CKPT_FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else meta
-        raise CheckpointError(f"{path}: format {got!r}, expected {CKPT_FORMAT!r}")
-    if meta.get("version") not in READABLE_VERSIONS:
-        raise CheckpointError(f"{path}: checkpoint version {meta.get('version')!r}; this pushcut reads "
-                              f"{list(READABLE_VERSIONS)}")
+    meta = read_versioned(meta_path, CKPT_FORMAT, READABLE_VERSIONS, CheckpointError, "checkpoint")
     if verify:
         verify_files(path, meta)
     return meta

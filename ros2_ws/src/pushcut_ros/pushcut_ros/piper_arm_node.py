@@ -143,21 +143,21 @@ class PiperArmNode(LifecycleNode):
         response.success, response.message = True, "emergency stop sent"
         return response
 
-    def _srv_resume(self, request, response):
+    @staticmethod
+    def _trigger(action, done: str, response):
+        """A Trigger service's answer: ``done`` when ``action`` succeeds, the ArmFault's reason else."""
         try:
-            self.arm.resume()
-            response.success, response.message = True, "resumed: holding at the measured pose"
+            action()
+            response.success, response.message = True, done
         except ArmFault as exc:
             response.success, response.message = False, str(exc)
         return response
 
+    def _srv_resume(self, request, response):
+        return self._trigger(self.arm.resume, "resumed: holding at the measured pose", response)
+
     def _srv_reinit(self, request, response):
-        try:
-            self.arm.reinit()
-            response.success, response.message = True, "bus re-initialised; activate again to move"
-        except ArmFault as exc:
-            response.success, response.message = False, str(exc)
-        return response
+        return self._trigger(self.arm.reinit, "bus re-initialised; activate again to move", response)
 
 
 def main(args=None) -> None:
