@@ -6,4 +6,7 @@ The data flow reads from the folders: configs -> sim + policy -> training -> che
 deploy (export, engine) -> ros2_ws nodes -> trial logs.
 """
 
+from pushcut import gl as _gl
+
 __version__ = "0.1.0"
+_gl.choose()  # before anything imports MuJoCo

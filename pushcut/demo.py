@@ -14,7 +14,6 @@ import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -123,3 +123,48 @@ def test_trial_log_reader_accepts_only_valid_rows_and_never_writes(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pushcut.deploy.trials", "summary", str(tmp_path / "no.jsonl")],
                        check=False, capture_output=True, text=True)
     assert r.returncode != 0 and "no such trial log" in r.stderr and not (tmp_path / "no.jsonl").exists()
+
+
+def test_colcon_builds_the_workspace_and_an_installed_node_joins_the_graph(tmp_path):
+    import os
+    import shutil
+    import signal
+    import time
+
+    import rclpy
+
+    root = Path(__file__).resolve().parents[2]
+    colcon = shutil.which("colcon", path=str(Path(sys.executable).parent))
+    assert colcon, "colcon is installed beside this Python (make setup)"
+    r = subprocess.run([colcon, "--log-base", str(tmp_path / "log"), "build", "--base-paths",
+                        str(root / "ros2_ws" / "src"), "--build-base", str(tmp_path / "build"),
+                        "--install-base", str(tmp_path / "install")],
+                       check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    install = tmp_path / "install"
+    share = install / "pushcut_ros" / "share" / "pushcut_ros"
+    assert (install / "setup.bash").exists() and (share / "config" / "params.yaml").exists()
+    assert {p.name for p in (share / "launch").iterdir()} >= {"robot_eval.launch.py", "twin_eval.launch.py"}
+    node = install / "pushcut_ros" / "lib" / "pushcut_ros" / "twin_node"
+    shebang = Path(node.read_text().splitlines()[0][2:])
+    assert shebang.parent == Path(sys.executable).parent  # the environment that holds pushcut and rclpy
+    assert not (root / "ros2_ws" / "src" / "pushcut_ros" / "build").exists()  # nothing written into the tree
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    command = f"source {install / 'setup.bash'} && exec {node} --ros-args -p image_height:=32 -p image_width:=32"
+    proc = subprocess.Popen(["bash", "-c", command], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    probe = rclpy.create_node("colcon_probe", context=context)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "twin" not in probe.get_node_names():
+            assert proc.poll() is None, proc.stdout.read()[-2000:]
+            time.sleep(0.2)
+        assert "twin" in probe.get_node_names()
+    finally:
+        probe.destroy_node()
+        rclpy.shutdown(context=context)
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out[-2000:]  # a clean exit on Ctrl-C
