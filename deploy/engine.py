@@ -103,8 +103,16 @@ class Engine:
             raise BundleError(f"{self.path}: cameras {m['cameras']} do not match the model's pixels input {pixels}")
 
     def logits(self, observations: Sequence[Mapping]) -> np.ndarray:
+        """Refuses (ValueError) non-finite proprio and non-finite logits: a NaN joint state would
+        otherwise decode to a finite, valid-looking chunk (every argmax of NaN logits is bin 0)."""
+        for i, o in enumerate(observations):
+            if not np.all(np.isfinite(np.asarray(o["proprio"], dtype=np.float64))):
+                raise ValueError(f"observation {i}: proprio is not finite: {np.asarray(o['proprio']).tolist()}")
         inputs = build_inputs(observations, self.cameras, self.image_size, self.tokenizer, self.proprio_norm)
-        return self.session.run(["logits"], inputs)[0]  # (B, A, n_bins)
+        logits = self.session.run(["logits"], inputs)[0]  # (B, A, n_bins)
+        if not np.all(np.isfinite(logits)):
+            raise ValueError("the model produced non-finite logits; no action is decoded from them")
+        return logits
 
     def decode(self, logits: np.ndarray, temperature: float) -> np.ndarray:
         if temperature <= 0:

@@ -222,3 +222,16 @@ def test_engine_imports_without_torch():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_engine_refuses_non_finite_inputs_and_logits(bundle, tmp_path):
+    e = Engine(bundle)
+    env = make_env(MICRO_ENV)
+    obs = env.reset(1).as_dict()
+    env.close()
+    bad = {**obs, "proprio": np.full_like(obs["proprio"], np.nan)}
+    with pytest.raises(ValueError, match="proprio is not finite"):
+        e.infer(bad)
+    e.session = type("NaNSession", (), {"run": lambda self, names, feeds: [np.full((1, 140, 256), np.nan)]})()
+    with pytest.raises(ValueError, match="non-finite logits"):
+        e.infer(obs)

@@ -83,6 +83,65 @@ def test_policy_node_drops_stale_frames(graph, bundle):
     assert policy.inferences >= 1 and all(np.isfinite(commands[-1].position))
 
 
+def _policy_rig(graph, bundle):
+    policy = graph.add(PolicyNode(context=graph.context, parameter_overrides=_params(bundle=str(bundle),
+                                                                                    control_hz=50)))
+    probe = graph.add(rclpy_node(graph, "probe"))
+    img_pub = probe.create_publisher(Image, "/cameras/head/image_raw", 10)
+    state_pubs = {a: probe.create_publisher(JointState, f"/{a}/joint_states", 10) for a in ("left", "right")}
+    commands = []
+    probe.create_subscription(JointState, "/left/joint_command", lambda m: commands.append((time.monotonic(), m)), 10)
+
+    def publish(image=None, q7=None):
+        q7 = np.array([0.0, 1.2, -1.1, 0.0, 0.9, 0.0, 0.07]) if q7 is None else q7
+        stamp = probe.get_clock().now().to_msg()
+        img_pub.publish(image(stamp) if image else image_msg(np.full((32, 32, 3), 128, np.uint8), stamp, "head"))
+        for pub in state_pubs.values():
+            pub.publish(arm_state_msg(q7, stamp))
+
+    return policy, publish, commands
+
+
+def _bad_image(encoding, size=(32, 32), cut=0):
+    def make(stamp):
+        msg = image_msg(np.full((*size, 3), 128, np.uint8), stamp, "head")
+        msg.encoding = encoding
+        msg.data = bytes(msg.data)[: len(msg.data) - cut]
+        return msg
+    return make
+
+
+def test_policy_node_drops_bad_input_says_why_and_keeps_running(graph, bundle, capfd):
+    policy, publish, commands = _policy_rig(graph, bundle)
+    nan_state = np.array([np.nan] * 6 + [0.07])
+    far_state = np.array([10.0, 1.2, -1.1, 0.0, 0.9, 0.0, 0.07])
+    for bad in ({"image": _bad_image("mono8")}, {"image": _bad_image("rgba8")},
+                {"image": _bad_image("rgb8", cut=7)}, {"q7": nan_state}, {"q7": far_state}):
+        end = time.monotonic() + 1.05  # longer than the 1 s log throttle: each reason is said
+        while time.monotonic() < end:  # the bad input beside good ones of the other kind
+            publish(**bad)
+            graph.spin_for(0.02)
+        graph.spin_for(policy.max_age + 0.1)  # the good ones go stale before the next kind of bad input
+    assert commands == [] and policy.inferences == 0  # nothing derived from bad input
+    assert policy.rejected["left joint state"] > 10 and policy.rejected["head image"] > 10
+    err = capfd.readouterr().err
+    assert "dropping left joint state: non-finite positions" in err and "outside the Piper's limits" in err
+    assert "encoding 'mono8'" in err and "encoding 'rgba8'" in err and "truncated or padded" in err
+    assert err.count("dropping left joint state") < policy.rejected["left joint state"] / 3  # throttled
+    assert graph.spin_until(lambda: (publish(), len(commands) > 3)[1], timeout=10)  # still running
+    assert all(np.all(np.isfinite(m.position)) for _, m in commands)
+
+
+def test_policy_node_abandons_the_chunk_when_inputs_go_stale(graph, bundle):
+    policy, publish, commands = _policy_rig(graph, bundle)
+    assert graph.spin_until(lambda: (publish(), len(commands) > 3)[1], timeout=10)
+    last_fresh = time.monotonic()  # the cameras and arms stop here, mid-chunk
+    graph.spin_for(1.0)
+    lag = commands[-1][0] - last_fresh
+    assert lag <= policy.max_age + 0.15, lag  # within max_age_s of the last fresh frame (+ a tick and a spin)
+    assert policy.abandoned_chunks >= 1
+
+
 def test_chunk_broker_follows_the_twins_smoothed_path():
     chunk = np.array([[1.0, 0.0], [2.0, 1.0], [2.0, 2.0]])
     broker = ActionChunkBroker(substeps=4)

@@ -40,8 +40,13 @@ def image_msg(img: np.ndarray, stamp: Time, frame_id: str) -> Image:
 
 
 def image_array(msg: Image) -> np.ndarray:
+    """An ``rgb8``/``bgr8`` Image -> (H, W, 3) uint8 RGB; ValueError naming what is wrong otherwise."""
     if msg.encoding not in ("rgb8", "bgr8"):
-        raise ValueError(f"unsupported image encoding {msg.encoding!r}")
+        raise ValueError(f"encoding {msg.encoding!r}, expected rgb8 or bgr8")
+    if msg.height < 1 or msg.width < 1 or msg.step < 3 * msg.width or msg.step % 3:
+        raise ValueError(f"inconsistent size {msg.width}x{msg.height}, step {msg.step}")
+    if len(msg.data) != msg.step * msg.height:
+        raise ValueError(f"{len(msg.data)} bytes for {msg.height} rows of {msg.step}: truncated or padded")
     img = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step // 3, 3)[:, : msg.width]
     return img[..., ::-1].copy() if msg.encoding == "bgr8" else img.copy()
 
@@ -56,12 +61,16 @@ def arm_state_msg(q7: np.ndarray, stamp: Time) -> JointState:
 
 
 def arm_array(msg: JointState) -> np.ndarray:
-    """A JointState (any order, by name) -> ``[j1..j6 rad, gripper m]``."""
+    """A JointState (any order, by name) -> ``[j1..j6 rad, gripper m]``; ValueError when a joint is
+    missing or a position is not finite."""
     index = {n: i for i, n in enumerate(msg.name)}
     missing = [n for n in JOINT_NAMES if n not in index]
     if missing or len(msg.position) < len(msg.name):
         raise ValueError(f"joint state lacks {missing or 'positions'}")
-    return np.array([msg.position[index[n]] for n in JOINT_NAMES], dtype=np.float64)
+    q = np.array([msg.position[index[n]] for n in JOINT_NAMES], dtype=np.float64)
+    if not np.all(np.isfinite(q)):
+        raise ValueError(f"non-finite positions {q.tolist()}")
+    return q
 
 
 def split_action(a14: np.ndarray) -> dict[str, np.ndarray]:

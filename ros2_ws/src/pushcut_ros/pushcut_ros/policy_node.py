@@ -4,13 +4,20 @@ Builds an observation only from inputs that are fresh (``max_age_s``), time-alig
 (``max_skew_s``) and taken after the last command it sent (never acting on frames from before
 the motion it commanded); runs the bundle's engine (``pushcut.deploy.engine``) on a worker thread;
 hands the chunk to the action-chunk broker, which publishes one command per control tick along
-the twin's smoothed path. With stale inputs it publishes nothing (the arm drivers hold).
+the twin's smoothed path. With stale inputs it publishes nothing (the arm drivers hold): a chunk in
+progress is abandoned as soon as its inputs are older than ``max_age_s``, and the node says so.
+
+Every input is validated where it enters: a joint state that is not finite or far outside the
+Piper's limits, an image of another encoding or an inconsistent size is dropped, counted in
+``rejected`` and logged (throttled) with its reason; nothing derived from it is published. The
+engine refuses non-finite inputs and logits. Per-tick diagnostics are rolling windows.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter, deque
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -21,6 +28,7 @@ from std_msgs.msg import Float64, String
 from pushcut import spec
 from pushcut.deploy.bundle import check_compatible
 from pushcut.deploy.engine import Engine
+from pushcut.deploy.piper.safety import LOWER, UPPER
 from pushcut.deploy.policy import ActionChunkBroker
 
 from .conversions import (
@@ -35,6 +43,9 @@ from .conversions import (
     split_action,
     stamp_to_s,
 )
+
+WINDOW = 10_000  # per-tick diagnostics kept (about 50 s at 200 Hz)
+PLAUSIBLE_MARGIN = 0.5  # beyond the Piper's limits (rad, m) a joint state is a sensor fault, not a pose
 
 
 class PolicyNode(Node):
@@ -72,9 +83,12 @@ class PolicyNode(Node):
         self.latency_pub = self.create_publisher(Float64, "/policy/latency_ms", 10)
         self.last_command_stamp = 0.0
         self.stale_drops = 0
+        self.abandoned_chunks = 0
         self.inferences = 0
-        self.latencies_ms: list[float] = []
-        self.tick_times: list[float] = []
+        self.rejected: Counter[str] = Counter()
+        self.latencies_ms: deque[float] = deque(maxlen=WINDOW)
+        self.tick_times: deque[float] = deque(maxlen=WINDOW)
+        self._resized: set[str] = set()
         self._lock = threading.Lock()
         self._pending: tuple[np.ndarray, float] | None = None
         self._busy = False
@@ -85,14 +99,37 @@ class PolicyNode(Node):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
+    def _reject(self, what: str, reason: str) -> None:
+        self.rejected[what] += 1
+        self.get_logger().warning(f"dropping {what}: {reason} ({self.rejected[what]} so far)",
+                                  throttle_duration_sec=1.0)
+
     def _on_image(self, cam: str, msg: Image) -> None:
-        self.images[cam] = (image_array(msg), stamp_to_s(msg.header.stamp))
+        try:
+            img = image_array(msg)
+        except ValueError as exc:
+            return self._reject(f"{cam} image", str(exc))
+        size = self.engine.image_size
+        if img.shape[:2] != (size, size) and cam not in self._resized:
+            self._resized.add(cam)
+            self.get_logger().info(f"{cam}: {img.shape[1]}x{img.shape[0]} frames are resized to {size}x{size} "
+                                   "for the policy, as in training")
+        self.images[cam] = (img, stamp_to_s(msg.header.stamp))
 
     def _on_state(self, arm: str, msg: JointState) -> None:
         try:
-            self.states[arm] = (arm_array(msg), stamp_to_s(msg.header.stamp))
+            q = arm_array(msg)
         except ValueError as exc:
-            self.get_logger().warning(f"ignoring malformed joint state of {arm}: {exc}")
+            return self._reject(f"{arm} joint state", str(exc))
+        if np.any(q < LOWER - PLAUSIBLE_MARGIN) or np.any(q > UPPER + PLAUSIBLE_MARGIN):
+            return self._reject(f"{arm} joint state", f"outside the Piper's limits: {np.round(q, 3).tolist()}")
+        self.states[arm] = (q, stamp_to_s(msg.header.stamp))
+
+    def inputs_age(self, now: float) -> float:
+        """Seconds since the oldest of the newest frame of every input (inf when one is missing)."""
+        if set(self.images) != set(self.engine.cameras) or set(self.states) != set(spec.ARMS):
+            return float("inf")
+        return now - min(t for _, t in (*self.images.values(), *self.states.values()))
 
     def _on_instruction(self, msg: String) -> None:
         """A new instruction starts a new episode: drop the current chunk."""
@@ -104,10 +141,10 @@ class PolicyNode(Node):
 
     def observation(self, now: float) -> tuple[dict, float] | None:
         """The observation and its oldest stamp, or None when inputs are missing or stale."""
-        if set(self.images) != set(self.engine.cameras) or set(self.states) != set(spec.ARMS):
+        if self.inputs_age(now) > self.max_age:
             return None
         stamps = [t for _, t in self.images.values()] + [t for _, t in self.states.values()]
-        if now - min(stamps) > self.max_age or max(stamps) - min(stamps) > self.max_skew:
+        if max(stamps) - min(stamps) > self.max_skew:
             return None
         if min(stamps) <= self.last_command_stamp:
             return None  # frames from before the last command: wait for the next ones
@@ -140,6 +177,14 @@ class PolicyNode(Node):
                 current = join_state({a: q for a, (q, _) in self.states.items()})
                 self.broker.set_chunk(chunk, current)
                 self._first_of_chunk = stamp
+        if self.broker.remaining and self.inputs_age(now) > self.max_age:
+            with self._lock:  # the chunk was planned on frames that have gone stale: hold
+                self.broker.reset()
+                self._pending = None
+            self.abandoned_chunks += 1
+            self.get_logger().warning(f"inputs older than max_age_s {self.max_age}: chunk abandoned, arms hold",
+                                      throttle_duration_sec=1.0)
+            return
         if self.broker.remaining == 0:
             if not self._busy:
                 got = self.observation(now)
