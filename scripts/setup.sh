@@ -13,7 +13,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1
 fi
 
 PYTHON=${PYTHON:-python3.11}
@@ -22,11 +22,17 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.pushcut-installed
+log=.venv/setup.log
+run() {  # pip's own output goes to the log; on failure, its tail is shown
+  "$@" >>"$log" 2>&1 || { echo "setup: failed: $*"; tail -n 30 "$log"; echo "setup: full log in $log"; exit 1; }
+}
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing torch==2.13.0 (CPU) and pushcut into .venv (about a minute)"
-  .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/pip install -q -e ".[dev,libero]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import torch, mujoco, rclpy, onnxruntime, libero.libero; assert torch.__version__.startswith('2.13.0')"
+  echo "setup: installing torch==2.13.0 (CPU) and pushcut into .venv (2-3 minutes; log in $log)"
+  : >"$log"
+  run .venv/bin/pip install -q --upgrade pip
+  run .venv/bin/pip install -q torch==2.13.0
+  run .venv/bin/pip install -q -e ".[dev,libero]"
+  run .venv/bin/python -c "import torch, mujoco, rclpy, onnxruntime, libero.libero; assert torch.__version__.startswith('2.13.0')"
   touch "$stamp"
+  echo "setup: done"
 fi
