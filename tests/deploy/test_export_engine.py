@@ -235,3 +235,23 @@ def test_the_engine_refuses_non_finite_inputs_and_logits(bundle, tmp_path):
     e.session = type("NaNSession", (), {"run": lambda self, names, feeds: [np.full((1, 140, 256), np.nan)]})()
     with pytest.raises(ValueError, match="non-finite logits"):
         e.infer(obs)
+
+
+def test_the_parity_gate_compares_with_the_checkpoint_reloaded_from_disk(sft_checkpoint, tmp_path, monkeypatch):
+    import torch
+
+    from pushcut.policy import export as export_module
+
+    real = export_module._export_onnx
+
+    def exporter_that_alters_the_model(model, example, path, cfg):  # e.g. a tracing pass that mutates a weight
+        with torch.no_grad():
+            model.lm_head.weight.add_(0.05)
+        return real(model, example, path, cfg)
+
+    monkeypatch.setattr(export_module, "_export_onnx", exporter_that_alters_the_model)
+    cfg = ExportConfig(env=MICRO_ENV, checkpoint=str(sft_checkpoint), out_dir=str(tmp_path / "b"),
+                       parity_env_samples=2, parity_random_samples=2, int8=False, fp16=False)
+    with pytest.raises(ParityError, match="export parity failed"):
+        export(cfg)
+    assert not (tmp_path / "b").exists()
