@@ -57,7 +57,8 @@ def test_sft_killed_and_rerun_resumes_bit_identically(tmp_path, monkeypatch, cap
     assert [r["step"] for r in rows] == list(range(12))  # no step missing, none twice
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref]
     assert (run / "wandb_id.txt").read_text() == run_id  # the same wandb run, continued
-    assert {d.name.rsplit("-", 1)[-1] for d in (run / "wandb").glob("offline-run-*")} == {run_id}
+    runs = list((run / "wandb").glob("offline-run-*"))
+    assert runs and all(run_id in d.name for d in runs), [d.name for d in runs]  # one wandb run, continued
     assert not checkpoint.load_extra(resumed)  # the final checkpoint keeps the weights only
     capsys.readouterr()
     sft.train(cfg, run, progress=False)  # a finished run: nothing more to train
