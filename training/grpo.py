@@ -403,7 +403,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     resume = (run_dir / "checkpoint" / "meta.json").exists()
     state = {"iteration": 0, "next_group": 0, "wall_s": 0.0, "env_steps": 0}
     if resume:
-        state, extra = load_weights(run_dir, model)
+        meta, extra = load_weights(run_dir / "checkpoint", model, "grpo")
+        state = meta["trainer"]
     device = learner_device(cfg.learner.device)
     model.to(device)
     if ref_model is not None:

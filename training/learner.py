@@ -66,7 +66,7 @@ def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 # --- checkpoint and resume ----------------------------------------------------------------------
-def optimizer_tensors(model, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def _opt_tensors(model, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """AdamW's state keyed ``opt.<parameter name>.<field>`` (full, gathered on rank 0 under FSDP)."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
@@ -75,7 +75,7 @@ def optimizer_tensors(model, opt: torch.optim.Optimizer) -> dict[str, torch.Tens
             for fqn, st in sd.get("state", {}).items() for k, v in st.items()}  # empty off rank 0
 
 
-def load_optimizer_tensors(model, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+def _load_opt(model, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_optimizer_state_dict,
@@ -100,11 +100,9 @@ def load_optimizer_tensors(model, opt: torch.optim.Optimizer, tensors: dict[str,
 def save_state(run_dir: Path, model, opt, policy: TorchPolicy, cfg: TrainConfig, state: dict, gen: torch.Generator,
                weights: dict[str, torch.Tensor]):
     """Every rank calls this (gathering is collective under FSDP); rank 0 writes."""
-    extra = optimizer_tensors(model, opt)
+    extra = resume_tensors(model, opt, gen)
     if dist.is_initialized() and dist.get_rank() != 0:
         return
-    extra["rng.torch"] = torch.get_rng_state()
-    extra["rng.update"] = gen.get_state()
     checkpoint.save(run_dir / "checkpoint", model, policy.norm_stats, policy.tokenizer, run_config=to_dict(cfg),
                     extra={"job": "grpo", "trainer": state}, extra_tensors=extra, weights=weights)
 
@@ -117,20 +115,27 @@ def save_best(run_dir: Path, model, policy: TorchPolicy, cfg: TrainConfig, weigh
                     extra={"job": "grpo-best", "iteration": iteration, "eval_success": eval_success}, weights=weights)
 
 
-def load_weights(run_dir: Path, model) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Resume, part 1 (before sharding): the weights; returns the trainer state and the extras."""
-    ckpt = run_dir / "checkpoint"
+def resume_tensors(model, opt, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """What a resumed run needs beside the weights: AdamW's state (a collective under FSDP: every
+    rank calls it) and both RNGs (torch's and the run's generator ``gen``)."""
+    return {**_opt_tensors(model, opt), "rng.torch": torch.get_rng_state(), "rng.update": gen.get_state()}
+
+
+def load_weights(ckpt: Path, model, job: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Resume, part 1 (before sharding): the weights of a ``job`` checkpoint (``grpo``, ``sft``);
+    returns its meta and its extras (:func:`resume_tensors`)."""
     meta = checkpoint.read_meta(ckpt, verify=False)  # load() below verifies every file
-    if meta.get("job") != "grpo":
-        raise checkpoint.CheckpointError(f"{ckpt} is not a GRPO checkpoint (job {meta.get('job')!r})")
+    if meta.get("job") != job:
+        raise checkpoint.CheckpointError(f"{ckpt} is not a {job} checkpoint (job {meta.get('job')!r}); "
+                                         "resume in the run directory that wrote it, or start a fresh one")
     loaded, _, _, _, _ = checkpoint.load(ckpt, expected=model.cfg)
     model.load_state_dict(loaded.state_dict())
-    return meta["trainer"], checkpoint.load_extra(ckpt)
+    return meta, checkpoint.load_extra(ckpt)
 
 
 def load_optimizer_and_rng(model, opt, gen: torch.Generator, extra: dict[str, torch.Tensor]) -> None:
     """Resume, part 2 (after the optimizer exists): AdamW's state and the RNGs."""
-    load_optimizer_tensors(model, opt, extra)
+    _load_opt(model, opt, extra)
     torch.set_rng_state(extra["rng.torch"])
     gen.set_state(extra["rng.update"])
 

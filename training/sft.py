@@ -33,7 +33,7 @@ from pushcut.sim import demos
 from pushcut.sim.registry import robot_bounds
 from pushcut.sim.twin.mirror import mirror_episode
 from pushcut.training.config import SFTConfig
-from pushcut.training.learner import load_optimizer_tensors, optimizer_tensors
+from pushcut.training.learner import load_optimizer_and_rng, load_weights, resume_tensors
 from pushcut.training.run_log import RunLogger, keep_metrics_before, plot_curves
 
 
@@ -165,18 +165,10 @@ def lr_at(step: int, cfg: SFTConfig) -> float:
 
 def resume_state(ckpt: Path, cfg: SFTConfig, model: VLAPolicy, opt, gen: torch.Generator) -> int:
     """Load an interrupted SFT run's weights, optimizer state and RNGs; returns its completed steps."""
-    meta = checkpoint.read_meta(ckpt, verify=False)  # load() below verifies every file
-    if meta.get("job") != "sft":
-        raise checkpoint.CheckpointError(f"{ckpt} is not an SFT checkpoint (job {meta.get('job')!r}); "
-                                         "give SFT a fresh run directory")
-    loaded, *_ = checkpoint.load(ckpt, expected=cfg.policy)
-    model.load_state_dict(loaded.state_dict())
+    meta, extra = load_weights(ckpt, model, "sft")
     done = int(meta.get("step", meta.get("steps", 0)))  # a checkpoint without "step" is a finished one
     if done < cfg.steps:
-        extra = checkpoint.load_extra(ckpt)
-        load_optimizer_tensors(model, opt, extra)
-        torch.set_rng_state(extra["rng.torch"])
-        gen.set_state(extra["rng.batch"])
+        load_optimizer_and_rng(model, opt, gen, extra)
     return done
 
 
@@ -203,8 +195,7 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
     logger = RunLogger(run_dir, cfg, cfg.wandb, job="sft", resume=resume)
 
     def save(step: int, final: bool) -> Path:
-        extra_tensors = None if final else {**optimizer_tensors(model, opt), "rng.torch": torch.get_rng_state(),
-                                            "rng.batch": gen.get_state()}
+        extra_tensors = None if final else resume_tensors(model, opt, gen)
         return checkpoint.save(ckpt, model, norm_stats, text_tok, run_config=to_dict(cfg), extra_tensors=extra_tensors,
                                extra={"job": "sft", "tasks": tasks, "demos_per_task": cfg.demos_per_task,
                                       "samples": n, "steps": cfg.steps, "step": step})
