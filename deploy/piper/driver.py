@@ -31,11 +31,10 @@ import numpy as np
 
 from pushcut.configs import ranges
 from pushcut.deploy.piper import units
-from pushcut.deploy.piper.safety import LOWER, UPPER, SafetyConfig, SafetyLayer
+from pushcut.deploy.piper.safety import LOWER, UPPER, SafetyConfig, SafetyLayer, implausible
 from pushcut.spec import JOINT_MAX_SPEED
 
 log = logging.getLogger(__name__)
-PLAUSIBLE_MARGIN = 0.5  # rad beyond the limits that feedback may show before it is a fault
 CAN_CTRL, STATUS_NORMAL, STATUS_ESTOP = 0x01, 0x00, 0x01  # 0x2A1 ctrl mode / arm status values
 DRIVER_ENABLED_BIT = 6  # 0x261-0x266 byte 5
 DRIVER_FAULT_BITS = {0: "supply voltage low", 1: "motor over-temperature", 2: "driver over-current",
@@ -190,7 +189,7 @@ class PiperArm:
         elif self._rate_low(now):
             fps = self.sdk.GetCanFps()
             reason = f"feedback rate {fps:.0f} fps below {self.cfg.min_fps:.0f} for {self.cfg.stale_s}s"
-        elif np.any(fb.q < LOWER[:6] - PLAUSIBLE_MARGIN) or np.any(fb.q > UPPER[:6] + PLAUSIBLE_MARGIN):
+        elif implausible(fb.q):
             reason = f"implausible joint feedback {np.round(fb.q, 2).tolist()}"
         else:
             reason = self._status_reason(fb)
@@ -314,9 +313,9 @@ class PiperArm:
         ref, since = fb.q, start
         while True:
             now = time.monotonic()
-            if hold:
-                self._send(self.safety.target(self.feedback().state7, now))
             fb = self.feedback()
+            if hold:
+                self._send(self.safety.target(fb.state7, now))
             if np.max(np.abs(fb.q - ref)) > c.settle_speed * c.settle_s:
                 ref, since = fb.q, now
             elif now - since >= c.settle_s:

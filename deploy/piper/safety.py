@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 
 LOWER = np.array([lo for lo, _ in JOINT_LIMITS] + [GRIPPER_RANGE_M[0]])
 UPPER = np.array([hi for _, hi in JOINT_LIMITS] + [GRIPPER_RANGE_M[1]])
+PLAUSIBLE_MARGIN = 0.5  # beyond the limits (rad, m) a reading is a sensor fault, not a pose
+
+
+def implausible(state: np.ndarray) -> bool:
+    """Whether a measured state (``[j1..j6]`` or ``[j1..j6, gripper]``) lies far outside the limits."""
+    n = len(state)
+    return bool(np.any(state < LOWER[:n] - PLAUSIBLE_MARGIN) or np.any(state > UPPER[:n] + PLAUSIBLE_MARGIN))
 
 
 @ranges(max_relative_target=">0", max_gripper_step=">0", ramp_s=">0", watchdog_s=">0")

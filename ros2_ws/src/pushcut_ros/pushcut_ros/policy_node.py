@@ -28,7 +28,7 @@ from std_msgs.msg import Float64, String
 from pushcut import spec
 from pushcut.deploy.bundle import check_compatible
 from pushcut.deploy.engine import Engine
-from pushcut.deploy.piper.safety import LOWER, UPPER
+from pushcut.deploy.piper.safety import implausible
 from pushcut.deploy.policy import ActionChunkBroker
 
 from .conversions import (
@@ -45,7 +45,6 @@ from .conversions import (
 )
 
 WINDOW = 10_000  # per-tick diagnostics kept (about 50 s at 200 Hz)
-PLAUSIBLE_MARGIN = 0.5  # beyond the Piper's limits (rad, m) a joint state is a sensor fault, not a pose
 
 
 class PolicyNode(Node):
@@ -121,7 +120,7 @@ class PolicyNode(Node):
             q = arm_array(msg)
         except ValueError as exc:
             return self._reject(f"{arm} joint state", str(exc))
-        if np.any(q < LOWER - PLAUSIBLE_MARGIN) or np.any(q > UPPER + PLAUSIBLE_MARGIN):
+        if implausible(q):
             return self._reject(f"{arm} joint state", f"outside the Piper's limits: {np.round(q, 3).tolist()}")
         self.states[arm] = (q, stamp_to_s(msg.header.stamp))
 
