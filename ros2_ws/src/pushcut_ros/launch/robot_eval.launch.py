@@ -6,6 +6,10 @@
 
 ``sim:=emulated`` runs both arm nodes against emulated Pipers on virtual CAN buses. The arm
 nodes are lifecycle nodes: this file configures, then activates them once configured.
+``driver:=piper_ros`` starts no arm nodes and remaps the policy and trial nodes onto piper_ros's
+``/<arm>/joint_states_single`` and ``/<arm>/joint_ctrl_single`` (run piper_ros's
+``piper_single_ctrl`` in namespaces ``left`` and ``right`` yourself); ``speed_percent`` is the
+speed both drivers run at.
 """
 
 import lifecycle_msgs.msg
@@ -20,7 +24,8 @@ from pushcut_ros.composition import robot_eval
 
 ARGS = {"task": "click_bell", "bundle": "", "num_trials": "10", "log_dir": "trials", "control_hz": "200",
         "head_device": "0", "left_wrist_device": "2", "right_wrist_device": "4", "left_can": "can_left",
-        "right_can": "can_right", "calibration_dir": "", "sim": "hardware"}
+        "right_can": "can_right", "calibration_dir": "", "sim": "hardware", "driver": "pushcut",
+        "speed_percent": "50"}
 
 
 def _nodes(context):
@@ -28,12 +33,12 @@ def _nodes(context):
     cameras = {"head": v["head_device"], "left_wrist": v["left_wrist_device"], "right_wrist": v["right_wrist_device"]}
     specs = robot_eval(v["task"], v["bundle"], cameras, {"left": v["left_can"], "right": v["right_can"]},
                        int(v["num_trials"]), v["log_dir"], int(v["control_hz"]), v["sim"] == "emulated",
-                       v["calibration_dir"])
+                       v["calibration_dir"], driver=v["driver"], speed_percent=int(v["speed_percent"]))
     actions = []
     for s in specs:
         if not s.lifecycle:
             actions.append(Node(package="pushcut_ros", executable=s.executable, name=s.name, namespace=s.namespace,
-                                parameters=[s.parameters], output="screen"))
+                                parameters=[s.parameters], remappings=list(s.remappings), output="screen"))
             continue
         node = LifecycleNode(package="pushcut_ros", executable=s.executable, name=s.name, namespace=s.namespace,
                              parameters=[s.parameters], output="screen")

@@ -100,3 +100,7 @@ class CameraNode(Node):
 
 def main(args=None) -> None:
     spin_main(CameraNode, args)
+
+
+if __name__ == "__main__":
+    main()

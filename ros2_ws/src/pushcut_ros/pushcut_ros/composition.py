@@ -19,6 +19,7 @@ class NodeSpec:
     namespace: str = ""
     parameters: dict = field(default_factory=dict)
     lifecycle: bool = False
+    remappings: tuple[tuple[str, str], ...] = ()
 
 
 def bundle_cameras(bundle: str) -> list[str]:
@@ -43,10 +44,28 @@ def twin_eval(task: str, bundle: str, num_trials: int = 10, log_dir: str = "tria
     ]
 
 
+# piper_ros's single-arm node (one per arm, namespaced /left and /right) publishes
+# joint_states_single and subscribes joint_ctrl_single, same JointState layout as ours
+PIPER_ROS_TOPICS = {"joint_states": "joint_states_single", "joint_command": "joint_ctrl_single"}
+
+
+def piper_ros_remappings() -> tuple[tuple[str, str], ...]:
+    return tuple((f"/{arm}/{ours}", f"/{arm}/{theirs}") for arm in ARMS for ours, theirs in PIPER_ROS_TOPICS.items())
+
+
 def robot_eval(task: str, bundle: str, cameras: dict[str, str], can_ports: dict[str, str] | None = None,
                num_trials: int = 10, log_dir: str = "trials", control_hz: int = 200, emulate: bool = False,
-               calibration_dir: str = "", terminal_ui: bool = True) -> list[NodeSpec]:
-    """Cameras + policy + both Piper arm nodes + trial node (operator-judged)."""
+               calibration_dir: str = "", terminal_ui: bool = True, driver: str = "pushcut",
+               speed_percent: int = 50) -> list[NodeSpec]:
+    """Cameras + policy + both Piper arm nodes + trial node (operator-judged).
+
+    ``driver="piper_ros"`` leaves the arms to piper_ros's nodes (started by the user, one per arm
+    in namespaces ``left`` and ``right``): no pushcut arm nodes, and the policy and trial nodes
+    are remapped onto piper_ros's topics. piper_ros clamps nothing (the vendor's node sends what
+    it gets), so pushcut's safety layer is not in the loop then.
+    """
+    if driver not in ("pushcut", "piper_ros"):
+        raise ValueError(f"driver must be 'pushcut' or 'piper_ros', got {driver!r}")
     can_ports = can_ports or {arm: f"can_{arm}" for arm in ARMS}
     unknown = [c for c in cameras if c not in TWIN_CAMERAS]
     if unknown:
@@ -57,15 +76,19 @@ def robot_eval(task: str, bundle: str, cameras: dict[str, str], can_ports: dict[
             "calibration_file": f"{calibration_dir}/camera_{name}.json" if calibration_dir else ""})
         for name, device in cameras.items()
     ]
+    if driver == "pushcut":
+        specs += [
+            NodeSpec("piper_arm_node", "piper_arm", namespace=arm, lifecycle=True,
+                     parameters={"can_port": can_ports[arm], "emulate": emulate, "rate_hz": float(control_hz),
+                                 "speed_rate": speed_percent})
+            for arm in ARMS
+        ]
+    remap = piper_ros_remappings() if driver == "piper_ros" else ()
     specs += [
-        NodeSpec("piper_arm_node", "piper_arm", namespace=arm, lifecycle=True,
-                 parameters={"can_port": can_ports[arm], "emulate": emulate, "rate_hz": float(control_hz)})
-        for arm in ARMS
-    ]
-    specs += [
-        NodeSpec("policy_node", "policy", parameters={"bundle": bundle, "control_hz": control_hz, "step_hz": 25}),
-        NodeSpec("trial_node", "trial", parameters={"task": task, "num_trials": num_trials, "log_dir": log_dir,
-                                                    "bundle": bundle, "mode": "operator", "cameras": list(cameras),
-                                                    "terminal_ui": terminal_ui}),
+        NodeSpec("policy_node", "policy", remappings=remap, parameters={
+            "bundle": bundle, "control_hz": control_hz, "step_hz": 25, "speed_percent": speed_percent}),
+        NodeSpec("trial_node", "trial", remappings=remap, parameters={
+            "task": task, "num_trials": num_trials, "log_dir": log_dir, "bundle": bundle, "mode": "operator",
+            "cameras": list(cameras), "terminal_ui": terminal_ui}),
     ]
     return specs

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 
 from pushcut.deploy.piper import units
 from pushcut.spec import ARM_JOINTS, ARMS, DOF_PER_ARM, GRIPPER
 
 JOINT_NAMES = [*ARM_JOINTS, GRIPPER]  # piper_ros: joint1..joint6 (rad) + gripper (m)
+
+ESTOP_TOPIC = "/estop"  # std_msgs/Bool: true stops the whole stack, false is the operator's resume
+INSTRUCTION_TOPIC = "/instruction"  # std_msgs/String: the task to do; "" = idle, the arms hold
+# Latched (the last value reaches nodes that join later) and reliable: a node started during an
+# e-stop starts stopped, a policy started mid-trial gets the trial's instruction.
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def camera_topic(name: str) -> str:

@@ -4,10 +4,15 @@ configure = open the CAN bus and wait for feedback; activate = enable the arm an
 joint-position mode (every motor confirmed); deactivate = hold the measured pose, commands
 ignored; cleanup = cut motor power from a settled hold (never with a fault latched: a disabled
 Piper falls), then close the bus. Publishes ``joint_states`` (joint1..joint6 rad, gripper m, as
-piper_ros) at ``rate_hz`` and ``arm_status``, takes ``joint_command``; ``~/estop`` and the global
-``/estop`` topic send the vendor's damped stop; ``~/resume`` is the operator's explicit resume
-after it, ``~/reinit`` the explicit recovery after a lost bus. With ``emulate: true`` an emulated arm
-(``PiperEmulator``) answers on a virtual bus inside this process, for dry runs and tests.
+piper_ros) at ``rate_hz`` and ``arm_status``, takes ``joint_command``.
+
+E-stop: ``/estop`` true (latched) sends the vendor's damped stop; ``~/estop`` and the arm's own
+stop button (reported in 0x2A1) do the same and raise ``/estop`` for the whole stack. ``/estop``
+false, the operator's release, resumes the arm (:meth:`PiperArm.resume`: it waits until the arm
+is at rest, then the vendor's reset cuts motor power before re-enabling). ``~/resume`` resumes this
+arm alone after a stop of its own, ``~/reinit`` (inactive only) recovers a lost bus; activate again
+to move. With ``emulate: true`` an emulated arm (``PiperEmulator``) answers on a virtual bus inside
+this process, for dry runs and tests.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from std_srvs.srv import Trigger
 from pushcut.deploy.piper.driver import ArmFault, DriverConfig, PiperArm
 from pushcut.deploy.piper.safety import SafetyConfig
 
-from .conversions import arm_array, arm_state_msg, spin_main
+from .conversions import ESTOP_TOPIC, LATCHED, arm_array, arm_state_msg, spin_main
 
 
 class PiperArmNode(LifecycleNode):
@@ -40,6 +45,15 @@ class PiperArmNode(LifecycleNode):
         self.emulator = None
         self.timer = None
         self.active = False
+        self.stack_estopped = False  # the last /estop heard
+        self.raised_estop = False  # this node's own /estop publisher says true
+        self.estop_pub = self.create_publisher(Bool, ESTOP_TOPIC, LATCHED)
+        self.create_subscription(Bool, ESTOP_TOPIC, self._on_estop, LATCHED)
+        self.create_subscription(JointState, "joint_command", self._on_command, 10)
+        self.create_service(Trigger, "~/estop", self._srv_estop)
+        self.create_service(Trigger, "~/resume", self._srv_resume)
+        self.create_service(Trigger, "~/reinit", self._srv_reinit)
+        self.state_pub = self.status_pub = None
 
     # --- lifecycle ------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -62,18 +76,17 @@ class PiperArmNode(LifecycleNode):
         except (ArmFault, ConnectionError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
-        self.state_pub = self.create_lifecycle_publisher(JointState, "joint_states", 10)
-        self.status_pub = self.create_lifecycle_publisher(String, "arm_status", 10)
-        self.create_subscription(JointState, "joint_command", self._on_command, 10)
-        self.create_subscription(Bool, "/estop", lambda m: self._estop() if m.data else None, 10)
-        self.create_service(Trigger, "~/estop", self._srv_estop)
-        self.create_service(Trigger, "~/resume", self._srv_resume)
-        self.create_service(Trigger, "~/reinit", self._srv_reinit)
+        if self.state_pub is None:  # configured again after a cleanup: the same publishers
+            self.state_pub = self.create_lifecycle_publisher(JointState, "joint_states", 10)
+            self.status_pub = self.create_lifecycle_publisher(String, "arm_status", 10)
         self.timer = self.create_timer(1.0 / g("rate_hz"), self._tick)
         self.get_logger().info(f"configured on {cfg.can_port} ({cfg.bus})")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.stack_estopped:
+            self.get_logger().error("not activating: /estop is engaged")
+            return TransitionCallbackReturn.FAILURE
         try:
             self.arm.enable()
         except ArmFault as exc:
@@ -108,13 +121,14 @@ class PiperArmNode(LifecycleNode):
             self.timer = None
         if self.arm is not None:
             self.arm.close()
+            self.arm = None
         if self.emulator is not None:
             self.emulator.stop()
             self.emulator = None
 
     # --- runtime --------------------------------------------------------------------------------
     def _on_command(self, msg: JointState) -> None:
-        if not self.active:
+        if not self.active or self.arm is None:
             return
         try:
             target = arm_array(msg)
@@ -127,6 +141,9 @@ class PiperArmNode(LifecycleNode):
         if self.arm is None:
             return
         self.arm.tick()
+        if self.arm.estopped and not self.stack_estopped and not self.raised_estop:
+            self.get_logger().error(f"arm e-stopped ({self.arm.fault}): raising /estop for the whole stack")
+            self._raise_estop()
         fb = self.arm.feedback()
         stamp = self.get_clock().now().to_msg()
         self.state_pub.publish(arm_state_msg(np.concatenate([fb.q, [fb.gripper]]), stamp))
@@ -134,13 +151,31 @@ class PiperArmNode(LifecycleNode):
         status = f"enabled={self.arm.enabled} fault={self.arm.fault or 'none'} err=0x{fb.err_code:04x} {counts}"
         self.status_pub.publish(String(data=status))
 
-    def _estop(self) -> None:
-        if self.arm is not None:
-            self.arm.estop()
+    def _on_estop(self, msg: Bool) -> None:
+        self.stack_estopped = msg.data
+        if msg.data:
+            if self.arm is not None and not self.arm.estopped:
+                self.arm.estop()
+            return
+        if self.raised_estop:  # the release supersedes what this node raised (late joiners see false)
+            self._raise_estop(False)
+        if self.arm is not None and self.arm.estopped:
+            try:
+                self.arm.resume()
+                self.get_logger().warning("e-stop released: resumed, holding at the measured pose")
+            except ArmFault as exc:
+                self.get_logger().error(f"e-stop released but the arm did not resume: {exc}; "
+                                        "call ~/resume once it is at rest")
+
+    def _raise_estop(self, on: bool = True) -> None:
+        self.raised_estop = on
+        self.estop_pub.publish(Bool(data=on))
 
     def _srv_estop(self, request, response):
-        self._estop()
-        response.success, response.message = True, "emergency stop sent"
+        if self.arm is not None:
+            self.arm.estop()
+        self._raise_estop()
+        response.success, response.message = True, "emergency stop sent; /estop raised for the whole stack"
         return response
 
     @staticmethod
@@ -154,11 +189,27 @@ class PiperArmNode(LifecycleNode):
         return response
 
     def _srv_resume(self, request, response):
+        if self.arm is None:
+            response.success, response.message = False, "not configured"
+            return response
+        if self.stack_estopped:
+            response.success, response.message = False, "/estop is engaged: releasing it (false) resumes the arms"
+            return response
         return self._trigger(self.arm.resume, "resumed: holding at the measured pose", response)
 
     def _srv_reinit(self, request, response):
+        if self.arm is None:
+            response.success, response.message = False, "not configured"
+            return response
+        if self.active:
+            response.success, response.message = False, "deactivate first, then reinit, then activate"
+            return response
         return self._trigger(self.arm.reinit, "bus re-initialised; activate again to move", response)
 
 
 def main(args=None) -> None:
     spin_main(PiperArmNode, args)
+
+
+if __name__ == "__main__":
+    main()

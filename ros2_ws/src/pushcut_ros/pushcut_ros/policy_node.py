@@ -6,6 +6,12 @@ the motion it commanded); runs the bundle's engine (``pushcut.deploy.engine``) o
 hands the chunk to the action-chunk broker, which publishes one command per control tick along
 the twin's smoothed path. With stale inputs it publishes nothing (the arm drivers hold): a chunk in
 progress is abandoned as soon as its inputs are older than ``max_age_s``, and the node says so.
+An empty instruction (``/instruction`` ""; the trial node sends it between trials) idles it.
+
+``/estop`` true silences it within one control tick: the chunk and any inference in flight are
+dropped and nothing is published until ``/estop`` false, after which it acts only on frames taken
+after the release. Commands carry the speed percentage ``speed_percent`` in ``velocity`` (all
+joints), which piper_ros reads as its speed (100 % when empty); pushcut's arm node uses its own.
 
 Every input is validated where it enters: a joint state that is not finite or far outside the
 Piper's limits, an image of another encoding or an inconsistent size is dropped, counted in
@@ -23,7 +29,7 @@ import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float64, String
+from std_msgs.msg import Bool, Float64, String
 
 from pushcut import spec
 from pushcut.deploy.bundle import check_compatible
@@ -32,6 +38,9 @@ from pushcut.deploy.piper.safety import implausible
 from pushcut.deploy.policy import ActionChunkBroker
 
 from .conversions import (
+    ESTOP_TOPIC,
+    INSTRUCTION_TOPIC,
+    LATCHED,
     arm_array,
     arm_state_msg,
     camera_topic,
@@ -58,6 +67,7 @@ class PolicyNode(Node):
         self.declare_parameter("max_age_s", 0.25)
         self.declare_parameter("max_skew_s", 0.1)
         self.declare_parameter("instruction", "")
+        self.declare_parameter("speed_percent", 50)  # the velocity field of each command (piper_ros: 1-100)
         g = self.get_parameter
         bundle = g("bundle").value
         if not bundle:
@@ -70,6 +80,9 @@ class PolicyNode(Node):
             raise ValueError(f"control_hz {control_hz} must be a multiple of step_hz {step_hz}")
         self.broker = ActionChunkBroker(control_hz // step_hz)
         self.max_age, self.max_skew = g("max_age_s").value, g("max_skew_s").value
+        self.speed_percent = float(g("speed_percent").value)
+        if not 1 <= self.speed_percent <= 100:
+            raise ValueError(f"speed_percent {self.speed_percent} must be within 1-100")
         self.instruction = g("instruction").value or self.engine.manifest["instruction"].get("default", "")
         self.images: dict[str, tuple[np.ndarray, float]] = {}
         self.states: dict[str, tuple[np.ndarray, float]] = {}
@@ -77,7 +90,8 @@ class PolicyNode(Node):
             self.create_subscription(Image, camera_topic(cam), lambda m, c=cam: self._on_image(c, m), 5)
         for arm in spec.ARMS:
             self.create_subscription(JointState, joint_states_topic(arm), lambda m, a=arm: self._on_state(a, m), 10)
-        self.create_subscription(String, "/instruction", self._on_instruction, 10)
+        self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, LATCHED)
+        self.create_subscription(Bool, ESTOP_TOPIC, self._on_estop, LATCHED)
         self.cmd_pubs = {a: self.create_publisher(JointState, joint_command_topic(a), 10) for a in spec.ARMS}
         self.latency_pub = self.create_publisher(Float64, "/policy/latency_ms", 10)
         self.last_command_stamp = 0.0
@@ -92,6 +106,9 @@ class PolicyNode(Node):
         self._pending: tuple[np.ndarray, float] | None = None
         self._busy = False
         self._first_of_chunk = False
+        self._epoch = 0  # bumped whenever what an inference in flight was for stops counting
+        self.estopped = False
+        self.estop_at: float | None = None  # when the last e-stop arrived (node clock, s)
         self.timer = self.create_timer(1.0 / control_hz, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
 
     # --- inputs ---------------------------------------------------------------------------------
@@ -134,9 +151,29 @@ class PolicyNode(Node):
         """A new instruction starts a new episode: drop the current chunk."""
         with self._lock:
             self.instruction = msg.data
-            self.broker.reset()
-            self._pending = None
+            self._drop_chunk()
             self.last_command_stamp = 0.0
+
+    def _on_estop(self, msg: Bool) -> None:
+        with self._lock:
+            if msg.data == self.estopped:
+                return
+            self.estopped = msg.data
+            self._drop_chunk()
+            now = self._now()
+            self.last_command_stamp = now  # after a release, act only on frames taken after it
+            if msg.data:
+                self.estop_at = now
+        if msg.data:
+            self.get_logger().error("e-stop: commands stopped until /estop is released")
+        else:
+            self.get_logger().warning("e-stop released: acting on fresh frames")
+
+    def _drop_chunk(self) -> None:
+        """Forget the chunk in progress and the result of any inference in flight (under the lock)."""
+        self.broker.reset()
+        self._pending = None
+        self._epoch += 1
 
     def observation(self, now: float) -> tuple[dict, float] | None:
         """The observation and its oldest stamp, or None when inputs are missing or stale."""
@@ -155,11 +192,12 @@ class PolicyNode(Node):
         return obs, min(stamps)
 
     # --- control --------------------------------------------------------------------------------
-    def _infer(self, obs: dict, stamp: float) -> None:
+    def _infer(self, obs: dict, stamp: float, epoch: int) -> None:
         try:
             chunk = self.engine.infer(obs)
             with self._lock:
-                self._pending = (chunk, stamp)
+                if epoch == self._epoch:  # else an e-stop or a new instruction came meanwhile
+                    self._pending = (chunk, stamp)
             self.inferences += 1
         except Exception as exc:  # noqa: BLE001 - a failed inference holds the arms, it does not crash the node
             self.get_logger().error(f"inference failed: {exc}")
@@ -170,6 +208,8 @@ class PolicyNode(Node):
         now = self._now()
         self.tick_times.append(time.perf_counter())
         with self._lock:
+            if self.estopped or not self.instruction:
+                return  # stopped or idle: publish nothing, the arms hold
             if self.broker.remaining == 0 and self._pending is not None:
                 chunk, stamp = self._pending
                 self._pending = None
@@ -178,8 +218,7 @@ class PolicyNode(Node):
                 self._first_of_chunk = stamp
         if self.broker.remaining and self.inputs_age(now) > self.max_age:
             with self._lock:  # the chunk was planned on frames that have gone stale: hold
-                self.broker.reset()
-                self._pending = None
+                self._drop_chunk()
             self.abandoned_chunks += 1
             self.get_logger().warning(f"inputs older than max_age_s {self.max_age}: chunk abandoned, arms hold",
                                       throttle_duration_sec=1.0)
@@ -191,13 +230,18 @@ class PolicyNode(Node):
                     self.stale_drops += 1
                     return  # stale, missing or pre-command inputs: publish nothing, the arms hold
                 self._busy = True
-                threading.Thread(target=self._infer, args=got, daemon=True).start()
+                threading.Thread(target=self._infer, args=(*got, self._epoch), daemon=True).start()
             return
-        command = self.broker.next()
-        stamp = self.get_clock().now().to_msg()
-        self.last_command_stamp = stamp_to_s(stamp)
-        for arm, target in split_action(command).items():
-            self.cmd_pubs[arm].publish(arm_state_msg(target, stamp))
+        with self._lock:  # an e-stop that arrived since the top of this tick wins
+            if self.estopped or self.broker.remaining == 0:
+                return
+            command = self.broker.next()
+            stamp = self.get_clock().now().to_msg()
+            self.last_command_stamp = stamp_to_s(stamp)
+            for arm, target in split_action(command).items():
+                msg = arm_state_msg(target, stamp)
+                msg.velocity = [self.speed_percent] * len(msg.position)
+                self.cmd_pubs[arm].publish(msg)
         if self._first_of_chunk:
             latency = (self._now() - self._first_of_chunk) * 1000
             self.latencies_ms.append(latency)
@@ -206,6 +250,8 @@ class PolicyNode(Node):
 
 
 def main(args=None) -> None:
-    from rclpy.executors import MultiThreadedExecutor
+    spin_main(PolicyNode, args)  # inference runs on its own thread
 
-    spin_main(PolicyNode, args, MultiThreadedExecutor)
+
+if __name__ == "__main__":
+    main()

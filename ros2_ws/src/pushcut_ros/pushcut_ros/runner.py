@@ -1,11 +1,14 @@
-"""In-process runner of a composition: the same nodes and parameters as the launch files.
+"""Runner of a composition: the same nodes and parameters as the launch files.
 
 ``ros2 launch`` is not installable from PyPI, so ``make demo``, the tests and ``bench-ros`` start
-the specs of ``pushcut_ros.composition`` here: one rclpy context, every node spinning on its
-own thread, lifecycle nodes configured and activated, until the trial node has finished its
-trials (or a timeout).
+the specs of ``pushcut_ros.composition`` here, until the trial node has finished its trials (or a
+timeout), lifecycle nodes configured and activated:
 
-    pushcut-dryrun --task click_bell --bundle runs/.../bundle --trials 10
+- in one process (:func:`run`): one rclpy context, every node spinning on its own thread;
+- one process per node (:func:`run_processes`), as ``ros2 launch`` runs them, started in any
+  order, each with its parameters file and remappings (``--ros-args``).
+
+    pushcut-dryrun --task click_bell --bundle runs/.../bundle --trials 10 [--processes]
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ import argparse
 import importlib
 import itertools
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import rclpy
+import yaml
 from rclpy.executors import ExternalShutdownException, ShutdownException, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
@@ -38,10 +45,16 @@ def _node_class(executable: str):
     return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
 
 
+def remap_args(spec: NodeSpec) -> list[str]:
+    return [arg for a, b in spec.remappings for arg in ("-r", f"{a}:={b}")]
+
+
 def instantiate(spec: NodeSpec, context):
     params = [Parameter(k, value=v) for k, v in spec.parameters.items()]
     cls = _node_class(spec.executable)
     kwargs = {"context": context, "parameter_overrides": params, "namespace": spec.namespace or None}
+    if spec.remappings:
+        kwargs["cli_args"] = ["--ros-args", *remap_args(spec)]
     if spec.executable == "piper_arm_node":
         return cls(name=spec.name, **kwargs)
     return cls(**kwargs)
@@ -89,6 +102,89 @@ def run(specs: list[NodeSpec], timeout_s: float = 600.0) -> dict:
     return nodes
 
 
+def node_command(spec: NodeSpec, params_file: Path) -> list[str]:
+    """The command line ``ros2 launch`` would run for ``spec`` (the module instead of the installed
+    executable, so it runs from any install of pushcut)."""
+    module = CLASSES[spec.executable][0]
+    cmd = [sys.executable, "-m", f"{__package__}.{module}", "--ros-args", "-r", f"__node:={spec.name}"]
+    if spec.namespace:
+        cmd += ["-r", f"__ns:=/{spec.namespace}"]
+    return [*cmd, "--params-file", str(params_file), *remap_args(spec)]
+
+
+def run_processes(specs: list[NodeSpec], out_dir: str | Path, order: list[int] | None = None,
+                  stagger_s: float = 0.0, timeout_s: float = 600.0) -> dict:
+    """One process per node, started in ``order`` (indices into ``specs``) ``stagger_s`` apart;
+    lifecycle nodes are configured and activated through their ``change_state`` services. Runs
+    until every trial node's process has exited (its trials done); then stops the others with
+    SIGINT. Each node's output goes to ``<out_dir>/<name>.log``. Returns what a monitor node heard:
+    the policy's frame-to-command latencies."""
+    from std_msgs.msg import Float64
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    monitor = rclpy.create_node("pushcut_runner", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(monitor)
+    latencies: list[float] = []
+    monitor.create_subscription(Float64, "/policy/latency_ms", lambda m: latencies.append(m.data), 100)
+    procs: dict[str, subprocess.Popen] = {}
+    trials = []
+    try:
+        for i in order if order is not None else range(len(specs)):
+            spec = specs[i]
+            key = f"{spec.namespace}_{spec.name}".strip("_")
+            params = out_dir / f"{key}.params.yaml"
+            params.write_text(yaml.safe_dump({"/**": {"ros__parameters": dict(spec.parameters)}}))
+            with open(out_dir / f"{key}.log", "wb") as log:
+                procs[key] = subprocess.Popen(node_command(spec, params), stdout=log, stderr=subprocess.STDOUT)
+            if spec.executable == "trial_node":
+                trials.append(key)
+            if spec.lifecycle:
+                _bring_up(monitor, executor, spec)
+            executor.spin_once(timeout_sec=0)
+            time.sleep(stagger_s)
+        deadline = time.monotonic() + timeout_s
+        while any(procs[k].poll() is None for k in trials):
+            dead = {k: p.returncode for k, p in procs.items() if p.poll() is not None and p.returncode != 0}
+            if dead:
+                raise RuntimeError(f"node process(es) exited: {dead}; see their logs in {out_dir}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the trials did not finish within {timeout_s}s; node logs in {out_dir}")
+            executor.spin_once(timeout_sec=0.05)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        executor.shutdown()
+        monitor.destroy_node()
+        rclpy.shutdown(context=context)
+    return {"latencies_ms": latencies}
+
+
+def _bring_up(node, executor, spec: NodeSpec, timeout_s: float = 30.0) -> None:
+    """Configure, then activate a lifecycle node in another process, as the launch files do."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    client = node.create_client(ChangeState, f"/{spec.namespace}/{spec.name}/change_state".replace("//", "/"))
+    if not client.wait_for_service(timeout_sec=timeout_s):
+        raise TimeoutError(f"{spec.namespace}/{spec.name}: no change_state service within {timeout_s}s")
+    for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+        future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+        executor.spin_until_future_complete(future, timeout_sec=timeout_s)
+        if not (future.done() and future.result().success):
+            raise RuntimeError(f"{spec.namespace}/{spec.name}: lifecycle transition {transition} failed")
+    node.destroy_client(client)
+
+
 def _spin(executor) -> None:
     try:
         executor.spin()
@@ -97,13 +193,19 @@ def _spin(executor) -> None:
 
 
 def dry_run(task: str, bundle: str, trials: int, log_dir: str, max_steps: int = 0, seed_start: int = 100000,
-            timeout_s: float = 900.0) -> dict:
-    """Twin + policy + trial nodes over real DDS; returns the trial summary and timing figures."""
+            timeout_s: float = 900.0, processes: bool = False, order: list[int] | None = None,
+            stagger_s: float = 0.0) -> dict:
+    """Twin + policy + trial nodes over real DDS, in one process or one process per node (started
+    in ``order``); returns the trial summary and timing figures."""
     from pushcut.deploy.trials import TrialLog, summarize
 
     specs = twin_eval(task, bundle, trials, log_dir, max_steps=max_steps, seed_start=seed_start)
     log = TrialLog(Path(log_dir) / "trials.jsonl")
     before = len(log.read())
+    if processes:
+        out = run_processes(specs, Path(log_dir) / "nodes", order, stagger_s, timeout_s)
+        rows = log.read()[before:]
+        return {"summary": summarize(rows), "trials": rows, **out}
     nodes = run(specs, timeout_s)
     rows = log.read()[before:]
     policy = nodes["policy"]
@@ -121,8 +223,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--log-dir", default="trials")
     ap.add_argument("--max-steps", type=int, default=0)
     ap.add_argument("--seed-start", type=int, default=100000)
+    ap.add_argument("--processes", action="store_true", help="one process per node, as ros2 launch runs them")
     args = ap.parse_args(argv)
-    out = dry_run(args.task, args.bundle, args.trials, args.log_dir, args.max_steps, args.seed_start)
+    out = dry_run(args.task, args.bundle, args.trials, args.log_dir, args.max_steps, args.seed_start,
+                  processes=args.processes)
     print(json.dumps(out["summary"], indent=2))
 
 

@@ -6,6 +6,11 @@ operator (``/trial/mark`` SetBool, ``/trial/abort``, or the terminal UI) or, in 
 twin's ``/twin/success``. Every finished trial is appended to ``<log_dir>/trials.jsonl`` with
 fsync (``pushcut.deploy.trials``) and recorded as MCAP (cameras, joint states, commands).
 Numbering resumes from the log, so a killed node loses no finished trial.
+
+``/estop`` true aborts the trial in progress (logged as ``aborted``, reason ``e-stop``) and
+refuses new ones until ``/estop`` false; dry runs then go on with the next trial. In dry runs the
+node waits until the twin and the policy have subscribed before it resets the twin, and repeats
+the reset until the twin answers, so the nodes may start in any order, one process each.
 """
 
 from __future__ import annotations
@@ -26,10 +31,18 @@ from pushcut.deploy.trials import TrialLog
 from pushcut.sim.tasks import TASKS
 from pushcut.spec import ARMS
 
-from .conversions import camera_topic, joint_command_topic, joint_states_topic
+from .conversions import (
+    ESTOP_TOPIC,
+    INSTRUCTION_TOPIC,
+    LATCHED,
+    camera_topic,
+    joint_command_topic,
+    joint_states_topic,
+)
 from .recorder import McapRecorder
 
 IDLE, RESETTING, RUNNING = "idle", "resetting", "running"
+RESET_RETRY_S = 1.0  # a reset the twin has not answered by then is sent again
 
 
 class TrialNode(Node):
@@ -71,11 +84,15 @@ class TrialNode(Node):
         self.started = 0.0
         self.success = False
         self._outcome: str | None = None
-        self.instruction_pub = self.create_publisher(String, "/instruction", 10)
+        self._reason = ""
+        self._reset_sent = 0.0
+        self.estopped = False
+        self.instruction_pub = self.create_publisher(String, INSTRUCTION_TOPIC, LATCHED)
         self.reset_pub = self.create_publisher(Int64, "/twin/reset", 10)
         self.create_subscription(Int64, "/twin/ready", self._on_ready, 10)
         self.create_subscription(Bool, "/twin/success", self._on_success, 10)
         self.create_subscription(Bool, "/twin/done", self._on_done, 10)
+        self.create_subscription(Bool, ESTOP_TOPIC, self._on_estop, LATCHED)
         for topic in map(camera_topic, g("cameras")):
             self.create_subscription(Image, topic, lambda m, t=topic: self._rec(t, "sensor_msgs/msg/Image", m), 5)
         for arm in ARMS:
@@ -87,6 +104,7 @@ class TrialNode(Node):
         self.create_service(Trigger, "/trial/abort", self._srv_abort)
         self.create_timer(0.02, self._tick)
         self.get_logger().info(f"{self.task}: next trial {self.trial}, log {self.log.path}")
+        self.instruction_pub.publish(String(data=""))  # the policy idles until a trial starts
         if self.mode == "twin":
             self._start()
         elif g("terminal_ui"):
@@ -103,22 +121,46 @@ class TrialNode(Node):
     def finished(self) -> bool:
         return self.num_trials > 0 and self.completed >= self.num_trials
 
+    @property
+    def seed(self) -> int:
+        return self.seed_start + self.trial - 1
+
     def _start(self) -> bool:
-        if self.state != IDLE or self.finished:
+        if self.state != IDLE or self.finished or self.estopped:
             return False
         self.success = False
-        self._outcome = None
+        self._outcome, self._reason = None, ""
         if self.mode == "twin":
-            self.state = RESETTING
-            self.reset_pub.publish(Int64(data=self.seed_start + self.trial - 1))
+            self.state = RESETTING  # the reset goes out from _tick once the twin and the policy listen
+            self._reset_sent = 0.0
         else:
             self.get_logger().info(f"trial {self.trial}: scene reset by the operator; running")
             self._run()
         return True
 
     def _on_ready(self, msg: Int64) -> None:
-        if self.state == RESETTING and msg.data == self.seed_start + self.trial - 1:
+        if self.state == RESETTING and msg.data == self.seed:
             self._run()
+
+    def _peers_listen(self) -> bool:
+        """The twin takes resets and the policy takes instructions (discovery has matched both)."""
+        return self.reset_pub.get_subscription_count() > 0 and self.instruction_pub.get_subscription_count() > 0
+
+    def _on_estop(self, msg: Bool) -> None:
+        if msg.data == self.estopped:
+            return
+        self.estopped = msg.data
+        if msg.data:
+            self.get_logger().error(f"e-stop: trial {self.trial} aborted; no trial starts until /estop is released"
+                                    if self.state == RUNNING else "e-stop: no trial starts until /estop is released")
+            if self.state == RUNNING:
+                self._reason = "e-stop"
+                self._finish("aborted")  # and the policy is told to idle
+            self.state = IDLE
+        else:
+            self.get_logger().warning("e-stop released")
+            if self.mode == "twin":
+                self._start()
 
     def _run(self) -> None:
         if self.record:
@@ -137,6 +179,9 @@ class TrialNode(Node):
             self._outcome = "timeout"
 
     def _tick(self) -> None:
+        if self.state == RESETTING and time.monotonic() - self._reset_sent > RESET_RETRY_S and self._peers_listen():
+            self.reset_pub.publish(Int64(data=self.seed))
+            self._reset_sent = time.monotonic()
         if self.state != RUNNING:
             return
         if self._outcome is None and time.monotonic() - self.started > self.timeout_s:
@@ -153,8 +198,9 @@ class TrialNode(Node):
             self.recorder = None
         record = self.log.append({
             "task": self.task, "trial": self.trial, "outcome": outcome, "duration_s": round(duration, 3),
-            "bundle_sha256": self.bundle_sha, "seed": self.seed_start + self.trial - 1 if self.mode == "twin" else None,
+            "bundle_sha256": self.bundle_sha, "seed": self.seed if self.mode == "twin" else None,
             "mode": self.mode, "notes": self.notes, "recording": recording, "finished_at": time.time(),
+            **({"reason": self._reason} if self._reason else {}),
         })
         self.get_logger().info(f"trial {self.trial}: {outcome} in {duration:.1f}s")
         self.instruction_pub.publish(String(data=""))  # stop: the policy drops its chunk
@@ -162,7 +208,7 @@ class TrialNode(Node):
         self.completed += 1
         self.state = IDLE
         if self.mode == "twin" and not self.finished:
-            self._start()
+            self._start()  # refused while e-stopped
         return record
 
     def _rec(self, topic: str, datatype: str, msg) -> None:
@@ -213,3 +259,7 @@ def main(args=None) -> None:
             pass
         finally:
             node.destroy_node()
+
+
+if __name__ == "__main__":
+    main()

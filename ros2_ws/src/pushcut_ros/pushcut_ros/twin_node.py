@@ -5,7 +5,8 @@ and episode-done signals. Time in the twin is driven by the commands: each pair 
 commands (same stamp) advances the physics by one control period toward them, so the dry run
 executes the policy's smoothed path as ``pushcut-eval`` does, however fast the host is; with no
 commands the twin holds still, like a robot waiting for its controller. ``/twin/reset`` (Int64
-seed) starts a seeded episode and is answered on ``/twin/ready`` with the same seed.
+seed) starts a seeded episode and is answered on ``/twin/ready`` with the same seed. While
+``/estop`` is true it ignores commands, as e-stopped arms do.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pushcut.sim.twin.env import TwinEnv
 from pushcut.spec import ARMS
 
 from .conversions import (
+    ESTOP_TOPIC,
+    LATCHED,
     arm_array,
     arm_state_msg,
     camera_topic,
@@ -68,10 +71,14 @@ class TwinNode(Node):
         for arm in ARMS:
             self.create_subscription(JointState, joint_command_topic(arm), lambda m, a=arm: self._on_command(a, m), 10)
         self.create_subscription(Int64, "/twin/reset", self._on_reset, 10)
+        self.estopped = False
+        self.create_subscription(Bool, ESTOP_TOPIC, lambda m: setattr(self, "estopped", m.data), LATCHED)
         self.active = False
         self.timer = self.create_timer(1.0 / p["camera_hz"], lambda: self._sim.submit(self._publish, True).result())
 
     def _on_command(self, arm: str, msg: JointState) -> None:
+        if self.estopped:
+            return
         try:
             self.commands[arm] = (stamp_to_s(msg.header.stamp), arm_array(msg))
         except ValueError as exc:
@@ -122,3 +129,7 @@ class TwinNode(Node):
 
 def main(args=None) -> None:
     spin_main(TwinNode, args)
+
+
+if __name__ == "__main__":
+    main()

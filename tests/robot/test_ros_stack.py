@@ -1,0 +1,107 @@
+"""The whole stack over real rclpy/DDS: one e-stop for every node, start-up in any order with one
+process per node, and piper_ros's topic names."""
+
+import numpy as np
+import pytest
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
+
+from pushcut.deploy.trials import TrialLog
+from pushcut.ros.composition import robot_eval, twin_eval
+from pushcut.ros.conversions import ESTOP_TOPIC, LATCHED, stamp_to_s
+from pushcut.ros.runner import dry_run, instantiate
+from tests.robot.test_ros_nodes import _policy_rig, every, rclpy_node
+from tests.training.conftest import MICRO_ENV
+
+
+def _twin_stack(graph, bundle, log_dir, trials):
+    specs = twin_eval("click_bell", str(bundle), trials, str(log_dir), max_steps=MICRO_ENV.max_steps, record=False)
+    return {s.name: graph.add(instantiate(s, graph.context)) for s in specs}
+
+
+def test_estop_silences_the_stack_aborts_the_trial_and_release_resumes(graph, bundle, tmp_path):
+    nodes = _twin_stack(graph, bundle, tmp_path, trials=2)
+    policy, trial, twin = nodes["policy"], nodes["trial"], nodes["twin"]
+    probe = graph.add(rclpy_node(graph, "operator"))
+    commands = []
+    for arm in ("left", "right"):
+        probe.create_subscription(JointState, f"/{arm}/joint_command", commands.append, 50)
+    estop = probe.create_publisher(Bool, ESTOP_TOPIC, LATCHED)
+    assert graph.spin_until(lambda: len(commands) > 10, timeout=60), "no commands before the e-stop"
+    assert commands[-1].velocity.tolist() == [50.0] * 7  # the speed piper_ros reads
+    estop.publish(Bool(data=True))
+    assert graph.spin_until(lambda: policy.estop_at is not None, timeout=2)
+    steps = twin.steps_applied
+    graph.spin_for(0.5)
+    last = max(stamp_to_s(c.header.stamp) for c in commands)
+    assert last <= policy.estop_at + 1 / 50  # silent within one control tick of the e-stop
+    assert twin.steps_applied == steps and trial.estopped
+    rows = TrialLog(tmp_path / "trials.jsonl").read()
+    assert [(r["outcome"], r.get("reason")) for r in rows] == [("aborted", "e-stop")]
+    n = len(commands)
+    graph.spin_for(0.5)
+    assert len(commands) == n and trial.state == "idle"  # stays stopped: no new trial, no command
+    estop.publish(Bool(data=False))
+    assert graph.spin_until(lambda: trial.finished, timeout=120), "the trials did not go on after the release"
+    rows = TrialLog(tmp_path / "trials.jsonl").read()
+    assert [r["trial"] for r in rows] == [1, 2] and rows[1]["outcome"] != "aborted"
+    assert len(commands) > n
+
+
+def test_empty_instruction_idles_the_policy(graph, bundle):
+    from std_msgs.msg import String
+
+    policy, publish, commands = _policy_rig(graph, bundle)
+    probe = graph.add(rclpy_node(graph, "trial_probe"))
+    instruction = probe.create_publisher(String, "/instruction", LATCHED)
+    tick = every(0.02, publish)
+    assert graph.spin_until(lambda: (tick(), len(commands) > 2)[1], timeout=20)
+    instruction.publish(String(data=""))
+    assert graph.spin_until(lambda: policy.instruction == "", timeout=2)
+    n = len(commands)
+    graph.spin_until(lambda: (tick(), False)[1], timeout=1.0)
+    assert len(commands) == n and policy.inferences >= 1
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2], [2, 1, 0], [1, 2, 0]], ids=["twin-policy-trial",
+                                                                        "trial-policy-twin", "policy-trial-twin"])
+def test_one_process_per_node_in_any_order_completes_the_trials(bundle, tmp_path, order):
+    out = dry_run("click_bell", str(bundle), 2, str(tmp_path), max_steps=MICRO_ENV.max_steps, processes=True,
+                  order=order, stagger_s=1.0, timeout_s=240)
+    assert [r["trial"] for r in out["trials"]] == [1, 2]
+    assert all(r["outcome"] in ("success", "failure", "timeout") for r in out["trials"])
+    assert all(r["duration_s"] < 60 for r in out["trials"]), out["trials"]  # the policy drove them
+    assert out["latencies_ms"], "the policy published no command"
+
+
+def test_piper_ros_option_remaps_the_arm_topics_and_starts_no_arm_node(graph, bundle):
+    specs = robot_eval("click_bell", str(bundle), {"head": "0"}, driver="piper_ros", speed_percent=30)
+    assert [s.executable for s in specs] == ["camera_node", "policy_node", "trial_node"]
+    policy_spec = next(s for s in specs if s.executable == "policy_node")
+    policy = graph.add(instantiate(policy_spec, graph.context))
+    probe = graph.add(rclpy_node(graph, "piper_ros"))
+    from pushcut.ros.conversions import arm_state_msg, image_msg
+    from sensor_msgs.msg import Image
+
+    img_pub = probe.create_publisher(Image, "/cameras/head/image_raw", 10)
+    state_pubs = {a: probe.create_publisher(JointState, f"/{a}/joint_states_single", 10) for a in ("left", "right")}
+    got = {"left": [], "right": []}
+    for arm in got:
+        probe.create_subscription(JointState, f"/{arm}/joint_ctrl_single", got[arm].append, 10)
+    q7 = np.array([0.0, 1.2, -1.1, 0.0, 0.9, 0.0, 0.07])
+
+    def publish():
+        stamp = probe.get_clock().now().to_msg()
+        img_pub.publish(image_msg(np.full((32, 32, 3), 128, np.uint8), stamp, "head"))
+        for pub in state_pubs.values():
+            pub.publish(arm_state_msg(q7, stamp))
+
+    tick = every(0.02, publish)
+    assert graph.spin_until(lambda: (tick(), all(len(v) > 2 for v in got.values()))[1], timeout=20)
+    msg = got["left"][-1]
+    assert msg.name == ["joint1", "joint2", "joint3", "joint4", "joint5", "joint6", "gripper"]
+    assert msg.velocity.tolist() == [30.0] * 7 and len(msg.position) == 7
+    topics = dict(policy.get_publisher_names_and_types_by_node("policy", "/"))
+    assert "/left/joint_ctrl_single" in topics and "/left/joint_command" not in topics
+    with pytest.raises(ValueError, match="driver"):
+        robot_eval("click_bell", str(bundle), {"head": "0"}, driver="ros2_control")
