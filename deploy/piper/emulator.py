@@ -116,6 +116,7 @@ class PiperEmulator:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
+        self._receive()  # frames sent before the stop still reach the arm
         self.bus.shutdown()
 
     def __enter__(self) -> Self:
@@ -238,15 +239,15 @@ class PiperEmulator:
             for jid in (J12, J34, J56):  # impossible angles the SDK's own 300-degree filter lets through
                 self._send(jid, struct.pack(">ii", 250_000, -250_000))
 
+    def _receive(self) -> None:
+        while (msg := self.bus.recv(timeout=0)) is not None:
+            if not self.bus_off:
+                self._handle(msg)
+
     def _run(self) -> None:
         next_t = time.perf_counter()
         while not self._stop.is_set():
-            while True:
-                msg = self.bus.recv(timeout=0)
-                if msg is None:
-                    break
-                if not self.bus_off:
-                    self._handle(msg)
+            self._receive()
             self._move()
             self._feedback()
             self._tick += 1

@@ -19,7 +19,7 @@ from std_srvs.srv import Trigger
 from pushcut.deploy.policy import ActionChunkBroker, smooth_path
 from pushcut.deploy.trials import TrialLog, wilson_interval
 from pushcut.ros.camera_node import CameraNode
-from pushcut.ros.conversions import arm_state_msg, image_msg
+from pushcut.ros.conversions import LATCHED, arm_state_msg, image_msg
 from pushcut.ros.piper_arm_node import PiperArmNode
 from pushcut.ros.policy_node import PolicyNode
 from pushcut.ros.trial_node import TrialNode
@@ -156,6 +156,13 @@ def test_chunk_broker_follows_the_twins_smoothed_path():
         broker.set_chunk(np.full((2, 2), np.nan))
 
 
+def _call(graph, client, timeout=15):
+    assert client.wait_for_service(timeout_sec=2)
+    future = client.call_async(Trigger.Request())
+    assert graph.spin_until(future.done, timeout)
+    return future.result()
+
+
 def test_piper_arm_lifecycle_node(graph):
     node = graph.add(PiperArmNode(context=graph.context, namespace="left",
                                   parameter_overrides=_params(can_port="vcan_ros_left", emulate=True)))
@@ -167,30 +174,58 @@ def test_piper_arm_lifecycle_node(graph):
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     assert node.arm.enabled and graph.spin_until(lambda: node.emulator.enabled, 2)
     cmd_pub = probe.create_publisher(JointState, "/left/joint_command", 10)
-    target = np.array([0.2, 0.4, -0.3, 0.1, 0.0, 0.0, 0.04])
     send = every(0.01, lambda q: cmd_pub.publish(arm_state_msg(q, probe.get_clock().now().to_msg())))
-    assert graph.spin_until(lambda: (send(target), np.allclose(node.emulator.state()[0], target[:6], atol=2e-3))[1],
-                            timeout=5)
+
+    def reaches(target, timeout=5):
+        return graph.spin_until(lambda: (send(target), np.allclose(node.emulator.state()[0], target[:6],
+                                                                   atol=2e-3))[1], timeout)
+
+    target = np.array([0.2, 0.4, -0.3, 0.1, 0.0, 0.0, 0.04])
+    assert reaches(target)
     assert graph.spin_until(lambda: states and np.allclose(states[-1].position[:6], target[:6], atol=3e-3), 3)
     assert states[-1].name[-1] == "gripper" and statuses and "enabled=True" in statuses[-1].data
-    estop = probe.create_publisher(Bool, "/estop", 10)
-    assert graph.spin_until(lambda: (estop.publish(Bool(data=True)), node.emulator.estopped)[1], timeout=3)
-    # the damped stop holds the motors powered: deactivation holds, it never cuts power (the arm would fall)
+    # lifecycle re-arms: deactivate holds and ignores commands, activate moves again
     assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-    graph.spin_for(0.2)
-    assert node.emulator.enabled and node.emulator.power_cuts == []
-    resume = probe.create_client(Trigger, "/left/piper_arm/resume")
-    assert resume.wait_for_service(timeout_sec=2)
-    future = resume.call_async(Trigger.Request())
-    assert graph.spin_until(future.done, 15) and future.result().success, future.result()
-    assert not node.emulator.estopped and node.emulator.enabled and node.arm.fault is None
-    # inactive: commands are ignored, the arm holds where it is
     q_hold = node.emulator.state()[0]
     graph.spin_until(lambda: (send(target - 0.1), False)[1], timeout=0.3)
     np.testing.assert_allclose(node.emulator.state()[0], q_hold, atol=2e-3)
-    emulator = node.emulator
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert reaches(target - 0.05)
+    # the stack's /estop: the damped stop, ~/resume refused while it is engaged, the release resumes
+    estop = probe.create_publisher(Bool, "/estop", LATCHED)
+    estop.publish(Bool(data=True))
+    assert graph.spin_until(lambda: node.emulator.estopped, timeout=3)
+    resume = probe.create_client(Trigger, "/left/piper_arm/resume")
+    assert not _call(graph, resume).success
+    estop.publish(Bool(data=False))
+    assert graph.spin_until(lambda: not node.emulator.estopped and node.arm.enabled, timeout=15)
+    assert node.emulator.enabled and node.arm.fault is None
+    assert reaches(target)
+    # ~/estop stops this arm and raises /estop for the whole stack, latched for nodes that join later
+    assert _call(graph, probe.create_client(Trigger, "/left/piper_arm/estop")).success
+    assert graph.spin_until(lambda: node.emulator.estopped, timeout=3)
+    heard = []
+    probe.create_subscription(Bool, "/estop", lambda m: heard.append(m.data), LATCHED)
+    assert graph.spin_until(lambda: True in heard, timeout=3)
+    estop.publish(Bool(data=False))  # the operator's release supersedes it
+    assert graph.spin_until(lambda: not node.emulator.estopped and node.arm.enabled and not node.raised_estop, 15)
+    assert reaches(target - 0.05)
+    # a lost bus: ~/reinit only once deactivated, then activate moves again
+    node.emulator.silent = True
+    assert graph.spin_until(lambda: node.arm.fault is not None, timeout=2)
+    reinit = probe.create_client(Trigger, "/left/piper_arm/reinit")
+    assert not _call(graph, reinit).success  # still active
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    node.emulator.silent = False
+    assert _call(graph, reinit).success
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert reaches(target)
+    emulator, settle_speed = node.emulator, node.arm.cfg.settle_speed
+    cuts = len(emulator.power_cuts)  # the vendor's reset in each resume cut power (at rest) too
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
     assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS  # cuts power from a settled hold
-    assert len(emulator.power_cuts) == 6 and all(abs(v) < node.arm.cfg.settle_speed for _, _, v in emulator.power_cuts)
+    assert len(emulator.power_cuts) == cuts + 6
+    assert all(abs(v) < settle_speed for _, _, v in emulator.power_cuts)
 
 
 def test_camera_node_publishes_frames_from_opencv(graph, tmp_path):

@@ -1,6 +1,8 @@
 """The whole stack over real rclpy/DDS: one e-stop for every node, start-up in any order with one
 process per node, and piper_ros's topic names."""
 
+import time
+
 import numpy as np
 import pytest
 from sensor_msgs.msg import JointState
@@ -46,6 +48,21 @@ def test_estop_silences_the_stack_aborts_the_trial_and_release_resumes(graph, bu
     rows = TrialLog(tmp_path / "trials.jsonl").read()
     assert [r["trial"] for r in rows] == [1, 2] and rows[1]["outcome"] != "aborted"
     assert len(commands) > n
+
+
+def test_policy_node_stops_on_estop_and_acts_on_fresh_frames_after_the_release(graph, bundle):
+    policy, publish, commands = _policy_rig(graph, bundle)  # no trial node: only the e-stop stops it
+    estop = graph.add(rclpy_node(graph, "button")).create_publisher(Bool, ESTOP_TOPIC, LATCHED)
+    tick = every(0.02, publish)
+    assert graph.spin_until(lambda: (tick(), len(commands) > 2)[1], timeout=20)
+    estop.publish(Bool(data=True))
+    assert graph.spin_until(lambda: (tick(), policy.estop_at is not None)[1], timeout=2)
+    graph.spin_until(lambda: (tick(), False)[1], timeout=1.0)  # fresh inputs keep coming: still silent
+    assert max(stamp_to_s(m.header.stamp) for _, m in commands) <= policy.estop_at + 1 / 50
+    released = time.monotonic()
+    estop.publish(Bool(data=False))
+    assert graph.spin_until(lambda: (tick(), commands[-1][0] > released)[1], timeout=20)
+    assert stamp_to_s(commands[-1][1].header.stamp) > policy.estop_at
 
 
 def test_empty_instruction_idles_the_policy(graph, bundle):
