@@ -5,12 +5,12 @@ import time
 
 import numpy as np
 import pytest
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 
 from pushcut.deploy.trials import TrialLog
 from pushcut.ros.composition import robot_eval, twin_eval
-from pushcut.ros.conversions import ESTOP_TOPIC, LATCHED, stamp_to_s
+from pushcut.ros.conversions import ESTOP_TOPIC, LATCHED, arm_state_msg, image_msg, stamp_to_s
 from pushcut.ros.runner import dry_run, instantiate
 from tests.robot.test_ros_nodes import _policy_rig, every, rclpy_node
 from tests.training.conftest import MICRO_ENV
@@ -97,14 +97,11 @@ def test_piper_ros_option_remaps_the_arm_topics_and_starts_no_arm_node(graph, bu
     policy_spec = next(s for s in specs if s.executable == "policy_node")
     policy = graph.add(instantiate(policy_spec, graph.context))
     probe = graph.add(rclpy_node(graph, "piper_ros"))
-    from pushcut.ros.conversions import arm_state_msg, image_msg
-    from sensor_msgs.msg import Image
-
     img_pub = probe.create_publisher(Image, "/cameras/head/image_raw", 10)
     state_pubs = {a: probe.create_publisher(JointState, f"/{a}/joint_states_single", 10) for a in ("left", "right")}
     got = {"left": [], "right": []}
-    for arm in got:
-        probe.create_subscription(JointState, f"/{arm}/joint_ctrl_single", got[arm].append, 10)
+    for arm, received in got.items():
+        probe.create_subscription(JointState, f"/{arm}/joint_ctrl_single", received.append, 10)
     q7 = np.array([0.0, 1.2, -1.1, 0.0, 0.9, 0.0, 0.07])
 
     def publish():
