@@ -1,13 +1,132 @@
-"""bench-ros: camera-frame-to-command latency and control-tick jitter during a twin dry run."""
+"""bench-ros: the ROS 2 stack against the twin, over DDS on loopback.
+
+- the dry run in one process: camera-frame-to-command latency, control-tick jitter, success;
+- the same dry run with one process per node, as ``ros2 launch`` runs it: success and latency;
+- e-stop: time from publishing ``/estop`` to the last command anyone receives (repeated);
+- staleness: when the cameras stop, time from the last fresh frame to the last command (repeated).
+"""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
+import rclpy
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool
 
 from bench.common import CACHE, env_int, percentiles, sft_checkpoint, write
 from pushcut.policy.export import ExportConfig, export
-from pushcut.ros.runner import dry_run
+from pushcut.ros.composition import NodeSpec, twin_eval
+from pushcut.ros.conversions import ESTOP_TOPIC, LATCHED, arm_state_msg, image_msg, stamp_to_s
+from pushcut.ros.runner import dry_run, started
 from pushcut.sim.config import EnvConfig
+
+CONTROL_HZ = 50
+REPEATS = 5
+
+
+def _spin(executor, seconds: float, every=None) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if every:
+            every()
+        executor.spin_once(timeout_sec=0.01)
+
+
+def _until(executor, cond, timeout: float, every=None) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if every:
+            every()
+        executor.spin_once(timeout_sec=0.01)
+        if cond():
+            return True
+    return False
+
+
+def _probe(context, name: str):
+    node = rclpy.create_node(name, context=context)
+    executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    received: list[tuple[float, JointState]] = []  # (monotonic receipt time, command)
+    for arm in ("left", "right"):
+        node.create_subscription(JointState, f"/{arm}/joint_command",
+                                 lambda m: received.append((time.monotonic(), m)), 100)
+    return node, executor, received
+
+
+def estop_to_last_command(bundle: str, log_dir: str) -> list[float]:
+    """The twin dry run; once commands flow, ``/estop`` true; the time from its publication to the
+    last command received after it (0 when none), then release and wait for the next trial's."""
+    specs = twin_eval("click_bell", bundle, 1000, log_dir, control_hz=CONTROL_HZ, record=False)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    gaps = []
+    try:
+        with started(specs, context):
+            node, executor, received = _probe(context, "bench_operator")
+            estop = node.create_publisher(Bool, ESTOP_TOPIC, LATCHED)
+            for _ in range(REPEATS):
+                n = len(received)
+                if not _until(executor, lambda n=n: len(received) > n + 5, 60):
+                    raise TimeoutError("no commands within 60 s")
+                t0 = time.monotonic()
+                estop.publish(Bool(data=True))
+                _spin(executor, 1.0)
+                after = [t for t, _ in received if t > t0]
+                gaps.append(1000 * (max(after) - t0) if after else 0.0)
+                estop.publish(Bool(data=False))
+            executor.shutdown()
+            node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+    return gaps
+
+
+def last_frame_to_last_command(bundle: str) -> list[float]:
+    """The policy node alone, fed 25 Hz frames and joint states by a probe; once commands flow the
+    frames stop (joint states go on): the time from the last frame's stamp to the last command's."""
+    spec = NodeSpec("policy_node", "policy", parameters={"bundle": bundle, "control_hz": CONTROL_HZ, "step_hz": 25})
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    gaps = []
+    try:
+        with started([spec], context) as (nodes, _):
+            node, executor, received = _probe(context, "bench_cameras")
+            image_pub = node.create_publisher(Image, "/cameras/head/image_raw", 10)
+            state_pubs = {a: node.create_publisher(JointState, f"/{a}/joint_states", 10) for a in ("left", "right")}
+            size = nodes["policy"].engine.image_size
+            img = np.full((size, size, 3), 128, np.uint8)
+            q7 = np.array([0.0, 1.2, -1.1, 0.0, 0.9, 0.0, 0.07])
+            cameras_on, last = [True], [0.0, 0.0]  # [last publish time, last frame stamp]
+
+            def publish():
+                if time.monotonic() - last[0] < 0.04:
+                    return
+                last[0] = time.monotonic()
+                stamp = node.get_clock().now().to_msg()
+                if cameras_on[0]:
+                    image_pub.publish(image_msg(img, stamp, "head"))
+                    last[1] = stamp_to_s(stamp)
+                for pub in state_pubs.values():
+                    pub.publish(arm_state_msg(q7, stamp))
+
+            for _ in range(REPEATS):
+                cameras_on[0] = True
+                n = len(received)
+                if not _until(executor, lambda n=n: len(received) > n + 5, 60, publish):
+                    raise TimeoutError("no commands within 60 s")
+                cameras_on[0] = False
+                stopped = time.monotonic()
+                _spin(executor, 1.0, publish)
+                after = [stamp_to_s(m.header.stamp) for t, m in received if t > stopped]
+                gaps.append(1000 * (max(after) - last[1]) if after else 0.0)
+            executor.shutdown()
+            node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+    return gaps
 
 
 def main() -> None:
@@ -15,18 +134,25 @@ def main() -> None:
     bundle = CACHE / "bundle_50demos"
     if not (bundle / "manifest.json").exists():
         export(ExportConfig(env=EnvConfig(task="click_bell"), checkpoint=str(ckpt), out_dir=str(bundle)))
-    log_dir = CACHE / "ros_trials"
-    out = dry_run("click_bell", str(bundle), env_int("PUSHCUT_BENCH_ROS_TRIALS", 10), str(log_dir))
-    ticks = np.array(out["tick_intervals_ms"])
-    nominal = 1000 / 50
+    trials = env_int("PUSHCUT_BENCH_ROS_TRIALS", 10)
+    in_process = dry_run("click_bell", str(bundle), trials, str(CACHE / "ros_trials"))
+    processes = dry_run("click_bell", str(bundle), trials, str(CACHE / "ros_trials_processes"), processes=True)
+    ticks = np.array(in_process["tick_intervals_ms"])
+    nominal = 1000 / CONTROL_HZ
+    estop = estop_to_last_command(str(bundle), str(CACHE / "ros_trials_estop"))
+    stale = last_frame_to_last_command(str(bundle))
     write("ros", {
-        "trials": out["summary"],
-        "frame_to_command_latency_ms": percentiles(out["latencies_ms"]),
+        "trials": in_process["summary"],
+        "frame_to_command_latency_ms": percentiles(in_process["latencies_ms"]),
         "control_tick_ms": percentiles(ticks),
         "control_tick_jitter_ms": percentiles(np.abs(ticks - nominal)),
         "nominal_tick_ms": nominal,
-        "stale_drops": out["stale_drops"],
-        "inferences": out["inferences"],
+        "stale_drops": in_process["stale_drops"],
+        "inferences": in_process["inferences"],
+        "one_process_per_node": {"trials": processes["summary"],
+                                 "frame_to_command_latency_ms": percentiles(processes["latencies_ms"])},
+        "estop_to_last_command_ms": {"each": estop, "max": max(estop)},
+        "last_fresh_frame_to_last_command_ms": {"each": stale, "max": max(stale), "max_age_ms": 250.0},
     })
 
 

@@ -14,6 +14,7 @@ timeout), lifecycle nodes configured and activated:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import itertools
 import json
@@ -60,15 +61,18 @@ def instantiate(spec: NodeSpec, context):
     return cls(**kwargs)
 
 
-def run(specs: list[NodeSpec], timeout_s: float = 600.0) -> dict:
-    """Run until every trial node has finished; returns the nodes by name for inspection.
+@contextlib.contextmanager
+def started(specs: list[NodeSpec], context=None):
+    """The nodes of ``specs`` spinning in this process, by name, until the block ends.
 
     Like ``ros2 launch``, which gives every node its own process, every node gets its own
     single-threaded executor on its own thread: a node blocked in a callback never starves
-    another node's timers.
+    another node's timers. ``context`` (default: a new one) lets a caller add nodes of its own.
     """
-    context = rclpy.Context()
-    rclpy.init(context=context)
+    own = context is None
+    if own:
+        context = rclpy.Context()
+        rclpy.init(context=context)
     nodes, executors, threads = {}, [], []
     try:
         for spec in specs:
@@ -83,6 +87,21 @@ def run(specs: list[NodeSpec], timeout_s: float = 600.0) -> dict:
             thread = threading.Thread(target=_spin, args=(executor,), name=f"spin-{spec.name}", daemon=True)
             thread.start()
             threads.append(thread)
+        yield nodes, threads
+    finally:
+        for executor in executors:
+            executor.shutdown()
+        for thread in threads:
+            thread.join(timeout=5)
+        for node in nodes.values():
+            node.destroy_node()
+        if own:
+            rclpy.shutdown(context=context)
+
+
+def run(specs: list[NodeSpec], timeout_s: float = 600.0) -> dict:
+    """Run in this process until every trial node has finished; returns the nodes by name."""
+    with started(specs) as (nodes, threads):
         trials = [n for n in nodes.values() if type(n).__name__ == "TrialNode"]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not all(t.finished for t in trials):
@@ -91,14 +110,6 @@ def run(specs: list[NodeSpec], timeout_s: float = 600.0) -> dict:
             time.sleep(0.05)
         if trials and not all(t.finished for t in trials):
             raise TimeoutError(f"the trials did not finish within {timeout_s}s")
-    finally:
-        for executor in executors:
-            executor.shutdown()
-        for thread in threads:
-            thread.join(timeout=5)
-        for node in nodes.values():
-            node.destroy_node()
-        rclpy.shutdown(context=context)
     return nodes
 
 
