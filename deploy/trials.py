@@ -115,6 +115,7 @@ def summarize(rows: list[dict]) -> dict:
         k = sum(r["success"] for r in rs)
         lo, hi = wilson_interval(k, len(rs))
         out[task] = {"trials": len(rs), "successes": k, "success_rate": k / len(rs), "ci95": [lo, hi],
+                     "aborted": sum(r["outcome"] == "aborted" for r in rs),  # counted as failures
                      "mean_duration_s": sum(r.get("duration_s", 0.0) for r in rs) / len(rs)}
     return out
 
@@ -160,8 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarize(rows)
     for task, v in summary.items():
         lo, hi = v["ci95"]
+        aborted = f", {v['aborted']} aborted (counted as failures)" if v["aborted"] else ""
         print(f"{task:20s} {v['successes']:3d}/{v['trials']:<3d} = {v['success_rate']:.1%}  "
-              f"(95% CI {lo:.1%} - {hi:.1%})")
+              f"(95% CI {lo:.1%} - {hi:.1%}){aborted}")
     png = plot(summary, args.plot or Path(args.log).with_suffix(".png"))
     print(f"plot: {png}")
     if args.wandb:

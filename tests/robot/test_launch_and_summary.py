@@ -73,12 +73,13 @@ def test_trials_summary_command(tmp_path):
     from pushcut.deploy.trials import TrialLog
 
     log = TrialLog(tmp_path / "trials.jsonl")
-    for i, outcome in enumerate(["success", "failure", "success", "timeout"], 1):
+    for i, outcome in enumerate(["success", "failure", "success", "timeout", "aborted"], 1):
         log.append({"task": "click_bell", "trial": i, "outcome": outcome, "duration_s": 10.0})
     log.append({"task": "stack_bowls_two", "trial": 1, "outcome": "success", "duration_s": 30.0})
     cmd = [sys.executable, "-m", "pushcut.deploy.trials", "summary", str(log.path), "--wandb", "offline"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
-    assert "click_bell" in out and "2/4" in out and "95% CI" in out and "stack_bowls_two" in out
+    assert "click_bell" in out and "2/5" in out and "95% CI" in out and "stack_bowls_two" in out
+    assert "1 aborted (counted as failures)" in out
     assert (tmp_path / "trials.png").stat().st_size > 1000
     assert any((tmp_path / "wandb").iterdir())
     empty = tmp_path / "none.jsonl"
@@ -168,3 +169,20 @@ def test_colcon_builds_the_workspace_and_an_installed_node_joins_the_graph(tmp_p
         proc.send_signal(signal.SIGINT)
         out = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, out[-2000:]  # a clean exit on Ctrl-C
+
+
+def test_params_file_states_every_node_parameter_and_its_default():
+    import yaml
+
+    pkg = LAUNCH.parent
+    params = yaml.safe_load((pkg / "config/params.yaml").read_text())
+    for node, module in [("camera", "camera_node"), ("policy", "policy_node"), ("piper_arm", "piper_arm_node"),
+                         ("trial", "trial_node"), ("twin", "twin_node")]:
+        declared = {}
+        for call in ast.walk(ast.parse((pkg / "pushcut_ros" / f"{module}.py").read_text())):
+            if isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "declare_parameter":
+                declared[call.args[0].value] = ast.literal_eval(call.args[1])
+        stated = params[node]["ros__parameters"]
+        assert set(stated) <= set(declared), f"{node}: params.yaml names unknown {set(stated) - set(declared)}"
+        assert {k: declared[k] for k in stated} == stated, f"{node}: params.yaml disagrees with the node's defaults"
+        assert set(stated) == set(declared), f"{node}: params.yaml leaves out {set(declared) - set(stated)}"
