@@ -119,3 +119,29 @@ def test_piper_ros_option_remaps_the_arm_topics_and_starts_no_arm_node(graph, bu
     assert "/left/joint_ctrl_single" in topics and "/left/joint_command" not in topics
     with pytest.raises(ValueError, match="driver"):
         robot_eval("click_bell", str(bundle), {"head": "0"}, driver="ros2_control")
+
+
+def test_an_arm_node_in_its_own_process_is_brought_up_through_its_lifecycle_services(graph, tmp_path):
+    import signal
+    import subprocess
+
+    import yaml
+    from std_msgs.msg import String
+
+    from pushcut.ros.composition import NodeSpec
+    from pushcut.ros.runner import _bring_up, node_command
+
+    spec = NodeSpec("piper_arm_node", "piper_arm", namespace="left", lifecycle=True,
+                    parameters={"can_port": "vcan_process", "emulate": True})
+    params = tmp_path / "arm.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": spec.parameters}}))
+    proc = subprocess.Popen(node_command(spec, params), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        probe = graph.add(rclpy_node(graph, "launcher"))
+        status = []
+        probe.create_subscription(String, "/left/arm_status", status.append, 10)
+        _bring_up(probe, graph.executor, spec)
+        assert graph.spin_until(lambda: status and "enabled=True fault=none" in status[-1].data, timeout=5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
