@@ -34,8 +34,8 @@ bench-sim: setup
 bench-policy: setup
 	$(PY) -m bench.policy
 
-bench-rl: setup
-	$(PY) -m bench.rl
+bench-rl: setup  # ARGS="experiment=rl_seed0 budget_s=600": configs/bench_rl.yaml, configs/experiment/
+	$(PY) -m bench.rl $(ARGS)
 
 bench-engine: setup
 	$(PY) -m bench.engine

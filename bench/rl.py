@@ -1,10 +1,15 @@
 """bench-rl: GRPO from the 1-demo SFT tiny policy on click_bell, with the paper's two ablations.
 
+    make bench-rl ARGS="experiment=rl_seed0 budget_s=600 variants=[grpo]"
+
+Configured by Hydra: ``configs/bench_rl.yaml`` (budgets, variants, sizes) and an experiment from
+``configs/experiment/`` (``setup.*``, below); any field can be overridden.
+
 Three runs: the recipe (dynamic sampling, T=1.6; by default with the late phase below) with a
-wall-time budget of 45 min (PUSHCUT_BENCH_RL_BUDGET_S), then dynamic sampling off and rollout temperature 1.0, each with
-PUSHCUT_BENCH_RL_ABLATION_BUDGET_S (default: the same budget); the curves carry wall time, so
-the recipe can be read at the ablations' budget when that is shorter. PUSHCUT_BENCH_RL_VARIANTS
-(comma-separated) runs some of them and keeps the others' results from the same start. Each
+wall-time budget of 45 min (budget_s), then dynamic sampling off and rollout temperature 1.0, each with
+ablation_budget_s (default: the same budget); the curves carry wall time, so
+the recipe can be read at the ablations' budget when that is shorter. variants
+(a list) runs some of them and keeps the others' results from the same start. Each
 starts from the same SFT checkpoint; greedy success is measured on the same held-out seeds
 (200 by default) before and after, and on 50 validation seeds (90000 on, apart from the held-out
 ones) every few iterations for the curve. Each run reports two policies on the held-out seeds: its
@@ -18,48 +23,48 @@ deterministic decoder by each token's expected bin (``expected_T1``) or median b
 splits that gap into argmax against the bulk of the mass, and noise. The diagnosis also asks
 whether the policy looks at the bell at all (``image_sensitivity``) and how much of each arm's
 action mass sits on one bin (``peak_probability``: near 1, sampling explores nothing).
-PUSHCUT_BENCH_RL_REMEASURE=1 measures the diagnosis again for the runs already in rl.json.
+remeasure=true measures the diagnosis again for the runs already in rl.json.
 
 The defaults are the configuration that meets the issue's target on the 2-core machine (see
 bench/README.md): the 1-demo SFT fine-tuned from a pretrained base, lr 3e-4, the last 70% of the
 budget at T = 0.8, training rollouts cut at 100 control steps, validation every 6 iterations, seed 1.
-Each variable below departs from them, and rl.json becomes rl_<departures>.json, every departure
-named (result files quoted in bench/README.md from before session 29 were named by departures from
-the earlier defaults: from scratch, lr 1e-3, no late phase, no horizon, validation every 3
-iterations, seed 0; the variables given beside them reproduce those runs).
-PUSHCUT_BENCH_RL_DEMOS=N (default 1, the issue's start) starts from the N-demo SFT instead
+(``experiment=rl_recipe``). Each field below departs from them, and rl.json becomes
+rl_<departures>.json, every departure named (result files quoted in bench/README.md from before
+round 29 were named by departures from the earlier defaults, ``experiment=rl_scratch``: from
+scratch, lr 1e-3, no late phase, no horizon, validation every 3 iterations, seed 0).
+setup.demos=N (default 1, the issue's start) starts from the N-demo SFT instead
 (``_<N>demos``): with 3 demos (two bells on the right, one on the left) the start has seen both
 arms move, which tests whether the unexplored arm is what limits the 1-demo runs; with 10, the
 start looks at the bell (distinct greedy first chunks), which tests whether blindness does.
-PUSHCUT_BENCH_RL_BASE=0 SFTs from scratch (``_scratch``) instead of fine-tuning from the pretrained
+setup.base=false SFTs from scratch (``_scratch``) instead of fine-tuning from the pretrained
 base (the tiny policy SFT'd on 50 demos each of stack_bowls_two and stack_bowls_three,
 ``pretrained_base``), as OpenVLA-OFT fine-tunes a pretrained OpenVLA.
-PUSHCUT_BENCH_RL_MIRROR=1 starts from the SFT on the demo and its mirror image (``mirror_demos``: the
+setup.mirror=true starts from the SFT on the demo and its mirror image (``mirror_demos``: the
 other arm on the mirrored scene; ``_mirror``): the one demo then shows both arms.
-PUSHCUT_BENCH_RL_SMOOTHING=S starts from the same SFT trained on Gaussian soft targets of std S bins
+setup.smoothing=S starts from the same SFT trained on Gaussian soft targets of std S bins
 (``bin_smoothing``; ``_smooth<S>``) instead of one-hot ones: one-hot SFT on one demo makes every
 action token a near-delta, which greedy decoding keeps after RL has moved the mass.
-PUSHCUT_BENCH_RL_LR (default 3e-4; ``_lr<LR>``): the 7B recipe's 5e-6 barely moves the tiny preset
+setup.lr (default 3e-4; ``_lr<LR>``): the 7B recipe's 5e-6 barely moves the tiny preset
 on 2 cores; from scratch it takes 1e-3, and the sharper start from the base a lower one.
-PUSHCUT_BENCH_RL_WARMUP=N raises lr linearly over the first N iterations (``lr_warmup_iters``;
+setup.warmup=N raises lr linearly over the first N iterations (``lr_warmup_iters``;
 ``_warmup<N>``): Adam's first step moves every weight by about lr, which can throw a start that
 samples well far from it.
-PUSHCUT_BENCH_RL_SEED=N (default 1; ``_seed<N>``) sets the runs' ``seed`` (rollout sampling noise,
+setup.seed=N (default 1; ``_seed<N>``) sets the runs' ``seed`` (rollout sampling noise,
 mini-batch order; the initial states stay the same). A run is deterministic: the same seed gives
 the same curve, iteration for iteration, and only the number of iterations that fit in the budget
 moves with the machine's speed, so a repeat that tests the spread between runs needs another seed.
-PUSHCUT_BENCH_RL_LATE_T=T (default 0.8; 0 for none) rolls out the last PUSHCUT_BENCH_RL_LATE_FRACTION
+setup.late_temperature=T (default 0.8; null for none) rolls out the last setup.late_fraction
 (default 0.7) of each run's budget at temperature T (``late_temperature``; ``_late<T>x<fraction>``,
 ``_nolate``): at the recipe's 1.6 the reward improves a broad sampled sweep that greedy decoding does
 not follow, and a late phase nearer greedy makes the reward improve what greedy evaluation measures.
-PUSHCUT_BENCH_RL_MIRROR_AUGMENT=1 adds each kept trajectory's mirror image to the learner's batch
+setup.mirror_augment=true adds each kept trajectory's mirror image to the learner's batch
 (``mirror_augment``; ``_mirroraug``): the arm that the one demo never moves then learns from the other
 arm's successes instead of waiting for a sample to click a bell on its side.
-PUSHCUT_BENCH_RL_HORIZON=N (default 100; 0 for the task's 400) ends training rollouts after the chunk
+setup.horizon=N (default 100; null for the task's 400) ends training rollouts after the chunk
 that reaches N control steps (``rollout_max_steps``; ``_horizon<N>``, ``_nohorizon``); evaluation keeps
 the task's 400. The start's successes come within the first 80 steps, and a failure run to 400 costs
 four times what one cut at 100 does, so the same wall time holds about three times the updates.
-PUSHCUT_BENCH_RL_EVAL_EVERY=N (default 6; ``_eval<N>``) evaluates on the validation seeds every N
+setup.eval_every=N (default 6; ``_eval<N>``) evaluates on the validation seeds every N
 iterations: each evaluation runs 50 greedy episodes to the task's limit, a larger share of the
 budget when iterations are short.
 """
@@ -67,7 +72,7 @@ budget when iterations are short.
 from __future__ import annotations
 
 import json
-import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +83,6 @@ import torch
 from bench.common import (
     CACHE,
     RESULTS,
-    env_int,
     held_out_episodes,
     held_out_seeds,
     pretrained_base,
@@ -216,8 +220,9 @@ def _measure(policy: TorchPolicy, cfg, initial: tuple[list[dict], list[str]]) ->
 
 @dataclass(frozen=True)
 class Setup:
-    """What the runs start from and how they train: the PUSHCUT_BENCH_RL_* variables. The defaults
-    write rl.json; every departure from them is named in the file's name."""
+    """What the runs start from and how they train (``setup`` of ``configs/bench_rl.yaml``, set by
+    an ``experiment``). The defaults (``rl_recipe``) write rl.json; every departure from them is
+    named in the file's name."""
 
     demos: int = 1
     base: bool = True
@@ -231,22 +236,6 @@ class Setup:
     mirror_augment: bool = False
     horizon: int | None = 100
     eval_every: int = 6
-
-    @classmethod
-    def from_env(cls) -> Setup:
-        d = cls()
-        late_t = float(os.environ.get("PUSHCUT_BENCH_RL_LATE_T", str(d.late_temperature)))
-        return cls(demos=env_int("PUSHCUT_BENCH_RL_DEMOS", d.demos),
-                   base=bool(env_int("PUSHCUT_BENCH_RL_BASE", int(d.base))),
-                   smoothing=float(os.environ.get("PUSHCUT_BENCH_RL_SMOOTHING", str(d.smoothing))),
-                   mirror=bool(env_int("PUSHCUT_BENCH_RL_MIRROR", int(d.mirror))),
-                   lr=float(os.environ.get("PUSHCUT_BENCH_RL_LR", str(d.lr))),
-                   warmup=env_int("PUSHCUT_BENCH_RL_WARMUP", d.warmup), seed=env_int("PUSHCUT_BENCH_RL_SEED", d.seed),
-                   late_temperature=late_t or None,
-                   late_fraction=float(os.environ.get("PUSHCUT_BENCH_RL_LATE_FRACTION", str(d.late_fraction))),
-                   mirror_augment=bool(env_int("PUSHCUT_BENCH_RL_MIRROR_AUGMENT", int(d.mirror_augment))),
-                   horizon=env_int("PUSHCUT_BENCH_RL_HORIZON", d.horizon or 0) or None,
-                   eval_every=env_int("PUSHCUT_BENCH_RL_EVAL_EVERY", d.eval_every))
 
     @property
     def result_name(self) -> str:
@@ -265,14 +254,11 @@ class Setup:
                 + (f"_eval{self.eval_every}" if self.eval_every != d.eval_every else ""))
 
     @property
-    def env_vars(self) -> str:
-        return (f"PUSHCUT_BENCH_RL_DEMOS={self.demos} PUSHCUT_BENCH_RL_BASE={int(self.base)} "
-                f"PUSHCUT_BENCH_RL_SMOOTHING={self.smoothing:g} PUSHCUT_BENCH_RL_MIRROR={int(self.mirror)} "
-                f"PUSHCUT_BENCH_RL_LR={self.lr:g} PUSHCUT_BENCH_RL_WARMUP={self.warmup} "
-                f"PUSHCUT_BENCH_RL_SEED={self.seed} PUSHCUT_BENCH_RL_LATE_T={self.late_temperature or 0:g} "
-                f"PUSHCUT_BENCH_RL_LATE_FRACTION={self.late_fraction:g} "
-                f"PUSHCUT_BENCH_RL_MIRROR_AUGMENT={int(self.mirror_augment)} "
-                f"PUSHCUT_BENCH_RL_HORIZON={self.horizon or 0} PUSHCUT_BENCH_RL_EVAL_EVERY={self.eval_every}")
+    def command(self) -> str:
+        """The ``make bench-rl`` that runs this setup."""
+        fields = ", ".join(f"{k}: {'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
+                           for k, v in vars(self).items())
+        return f"make bench-rl ARGS='setup={{{fields}}}'"
 
     @property
     def overrides(self) -> list[str]:
@@ -283,16 +269,15 @@ class Setup:
                 *(["mirror_augment=true"] if self.mirror_augment else []),
                 *([f"rollout_max_steps={self.horizon}"] if self.horizon else []), f"eval_every={self.eval_every}"]
 
-    def start_checkpoint(self) -> Path:
+    def start_checkpoint(self, sft_steps: int, base_sft_steps: int) -> Path:
         """The N-demo click_bell SFT the runs start from: from scratch (1500 steps), or fine-tuned from
         the base (100 steps: enough to learn the bell's prompt and motion, few enough to keep the
-        base's image features; PUSHCUT_BENCH_RL_BASE_SFT_STEPS); on soft targets with ``smoothing``;
-        on the demos and their mirror images with ``mirror``."""
+        base's image features; ``base_sft_steps``); on soft targets with ``smoothing``; on the demos
+        and their mirror images with ``mirror``."""
         if self.base:
-            return sft_checkpoint(self.demos, env_int("PUSHCUT_BENCH_RL_BASE_SFT_STEPS", 100),
-                                  bin_smoothing=self.smoothing, base=pretrained_base(), mirror=self.mirror)
-        return sft_checkpoint(self.demos, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500), bin_smoothing=self.smoothing,
-                              mirror=self.mirror)
+            return sft_checkpoint(self.demos, base_sft_steps, bin_smoothing=self.smoothing, base=pretrained_base(),
+                                  mirror=self.mirror)
+        return sft_checkpoint(self.demos, sft_steps, bin_smoothing=self.smoothing, mirror=self.mirror)
 
 
 def _best(run: Path, cfg, initial, last: dict, last_iteration: int, before: dict) -> dict:
@@ -306,13 +291,32 @@ def _best(run: Path, cfg, initial, last: dict, last_iteration: int, before: dict
             "gain_points": 100 * (measured["greedy"]["success_rate"] - before["success_rate"])}
 
 
+@dataclass(frozen=True)
+class BenchRLConfig:
+    """``configs/bench_rl.yaml``: the experiment (``setup``) and the bench's budget and sizes."""
+
+    setup: Setup = Setup()
+    budget_s: int = 2700
+    ablation_budget_s: int | None = None
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    eval_seeds: int = 200
+    remeasure: bool = False
+    sft_steps: int = 1500
+    base_sft_steps: int = 100
+
+    def __post_init__(self):
+        unknown = sorted(set(self.variants) - set(VARIANTS))
+        if unknown or not self.variants:
+            raise ValueError(f"variants {list(self.variants)}: choose among {list(VARIANTS)}")
+
+
 def remeasure(episodes: int, setup: Setup) -> None:
     """Measure the diagnosis again for the start and every finished run in rl.json (their final
     checkpoints), without training: for a diagnosis added after the runs."""
     result = setup.result_name
     path = RESULTS / f"{result}.json"
     if not path.exists():
-        raise SystemExit(f"nothing to measure again: {path} does not exist; run bench-rl with {setup.env_vars} first")
+        raise SystemExit(f"nothing to measure again: {path} does not exist; run {setup.command} first")
     out = json.loads(path.read_text())
     from_start = ["init_checkpoint=" + out["start"]["checkpoint"]]
     recipe = from_hydra(TrainConfig, compose("train", from_start))
@@ -335,19 +339,15 @@ def remeasure(episodes: int, setup: Setup) -> None:
     write(result, out)
 
 
-def main(setup: Setup) -> None:
-    budget = env_int("PUSHCUT_BENCH_RL_BUDGET_S", 2700)
-    ablation_budget = env_int("PUSHCUT_BENCH_RL_ABLATION_BUDGET_S", budget)
-    episodes = env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200)
-    ckpt = setup.start_checkpoint()
+def main(bench: BenchRLConfig) -> None:
+    setup, budget, episodes = bench.setup, bench.budget_s, bench.eval_seeds
+    ablation_budget = bench.ablation_budget_s or budget
+    ckpt = setup.start_checkpoint(bench.sft_steps, bench.base_sft_steps)
     recipe = from_hydra(TrainConfig, compose("train", [f"init_checkpoint={ckpt}"]))
     initial = _initial_states(recipe, episodes)
     start = _measure(TorchPolicy.from_checkpoint(ckpt), recipe, initial)
     before = start["greedy"]
-    only = [v for v in os.environ.get("PUSHCUT_BENCH_RL_VARIANTS", ",".join(VARIANTS)).split(",") if v]
-    unknown = sorted(set(only) - set(VARIANTS))
-    if unknown:
-        raise SystemExit(f"unknown PUSHCUT_BENCH_RL_VARIANTS {unknown}; known: {list(VARIANTS)}")
+    only = list(bench.variants)
     out = {"task": "click_bell", "start": {"checkpoint": str(ckpt), **before, "diagnosis": start}}
     result = setup.result_name
     previous = RESULTS / f"{result}.json"
@@ -402,7 +402,8 @@ def main(setup: Setup) -> None:
 
 
 if __name__ == "__main__":
-    if os.environ.get("PUSHCUT_BENCH_RL_REMEASURE"):
-        remeasure(env_int("PUSHCUT_BENCH_EVAL_SEEDS", 200), Setup.from_env())
+    cfg = from_hydra(BenchRLConfig, compose("bench_rl", sys.argv[1:]))
+    if cfg.remeasure:
+        remeasure(cfg.eval_seeds, cfg.setup)
     else:
-        main(Setup.from_env())
+        main(cfg)

@@ -1,0 +1,28 @@
+"""bench-rl's experiments are Hydra configs: each composes, checks, and writes its own result file."""
+
+import pytest
+
+from bench.rl import BenchRLConfig
+from pushcut.configs import CONFIG_DIR, ConfigError, compose, from_hydra
+
+
+def _bench(*overrides):
+    return from_hydra(BenchRLConfig, compose("bench_rl", list(overrides)))
+
+
+def test_every_experiment_composes_and_names_its_result_file():
+    names = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("rl_*.yaml"))
+    assert "rl_recipe" in names and len(names) >= 3
+    results = {n: _bench(f"experiment={n}").setup.result_name for n in names}
+    assert results["rl_recipe"] == "rl" and _bench().setup.result_name == "rl"  # the default experiment
+    assert len(set(results.values())) == len(names), results  # no two experiments share a file
+    scratch = _bench("experiment=rl_scratch", "setup.demos=3", "budget_s=600", "variants=[grpo]")
+    assert scratch.setup.result_name == "rl_3demos_scratch_lr0.001_seed0_nolate_nohorizon_eval3"
+    assert scratch.budget_s == 600 and scratch.variants == ("grpo",)
+
+
+@pytest.mark.parametrize("override,match", [("variants=[greedy]", "variants"), ("setup.lr=fast", "setup.lr"),
+                                            ("setup.horizon=ten", "setup.horizon")])
+def test_bad_bench_settings_are_refused_naming_the_field(override, match):
+    with pytest.raises((ConfigError, ValueError), match=match):
+        _bench(override)
