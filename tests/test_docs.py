@@ -15,5 +15,13 @@ def test_relative_links_resolve_and_no_doc_narrates_how_it_was_built():
     for doc in DOCS:
         text = doc.read_text()
         assert not re.search(r"\bsessions?\b", text, re.IGNORECASE), doc
-        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+        for target, anchor in re.findall(r"\]\(([^)#:]+)(?:#([^)]*))?\)", text):
             assert (doc.parent / target).exists(), (doc, target)
+            if anchor:
+                assert anchor in _anchors(doc.parent / target), (doc, target, anchor)
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces to -."""
+    headings = re.findall(r"^#+ (.+)$", path.read_text(), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}

@@ -178,33 +178,27 @@ class PiperArmNode(LifecycleNode):
         response.success, response.message = True, "emergency stop sent; /estop raised for the whole stack"
         return response
 
-    @staticmethod
-    def _trigger(action, done: str, response):
-        """A Trigger service's answer: ``done`` when ``action`` succeeds, the ArmFault's reason else."""
+    def _trigger(self, action: str, done: str, response, refuse: str | None = None):
+        """A Trigger service's answer: refused (``refuse``, or not configured), else ``done`` when
+        the arm's ``action`` succeeds, the ArmFault's reason when it does not."""
+        refuse = "not configured" if self.arm is None else refuse
+        if refuse:
+            response.success, response.message = False, refuse
+            return response
         try:
-            action()
+            getattr(self.arm, action)()
             response.success, response.message = True, done
         except ArmFault as exc:
             response.success, response.message = False, str(exc)
         return response
 
     def _srv_resume(self, request, response):
-        if self.arm is None:
-            response.success, response.message = False, "not configured"
-            return response
-        if self.stack_estopped:
-            response.success, response.message = False, "/estop is engaged: releasing it (false) resumes the arms"
-            return response
-        return self._trigger(self.arm.resume, "resumed: holding at the measured pose", response)
+        refuse = "/estop is engaged: releasing it (false) resumes the arms" if self.stack_estopped else None
+        return self._trigger("resume", "resumed: holding at the measured pose", response, refuse)
 
     def _srv_reinit(self, request, response):
-        if self.arm is None:
-            response.success, response.message = False, "not configured"
-            return response
-        if self.active:
-            response.success, response.message = False, "deactivate first, then reinit, then activate"
-            return response
-        return self._trigger(self.arm.reinit, "bus re-initialised; activate again to move", response)
+        refuse = "deactivate first, then reinit, then activate" if self.active else None
+        return self._trigger("reinit", "bus re-initialised; activate again to move", response, refuse)
 
 
 def main(args=None) -> None:
