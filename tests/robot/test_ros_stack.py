@@ -135,13 +135,16 @@ def test_an_arm_node_in_its_own_process_is_brought_up_through_its_lifecycle_serv
                     parameters={"can_port": "vcan_process", "emulate": True})
     params = tmp_path / "arm.yaml"
     params.write_text(yaml.safe_dump({"/**": {"ros__parameters": spec.parameters}}))
-    proc = subprocess.Popen(node_command(spec, params), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "arm.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(node_command(spec, params), stdout=out, stderr=subprocess.STDOUT)
     try:
         probe = graph.add(rclpy_node(graph, "launcher"))
         status = []
         probe.create_subscription(String, "/left/arm_status", status.append, 10)
         _bring_up(probe, graph.executor, spec)
-        assert graph.spin_until(lambda: status and "enabled=True fault=none" in status[-1].data, timeout=5)
+        assert graph.spin_until(lambda: status and "enabled=True fault=none" in status[-1].data, timeout=5), \
+            log.read_text()[-2000:]
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0

@@ -181,18 +181,33 @@ def run_processes(specs: list[NodeSpec], out_dir: str | Path, order: list[int] |
 
 
 def _bring_up(node, executor, spec: NodeSpec, timeout_s: float = 30.0) -> None:
-    """Configure, then activate a lifecycle node in another process, as the launch files do."""
-    from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState
+    """Configure, then activate a lifecycle node in another process, as the launch files do.
 
-    client = node.create_client(ChangeState, f"/{spec.namespace}/{spec.name}/change_state".replace("//", "/"))
-    if not client.wait_for_service(timeout_sec=timeout_s):
-        raise TimeoutError(f"{spec.namespace}/{spec.name}: no change_state service within {timeout_s}s")
+    A service can be listed before its server is reachable (discovery still holds a node of the
+    same name that has gone), and a request sent then is lost: ``get_state``, which changes
+    nothing, is asked until the node answers, and only then is a transition requested."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    name = f"/{spec.namespace}/{spec.name}".replace("//", "/")
+    deadline = time.monotonic() + timeout_s
+    probe = node.create_client(GetState, f"{name}/get_state")
+    while True:
+        if probe.wait_for_service(timeout_sec=1.0):
+            future = probe.call_async(GetState.Request())
+            executor.spin_until_future_complete(future, timeout_sec=1.0)
+            if future.done():
+                break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name}: no answer from get_state within {timeout_s}s")
+    node.destroy_client(probe)
+    client = node.create_client(ChangeState, f"{name}/change_state")
+    client.wait_for_service(timeout_sec=timeout_s)
     for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
         future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
         executor.spin_until_future_complete(future, timeout_sec=timeout_s)
         if not (future.done() and future.result().success):
-            raise RuntimeError(f"{spec.namespace}/{spec.name}: lifecycle transition {transition} failed")
+            raise RuntimeError(f"{name}: lifecycle transition {transition} failed (see the node's log)")
     node.destroy_client(client)
 
 
