@@ -142,7 +142,10 @@ def test_an_arm_node_in_its_own_process_is_brought_up_through_its_lifecycle_serv
         probe = graph.add(rclpy_node(graph, "launcher"))
         status = []
         probe.create_subscription(String, "/left/arm_status", status.append, 10)
-        _bring_up(probe, graph.executor, spec)
+        try:
+            _bring_up(probe, graph.executor, spec)
+        except (RuntimeError, TimeoutError) as exc:
+            raise AssertionError(f"{exc}; the node said:\n{log.read_text()[-2000:]}") from exc
         assert graph.spin_until(lambda: status and "enabled=True fault=none" in status[-1].data, timeout=5), \
             log.read_text()[-2000:]
     finally:
