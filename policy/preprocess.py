@@ -45,6 +45,10 @@ class ByteTokenizer:
         self.pad_id = 0
         self.vocab_size = offset + 256
 
+    def length(self, text: str) -> int:
+        """Tokens of ``text`` in the prompt, before truncation to ``max_len``."""
+        return len(PROMPT.format(task=text.lower().strip()).encode("utf-8"))
+
     def encode(self, text: str) -> np.ndarray:
         ids = np.frombuffer(PROMPT.format(task=text.lower().strip()).encode("utf-8"), dtype=np.uint8)
         return (ids[: self.max_len].astype(np.int64) + self.offset)
@@ -126,6 +130,9 @@ class HFTokenizer:
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         return cls(tok.backend_tokenizer.to_str(), max_len, pad)
 
+    def length(self, text: str) -> int:
+        return len(self.tok.encode(PROMPT.format(task=text.lower().strip())).ids)
+
     def encode(self, text: str) -> np.ndarray:
         ids = self.tok.encode(PROMPT.format(task=text.lower().strip())).ids[: self.max_len]
         return np.asarray(ids, dtype=np.int64)
@@ -140,6 +147,17 @@ class HFTokenizer:
     def from_json(cls, text: str) -> HFTokenizer:
         d = json.loads(text)
         return cls(json.dumps(d["tokenizer"]), d["max_len"], d["pad_id"])
+
+
+def instruction_problem(tokenizer: ByteTokenizer | HFTokenizer, text: str) -> str | None:
+    """Why ``text`` cannot be given to a policy with ``tokenizer`` whole (None when it can): control
+    characters, or a prompt longer than the tokenizer keeps (the rest would be cut silently)."""
+    if not text.strip().isprintable():
+        return f"instruction {text[:80]!r} holds control characters"
+    n = tokenizer.length(text)
+    if n > tokenizer.max_len:
+        return f"instruction {text[:80]!r} is {n} tokens in the prompt; the policy reads {tokenizer.max_len}"
+    return None
 
 
 def load_tokenizer(text: str) -> ByteTokenizer | HFTokenizer:

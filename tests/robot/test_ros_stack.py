@@ -65,7 +65,7 @@ def test_policy_node_stops_on_estop_and_acts_on_fresh_frames_after_the_release(g
     assert stamp_to_s(commands[-1][1].header.stamp) > policy.estop_at
 
 
-def test_empty_instruction_idles_the_policy(graph, bundle):
+def test_an_empty_or_unreadable_instruction_idles_the_policy(graph, bundle):
     from std_msgs.msg import String
 
     policy, publish, commands = _policy_rig(graph, bundle)
@@ -73,11 +73,16 @@ def test_empty_instruction_idles_the_policy(graph, bundle):
     instruction = probe.create_publisher(String, "/instruction", LATCHED)
     tick = every(0.02, publish)
     assert graph.spin_until(lambda: (tick(), len(commands) > 2)[1], timeout=20)
-    instruction.publish(String(data=""))
-    assert graph.spin_until(lambda: policy.instruction == "", timeout=2)
-    n = len(commands)
-    graph.spin_until(lambda: (tick(), False)[1], timeout=1.0)
-    assert len(commands) == n and policy.inferences >= 1
+    task = policy.instruction
+    for idle in ("", "press the bell " * 20, "press\x1bthe bell"):  # idle; too long to read whole; a control byte
+        instruction.publish(String(data=idle))
+        assert graph.spin_until(lambda: policy.instruction == "", timeout=2)
+        n = len(commands)
+        graph.spin_until(lambda: (tick(), False)[1], timeout=1.0)
+        assert len(commands) == n, f"commanded after the instruction {idle!r}"
+        instruction.publish(String(data=task))  # a valid one: it acts again
+        assert graph.spin_until(lambda n=n: (tick(), len(commands) > n)[1], timeout=20)
+    assert policy.rejected["instruction"] == 2
 
 
 @pytest.mark.parametrize("order", [[0, 1, 2], [2, 1, 0], [1, 2, 0]], ids=["twin-policy-trial",

@@ -36,6 +36,7 @@ from pushcut.deploy.bundle import check_compatible
 from pushcut.deploy.engine import Engine
 from pushcut.deploy.piper.safety import implausible
 from pushcut.deploy.policy import ActionChunkBroker
+from pushcut.policy.preprocess import instruction_problem
 
 from .conversions import (
     ESTOP_TOPIC,
@@ -84,6 +85,9 @@ class PolicyNode(Node):
         if not 1 <= self.speed_percent <= 100:
             raise ValueError(f"speed_percent {self.speed_percent} must be within 1-100")
         self.instruction = g("instruction").value or self.engine.manifest["instruction"].get("default", "")
+        problem = self.instruction and instruction_problem(self.engine.tokenizer, self.instruction)
+        if problem:
+            raise ValueError(f"parameter 'instruction': {problem}")
         self.images: dict[str, tuple[np.ndarray, float]] = {}
         self.states: dict[str, tuple[np.ndarray, float]] = {}
         for cam in self.engine.cameras:
@@ -148,9 +152,13 @@ class PolicyNode(Node):
         return now - min(t for _, t in (*self.images.values(), *self.states.values()))
 
     def _on_instruction(self, msg: String) -> None:
-        """A new instruction starts a new episode: drop the current chunk."""
+        """A new instruction starts a new episode: drop the current chunk. One the policy cannot
+        read whole is dropped, and the node idles (it never acts on a cut-off instruction)."""
+        problem = instruction_problem(self.engine.tokenizer, msg.data) if msg.data else None
+        if problem:
+            self._reject("instruction", f"{problem}; idle until a valid one")
         with self._lock:
-            self.instruction = msg.data
+            self.instruction = "" if problem else msg.data
             self._drop_chunk()
             self.last_command_stamp = 0.0
 
