@@ -14,7 +14,8 @@ after the release. Commands carry the speed percentage ``speed_percent`` in ``ve
 joints), which piper_ros reads as its speed (100 % when empty); pushcut's arm node uses its own.
 
 Every input is validated where it enters: a joint state that is not finite or far outside the
-Piper's limits, an image of another encoding or an inconsistent size is dropped, counted in
+Piper's limits, an image of another encoding or an inconsistent size, an instruction the bundle
+cannot read whole (the node then idles) is dropped, counted in
 ``rejected`` and logged (throttled) with its reason; nothing derived from it is published. The
 engine refuses non-finite inputs and logits. Per-tick diagnostics are rolling windows.
 """

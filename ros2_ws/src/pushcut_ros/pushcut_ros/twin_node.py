@@ -82,7 +82,7 @@ class TwinNode(Node):
         try:
             self.commands[arm] = (stamp_to_s(msg.header.stamp), arm_array(msg))
         except ValueError as exc:
-            self.get_logger().warning(f"ignoring malformed command for {arm}: {exc}")
+            self.get_logger().warning(f"ignoring malformed command for {arm}: {exc}", throttle_duration_sec=1.0)
             return
         stamps = {self.commands[a][0] for a in ARMS if a in self.commands}
         if len(self.commands) == len(ARMS) and len(stamps) == 1 and stamps.pop() > self.applied_stamp:
