@@ -132,9 +132,9 @@ def plot(summary: dict, out_png: str | Path) -> Path:
            [summary[t]["ci95"][1] - r for t, r in zip(tasks, rates)]]
     fig, ax = plt.subplots(figsize=(1.8 * len(tasks) + 2, 3))
     ax.bar(tasks, rates, yerr=err, capsize=6, color="#4a7ab5")
-    for i, t in enumerate(tasks):
-        ax.text(i, 0.02, f"{summary[t]['successes']}/{summary[t]['trials']}", ha="center", color="white")
-    ax.set_ylim(0, 1)
+    for i, t in enumerate(tasks):  # above the interval: readable at any rate, 0 included
+        ax.text(i, summary[t]["ci95"][1] + 0.03, f"{summary[t]['successes']}/{summary[t]['trials']}", ha="center")
+    ax.set_ylim(0, 1.15)
     ax.set_ylabel("success rate (Wilson 95% CI)")
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)

@@ -88,22 +88,29 @@ def keep_metrics_before(run_dir: Path, step: int) -> list[dict]:
 
 
 def plot_curves(metrics_path: str | Path, keys: list[str], out_png: str | Path, title: str = "") -> Path | None:
-    """One panel per metric in ``keys`` against step; skips keys never logged."""
+    """One panel per metric in ``keys`` against step, at most three to a row; skips keys never
+    logged. Steps are whole numbers on the axis, and a short run shows its points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = read_metrics(metrics_path)
     keys = [k for k in keys if any(k in r for r in rows)]
     if not keys:
         return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-    for ax, k in zip(axes[0], keys):
+    cols = min(3, len(keys))
+    nrows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, k in zip(axes.flat, keys):
         pts = [(r["step"], r[k]) for r in rows if k in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 50 else None)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 50 else None)
         ax.set_title(k)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

@@ -34,6 +34,7 @@ def test_launch_files_compile_and_use_the_shared_composition(name, fn):
     if fn is composition.robot_eval:
         assert {"head_device", "left_wrist_device", "right_wrist_device", "left_can", "right_can", "sim"} <= set(args)
         assert "LifecycleNode" in src and "TRANSITION_ACTIVATE" in src
+        assert {"driver", "speed_percent"} <= set(args) and "remappings=list(s.remappings)" in src
 
 
 def test_package_installs_launch_and_params():
