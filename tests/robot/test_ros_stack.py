@@ -65,6 +65,24 @@ def test_policy_node_stops_on_estop_and_acts_on_fresh_frames_after_the_release(g
     assert stamp_to_s(commands[-1][1].header.stamp) > policy.estop_at
 
 
+def test_the_estop_command_engages_and_releases_every_listener(graph, bundle):
+    import os
+    import subprocess
+    import sys
+
+    policy = _policy_rig(graph, bundle)[0]
+    cmd = [sys.executable, "-m", "pushcut.ros.estop"]
+    for args, engaged in (([], True), (["--release"], False)):
+        proc = subprocess.Popen(cmd + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert graph.spin_until(lambda proc=proc: proc.poll() is not None, timeout=30)
+        out = proc.stdout.read()
+        assert proc.returncode == 0 and "acknowledged by" in out, (out, proc.stderr.read())
+        assert graph.spin_until(lambda engaged=engaged: policy.estopped == engaged, timeout=2)
+    alone = subprocess.run(cmd + ["--discovery-s", "0.5"], check=False, capture_output=True, text=True, timeout=30,
+                           env={**os.environ, "ROS_DOMAIN_ID": "77"})
+    assert alone.returncode == 1 and "no node listens" in alone.stderr
+
+
 def test_an_empty_or_unreadable_instruction_idles_the_policy(graph, bundle):
     from std_msgs.msg import String
 

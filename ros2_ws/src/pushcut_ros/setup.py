@@ -26,6 +26,7 @@ setup(
             "twin_node = pushcut_ros.twin_node:main",
             "trial_node = pushcut_ros.trial_node:main",
             "piper_arm_node = pushcut_ros.piper_arm_node:main",
+            "estop = pushcut_ros.estop:main",
         ],
     },
 )
