@@ -35,6 +35,11 @@ def preprocess_images(images: Mapping[str, np.ndarray], cameras: Sequence[str], 
     return out
 
 
+def prompt(text: str) -> str:
+    """The instruction as the policy reads it: OpenVLA's prompt around the lower-cased task."""
+    return PROMPT.format(task=text.lower().strip())
+
+
 class ByteTokenizer:
     """UTF-8 bytes as ids ``offset .. offset+255``; id 0 pads. Serialisable to JSON."""
 
@@ -45,13 +50,16 @@ class ByteTokenizer:
         self.pad_id = 0
         self.vocab_size = offset + 256
 
+    def _ids(self, text: str) -> np.ndarray:
+        """The prompt's ids, whole (``encode`` keeps the first ``max_len``)."""
+        return np.frombuffer(prompt(text).encode("utf-8"), dtype=np.uint8).astype(np.int64) + self.offset
+
     def length(self, text: str) -> int:
         """Tokens of ``text`` in the prompt, before truncation to ``max_len``."""
-        return len(PROMPT.format(task=text.lower().strip()).encode("utf-8"))
+        return len(self._ids(text))
 
     def encode(self, text: str) -> np.ndarray:
-        ids = np.frombuffer(PROMPT.format(task=text.lower().strip()).encode("utf-8"), dtype=np.uint8)
-        return (ids[: self.max_len].astype(np.int64) + self.offset)
+        return self._ids(text)[: self.max_len]
 
     def batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded ids (B, L) and a bool mask (B, L) of real tokens."""
@@ -130,12 +138,13 @@ class HFTokenizer:
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         return cls(tok.backend_tokenizer.to_str(), max_len, pad)
 
-    def length(self, text: str) -> int:
-        return len(self.tok.encode(PROMPT.format(task=text.lower().strip())).ids)
+    def _ids(self, text: str) -> np.ndarray:
+        return np.asarray(self.tok.encode(prompt(text)).ids, dtype=np.int64)
+
+    length = ByteTokenizer.length
 
     def encode(self, text: str) -> np.ndarray:
-        ids = self.tok.encode(PROMPT.format(task=text.lower().strip())).ids[: self.max_len]
-        return np.asarray(ids, dtype=np.int64)
+        return self._ids(text)[: self.max_len]
 
     batch = ByteTokenizer.batch
 
