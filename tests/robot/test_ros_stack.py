@@ -146,21 +146,16 @@ def test_piper_ros_option_remaps_the_arm_topics_and_starts_no_arm_node(graph, bu
 
 def test_an_arm_node_in_its_own_process_is_brought_up_through_its_lifecycle_services(graph, tmp_path):
     import signal
-    import subprocess
 
-    import yaml
     from std_msgs.msg import String
 
     from pushcut.ros.composition import NodeSpec
-    from pushcut.ros.runner import _bring_up, node_command
+    from pushcut.ros.runner import _bring_up, process_name, start_process
 
     spec = NodeSpec("piper_arm_node", "piper_arm", namespace="left", lifecycle=True,
                     parameters={"can_port": "vcan_process", "emulate": True})
-    params = tmp_path / "arm.yaml"
-    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": spec.parameters}}))
-    log = tmp_path / "arm.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(node_command(spec, params), stdout=out, stderr=subprocess.STDOUT)
+    proc = start_process(spec, tmp_path)
+    log = tmp_path / f"{process_name(spec)}.log"
     try:
         probe = graph.add(rclpy_node(graph, "launcher"))
         status = []

@@ -123,6 +123,20 @@ def node_command(spec: NodeSpec, params_file: Path) -> list[str]:
     return [*cmd, "--params-file", str(params_file), *remap_args(spec)]
 
 
+def process_name(spec: NodeSpec) -> str:
+    return f"{spec.namespace}_{spec.name}".strip("_")
+
+
+def start_process(spec: NodeSpec, out_dir: Path) -> subprocess.Popen:
+    """``spec``'s node in a process of its own, its parameters in ``<out_dir>/<name>.params.yaml``
+    and its output in ``<out_dir>/<name>.log`` (:func:`process_name`)."""
+    key = process_name(spec)
+    params = out_dir / f"{key}.params.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": dict(spec.parameters)}}))
+    with open(out_dir / f"{key}.log", "wb") as log:
+        return subprocess.Popen(node_command(spec, params), stdout=log, stderr=subprocess.STDOUT)
+
+
 def run_processes(specs: list[NodeSpec], out_dir: str | Path, order: list[int] | None = None,
                   stagger_s: float = 0.0, timeout_s: float = 600.0) -> dict:
     """One process per node, started in ``order`` (indices into ``specs``) ``stagger_s`` apart;
@@ -146,11 +160,8 @@ def run_processes(specs: list[NodeSpec], out_dir: str | Path, order: list[int] |
     try:
         for i in order if order is not None else range(len(specs)):
             spec = specs[i]
-            key = f"{spec.namespace}_{spec.name}".strip("_")
-            params = out_dir / f"{key}.params.yaml"
-            params.write_text(yaml.safe_dump({"/**": {"ros__parameters": dict(spec.parameters)}}))
-            with open(out_dir / f"{key}.log", "wb") as log:
-                procs[key] = subprocess.Popen(node_command(spec, params), stdout=log, stderr=subprocess.STDOUT)
+            key = process_name(spec)
+            procs[key] = start_process(spec, out_dir)
             if spec.executable == "trial_node":
                 trials.append(key)
             if spec.lifecycle:
@@ -230,15 +241,13 @@ def dry_run(task: str, bundle: str, trials: int, log_dir: str, max_steps: int = 
     before = len(log.read())
     if processes:
         out = run_processes(specs, Path(log_dir) / "nodes", order, stagger_s, timeout_s)
-        rows = log.read()[before:]
-        return {"summary": summarize(rows), "trials": rows, **out}
-    nodes = run(specs, timeout_s)
+    else:
+        policy = run(specs, timeout_s)["policy"]
+        out = {"latencies_ms": list(policy.latencies_ms),
+               "tick_intervals_ms": [1000 * (b - a) for a, b in itertools.pairwise(policy.tick_times)],
+               "stale_drops": policy.stale_drops, "inferences": policy.inferences}
     rows = log.read()[before:]
-    policy = nodes["policy"]
-    ticks = policy.tick_times
-    return {"summary": summarize(rows), "trials": rows, "latencies_ms": list(policy.latencies_ms),
-            "tick_intervals_ms": [1000 * (b - a) for a, b in itertools.pairwise(ticks)],
-            "stale_drops": policy.stale_drops, "inferences": policy.inferences}
+    return {"summary": summarize(rows), "trials": rows, **out}
 
 
 def main(argv: list[str] | None = None) -> None:
