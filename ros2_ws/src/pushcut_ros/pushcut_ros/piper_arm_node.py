@@ -164,8 +164,9 @@ class PiperArmNode(LifecycleNode):
                 self.arm.resume()
                 self.get_logger().warning("e-stop released: resumed, holding at the measured pose")
             except ArmFault as exc:
+                # the arm's stop stays latched, so the next tick raises /estop again for the stack
                 self.get_logger().error(f"e-stop released but the arm did not resume: {exc}; "
-                                        "call ~/resume once it is at rest")
+                                        "release /estop again once it is at rest")
 
     def _raise_estop(self, on: bool = True) -> None:
         self.raised_estop = on
