@@ -26,14 +26,6 @@ CONTROL_HZ = 50
 REPEATS = 5
 
 
-def _spin(executor, seconds: float, every=None) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if every:
-            every()
-        executor.spin_once(timeout_sec=0.01)
-
-
 def _until(executor, cond, timeout: float, every=None) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -73,7 +65,7 @@ def estop_to_last_command(bundle: str, log_dir: str) -> list[float]:
                     raise TimeoutError("no commands within 60 s")
                 t0 = time.monotonic()
                 estop.publish(Bool(data=True))
-                _spin(executor, 1.0)
+                _until(executor, lambda: False, 1.0)  # listen for a second
                 after = [t for t, _ in received if t > t0]
                 gaps.append(1000 * (max(after) - t0) if after else 0.0)
                 estop.publish(Bool(data=False))
@@ -119,7 +111,7 @@ def last_frame_to_last_command(bundle: str) -> list[float]:
                     raise TimeoutError("no commands within 60 s")
                 cameras_on[0] = False
                 stopped = time.monotonic()
-                _spin(executor, 1.0, publish)
+                _until(executor, lambda: False, 1.0, publish)
                 after = [stamp_to_s(m.header.stamp) for t, m in received if t > stopped]
                 gaps.append(1000 * (max(after) - last[1]) if after else 0.0)
             executor.shutdown()
