@@ -90,7 +90,7 @@ from bench.common import (
     success_summary,
     write,
 )
-from pushcut.configs import compose, from_hydra
+from pushcut.configs import compose, from_hydra, ranges
 from pushcut.policy import checkpoint
 from pushcut.policy.inference import TorchPolicy
 from pushcut.sim.registry import make_env
@@ -218,6 +218,8 @@ def _measure(policy: TorchPolicy, cfg, initial: tuple[list[dict], list[str]]) ->
     return out
 
 
+@ranges(demos=">=1", smoothing=">=0", lr=">0", warmup=">=0", seed=">=0", late_temperature=">0",
+        late_fraction="(0,1]", horizon=">=1", eval_every=">=1")
 @dataclass(frozen=True)
 class Setup:
     """What the runs start from and how they train (``setup`` of ``configs/bench_rl.yaml``, set by
@@ -291,6 +293,7 @@ def _best(run: Path, cfg, initial, last: dict, last_iteration: int, before: dict
             "gain_points": 100 * (measured["greedy"]["success_rate"] - before["success_rate"])}
 
 
+@ranges(budget_s=">0", ablation_budget_s=">0", eval_seeds=">=1", sft_steps=">=1", base_sft_steps=">=1")
 @dataclass(frozen=True)
 class BenchRLConfig:
     """``configs/bench_rl.yaml``: the experiment (``setup``) and the bench's budget and sizes."""
