@@ -26,11 +26,11 @@ action mass sits on one bin (``peak_probability``: near 1, sampling explores not
 remeasure=true measures the diagnosis again for the runs already in rl.json.
 
 The defaults are the configuration that meets the issue's target on the 2-core machine (see
-bench/README.md): the 1-demo SFT fine-tuned from a pretrained base, lr 3e-4, the last 70% of the
+docs/2026-12-03-grpo-horizon.md): the 1-demo SFT fine-tuned from a pretrained base, lr 3e-4, the last 70% of the
 budget at T = 0.8, training rollouts cut at 100 control steps, validation every 6 iterations, seed 1.
 (``experiment=rl_recipe``). Each field below departs from them, and rl.json becomes
-rl_<departures>.json, every departure named (result files quoted in bench/README.md from before
-round 29 were named by departures from the earlier defaults, ``experiment=rl_scratch``: from
+rl_<departures>.json, every departure named (result files quoted in the docs/ records before
+2026-12-03-grpo-horizon.md were named by departures from the earlier defaults, ``experiment=rl_scratch``: from
 scratch, lr 1e-3, no late phase, no horizon, validation every 3 iterations, seed 0).
 setup.demos=N (default 1, the issue's start) starts from the N-demo SFT instead
 (``_<N>demos``): with 3 demos (two bells on the right, one on the left) the start has seen both
