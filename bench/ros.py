@@ -88,7 +88,7 @@ def last_frame_to_last_command(bundle: str) -> list[float]:
             node, executor, received = _probe(context, "bench_cameras")
             image_pub = node.create_publisher(Image, "/cameras/head/image_raw", 10)
             state_pubs = {a: node.create_publisher(JointState, f"/{a}/joint_states", 10) for a in ("left", "right")}
-            size = nodes["policy"].engine.image_size
+            size = nodes["policy"].image_size
             img = np.full((size, size, 3), 128, np.uint8)
             q7 = np.array([0.0, 1.2, -1.1, 0.0, 0.9, 0.0, 0.07])
             cameras_on, last = [True], [0.0, 0.0]  # [last publish time, last frame stamp]

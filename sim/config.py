@@ -29,7 +29,8 @@ class RandomizationConfig:
     latency_steps: int = 0  # max action latency (control steps), sampled per episode
 
 
-@ranges(task_ids=">=0", image_size=">=1", max_steps=">=1", physics_hz=">=1", control_hz=">=1", num_wait_steps=">=0")
+@ranges(task_ids=">=0", image_size=">=1", max_steps=">=1", physics_hz=">=1", control_hz=">=1", num_wait_steps=">=0",
+        lead_steps=">=0")
 @dataclass(frozen=True, kw_only=True)
 class EnvConfig:
     """One environment: the MuJoCo twin (``kind: twin``) or a LIBERO suite (``kind: libero``)."""
@@ -45,6 +46,12 @@ class EnvConfig:
     num_wait_steps: int = 10  # LIBERO: no-op steps after reset
     head_calibration: str | None = None  # twin: camera_head.json from pushcut-calibrate (sim-to-real)
     randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
+    # twin: how chunks are executed, as the robot's policy node does (pushcut.deploy.policy).
+    # sync: each chunk to its end, at rest; async: the next chunk is inferred lead_steps before it
+    # takes over (on the frame then, with the proprio at the takeover) and spliced in one step
+    # before the current chunk's end, so the arm never stops between chunks
+    execution: Literal["sync", "async"] = "sync"
+    lead_steps: int = 2  # async: control steps the next inference overlaps (its latency, rounded up)
 
     def __post_init__(self) -> None:
         if self.kind == "twin":
@@ -58,6 +65,11 @@ class EnvConfig:
         require(not bad, f"unknown camera(s) {bad}; known for {self.kind}: {list(allowed)}")
         require(len(set(self.cameras)) == len(self.cameras), "cameras must not repeat")
         require(self.physics_hz % self.control_hz == 0, "physics_hz must be a multiple of control_hz")
+        if self.execution == "async":
+            require(self.kind == "twin", "execution=async is implemented for the twin only")
+            require(not (self.randomization.enabled and self.randomization.latency_steps),
+                    "execution=async models the policy's latency itself (lead_steps): "
+                    "set randomization.latency_steps=0")
 
     @property
     def substeps(self) -> int:

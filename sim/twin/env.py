@@ -22,7 +22,7 @@ import mujoco
 import numpy as np
 
 from pushcut import spec
-from pushcut.deploy.policy import smooth_path
+from pushcut.deploy.policy import smooth_path, spline
 from pushcut.sim.config import EnvConfig
 from pushcut.sim.core import Obs, Step, as_chunk
 from pushcut.sim.tasks import TASKS
@@ -105,6 +105,9 @@ class TwinEnv:
         self.steps = 0
         self._physics = 0
         self.succeeded = False
+        self._pending = np.zeros((0, self.action_dim))  # async: waypoints of the chunk not yet run
+        self._pending_path = self._pending_velocity = np.zeros((0, self.action_dim))
+        self._velocity = np.zeros(self.action_dim)  # the path's velocity at self.target
         return self.observe()
 
     def step(self, actions: np.ndarray) -> Step:
@@ -112,16 +115,47 @@ class TwinEnv:
             raise RuntimeError("episode is done; call reset() first")
         chunk = np.clip(as_chunk(actions, self.action_dim), _LO, _HI)
         chunk = self.randomizer.delay(chunk)
+        if self.cfg.execution == "async":
+            return self._step_async(chunk)
         chunk = chunk[: self.max_steps - self.steps]
-        path = smooth_path(self.target, chunk, self.cfg.substeps)
-        for k in range(len(chunk)):
-            self._follow(path[k * self.cfg.substeps : (k + 1) * self.cfg.substeps])
-            self.target = chunk[k]
-            self.steps += 1
-            self._update_grasps(chunk[k])
-            if self.succeeded:
-                break
+        self._run(smooth_path(self.target, chunk, self.cfg.substeps), chunk)
         return self._result()
+
+    def _step_async(self, chunk: np.ndarray) -> Step:
+        """Overlapped execution, as the policy node's ``execution: async``: the previous chunk runs
+        ``lead_steps`` more steps (the time the inference of this one took), then this chunk is
+        spliced in with the path's position and velocity and runs all but its last step; the
+        observation is taken there, with the proprio the arm will have at the next takeover."""
+        s = self.cfg.substeps
+        lead = min(self.cfg.lead_steps, len(self._pending))
+        done = self._run(self._pending_path[: lead * s], self._pending[:lead])
+        tangent = self._pending_velocity[done * s - 1] if done else self._velocity
+        self._pending = self._pending[:0]
+        if not self.done:
+            chunk = chunk[: self.max_steps - self.steps]
+            path, velocity = spline(self.target, chunk, s, tangent)
+            n = max(1, len(chunk) - self.cfg.lead_steps - 1)
+            done = self._run(path, chunk[:n])
+            self._velocity = velocity[done * s - 1]
+            self._pending = chunk[done:]
+            self._pending_path, self._pending_velocity = path[done * s :], velocity[done * s :]
+        out = self._result()
+        if len(self._pending) and self.cfg.lead_steps:
+            out.obs.proprio[:] = self._pending[min(self.cfg.lead_steps, len(self._pending)) - 1]
+        return out
+
+    def _run(self, path: np.ndarray, waypoints: np.ndarray) -> int:
+        """Follow ``path`` through ``waypoints`` (``substeps`` physics steps each) until the
+        episode ends; returns the number of waypoints reached."""
+        s = self.cfg.substeps
+        for k in range(len(waypoints)):
+            self._follow(path[k * s : (k + 1) * s])
+            self.target = waypoints[k]
+            self.steps += 1
+            self._update_grasps(waypoints[k])
+            if self.done:
+                return k + 1
+        return len(waypoints)
 
     def servo(self, target: np.ndarray, physics_steps: int) -> bool:
         """Move linearly to one 14-dim ``target`` over ``physics_steps`` (a robot-style servo tick).

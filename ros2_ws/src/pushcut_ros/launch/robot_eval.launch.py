@@ -9,7 +9,9 @@ nodes are lifecycle nodes: this file configures, then activates them once config
 ``driver:=piper_ros`` starts no arm nodes and remaps the policy and trial nodes onto piper_ros's
 ``/<arm>/joint_states_single`` and ``/<arm>/joint_ctrl_single`` (run piper_ros's
 ``piper_single_ctrl`` in namespaces ``left`` and ``right`` yourself); ``speed_percent`` is the
-speed both drivers run at.
+speed both drivers run at. ``execution:=async`` overlaps inference with the running chunk
+(``pushcut.deploy.policy``); ``policy_source:=host:port`` uses a ``pushcut-serve`` server (a GPU box)
+instead of running the bundle on this PC.
 """
 
 import lifecycle_msgs.msg
@@ -25,7 +27,7 @@ from pushcut_ros.composition import robot_eval
 ARGS = {"task": "click_bell", "bundle": "", "num_trials": "10", "log_dir": "trials", "control_hz": "200",
         "head_device": "0", "left_wrist_device": "2", "right_wrist_device": "4", "left_can": "can_left",
         "right_can": "can_right", "calibration_dir": "", "sim": "hardware", "driver": "pushcut",
-        "speed_percent": "50"}
+        "speed_percent": "50", "execution": "sync", "policy_source": "local"}
 
 
 def _nodes(context):
@@ -33,7 +35,8 @@ def _nodes(context):
     cameras = {"head": v["head_device"], "left_wrist": v["left_wrist_device"], "right_wrist": v["right_wrist_device"]}
     specs = robot_eval(v["task"], v["bundle"], cameras, {"left": v["left_can"], "right": v["right_can"]},
                        int(v["num_trials"]), v["log_dir"], int(v["control_hz"]), v["sim"] == "emulated",
-                       v["calibration_dir"], driver=v["driver"], speed_percent=int(v["speed_percent"]))
+                       v["calibration_dir"], driver=v["driver"], speed_percent=int(v["speed_percent"]),
+                       policy={"execution": v["execution"], "policy_source": v["policy_source"]})
     actions = []
     for s in specs:
         if not s.lifecycle:

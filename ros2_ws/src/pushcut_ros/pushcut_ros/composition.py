@@ -30,14 +30,17 @@ def bundle_cameras(bundle: str) -> list[str]:
 
 def twin_eval(task: str, bundle: str, num_trials: int = 10, log_dir: str = "trials", image_size: int = 64,
               control_hz: int = 50, max_steps: int = 0, seed_start: int = 100000,
-              record: bool = True) -> list[NodeSpec]:
-    """Twin + policy + trial node: the whole robot stack with the twin instead of hardware."""
+              record: bool = True, policy: dict | None = None) -> list[NodeSpec]:
+    """Twin + policy + trial node: the whole robot stack with the twin instead of hardware.
+
+    ``policy``: more policy-node parameters (``execution``, ``policy_source``, ``lead_s``, ...)."""
     cams = bundle_cameras(bundle)
     return [
         NodeSpec("twin_node", "twin", parameters={"task": task, "cameras": cams, "image_height": image_size,
                                                   "image_width": image_size, "control_hz": control_hz,
                                                   "camera_hz": 25, "max_steps": max_steps}),
-        NodeSpec("policy_node", "policy", parameters={"bundle": bundle, "control_hz": control_hz, "step_hz": 25}),
+        NodeSpec("policy_node", "policy", parameters={"bundle": bundle, "control_hz": control_hz, "step_hz": 25,
+                                                      **(policy or {})}),
         NodeSpec("trial_node", "trial", parameters={"task": task, "num_trials": num_trials, "log_dir": log_dir,
                                                     "bundle": bundle, "mode": "twin", "seed_start": seed_start,
                                                     "cameras": cams, "record": record}),
@@ -56,7 +59,7 @@ def piper_ros_remappings() -> tuple[tuple[str, str], ...]:
 def robot_eval(task: str, bundle: str, cameras: dict[str, str], can_ports: dict[str, str] | None = None,
                num_trials: int = 10, log_dir: str = "trials", control_hz: int = 200, emulate: bool = False,
                calibration_dir: str = "", terminal_ui: bool = True, driver: str = "pushcut",
-               speed_percent: int = 50) -> list[NodeSpec]:
+               speed_percent: int = 50, policy: dict | None = None) -> list[NodeSpec]:
     """Cameras + policy + both Piper arm nodes + trial node (operator-judged).
 
     ``driver="piper_ros"`` leaves the arms to piper_ros's nodes (started by the user, one per arm
@@ -86,7 +89,8 @@ def robot_eval(task: str, bundle: str, cameras: dict[str, str], can_ports: dict[
     remap = piper_ros_remappings() if driver == "piper_ros" else ()
     specs += [
         NodeSpec("policy_node", "policy", remappings=remap, parameters={
-            "bundle": bundle, "control_hz": control_hz, "step_hz": 25, "speed_percent": speed_percent}),
+            "bundle": bundle, "control_hz": control_hz, "step_hz": 25, "speed_percent": speed_percent,
+            **(policy or {})}),
         NodeSpec("trial_node", "trial", remappings=remap, parameters={
             "task": task, "num_trials": num_trials, "log_dir": log_dir, "bundle": bundle, "mode": "operator",
             "cameras": list(cameras), "terminal_ui": terminal_ui}),

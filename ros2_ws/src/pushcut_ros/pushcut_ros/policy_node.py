@@ -1,17 +1,33 @@
-"""policy_node: cameras + joint states + instruction -> ONNX engine -> one smoothed command per tick.
+"""policy_node: cameras + joint states + instruction -> policy -> one smoothed command per tick.
 
-Builds an observation only from inputs that are fresh (``max_age_s``), time-aligned
-(``max_skew_s``) and taken after the last command it sent (never acting on frames from before
-the motion it commanded); runs the bundle's engine (``pushcut.deploy.engine``) on a worker thread;
-hands the chunk to the action-chunk broker, which publishes one command per control tick along
-the twin's smoothed path. With stale inputs it publishes nothing (the arm drivers hold): a chunk in
-progress is abandoned as soon as its inputs are older than ``max_age_s``, and the node says so.
-An empty instruction (``/instruction`` ""; the trial node sends it between trials) idles it.
+Builds an observation only from inputs that are fresh (``max_age_s``) and time-aligned
+(``max_skew_s``); runs the policy (the bundle's engine, ``policy_source: local``, or a
+``pushcut-serve`` server, ``policy_source: host:port``) on a worker thread; hands the chunk to the
+action-chunk broker, which publishes one command per control tick along the twin's smoothed path.
+With stale inputs it publishes nothing (the arm drivers hold): a chunk in progress is abandoned as
+soon as its inputs are older than ``max_age_s``, and the node says so. An empty instruction
+(``/instruction`` ""; the trial node sends it between trials) idles it.
+
+``execution`` (``pushcut.deploy.policy``): ``sync`` runs each chunk to its end and infers on frames
+taken after its last command, so the arm waits for every inference; ``async`` starts the next
+inference while the chunk runs, ``lead_s`` before the chunk's last segment (0: from the measured
+inference latency), on the freshest frames and with the command the arm will have reached at the
+takeover as its proprio, and splices the new chunk in there, so the commands never pause. The
+twin's ``execution: async`` runs chunks the same way in evaluation.
 
 ``/estop`` true silences it within one control tick: the chunk and any inference in flight are
 dropped and nothing is published until ``/estop`` false, after which it acts only on frames taken
-after the release. Commands carry the speed percentage ``speed_percent`` in ``velocity`` (all
-joints), which piper_ros reads as its speed (100 % when empty); pushcut's arm node uses its own.
+after the release. A policy server that stops answering (closed, or no reply within
+``server_timeout_s``) holds the arms the same way within one tick, and the node reconnects by
+itself (every second), then acts on frames taken after the reconnection. Commands carry the speed
+percentage ``speed_percent`` in ``velocity`` (all joints), which piper_ros reads as its speed (100 %
+when empty); pushcut's arm node uses its own.
+
+Latency of every chunk is published in ms on ``/policy/<name>_ms``: ``frame_age`` (oldest input
+at the request), ``queue`` (waiting for the server's engine), ``inference``, ``transport`` (round
+trip minus the server's time), ``broker`` (chunk ready to its first command), ``latency`` (oldest
+input to first command) and ``wait`` (how long the arm went without commands before the chunk;
+0 when it took over in time). The trial node logs them per trial.
 
 Every input is validated where it enters: a joint state that is not finite or far outside the
 Piper's limits, an image of another encoding or an inconsistent size, an instruction the bundle
@@ -22,6 +38,7 @@ engine refuses non-finite inputs and logits. Per-tick diagnostics are rolling wi
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -34,10 +51,9 @@ from std_msgs.msg import Bool, Float64, String
 
 from pushcut import spec
 from pushcut.deploy.bundle import check_compatible
-from pushcut.deploy.engine import Engine
 from pushcut.deploy.piper.safety import implausible
-from pushcut.deploy.policy import ActionChunkBroker
-from pushcut.policy.preprocess import instruction_problem
+from pushcut.deploy.policy import EXECUTION_MODES, ActionChunkBroker
+from pushcut.deploy.serve import LocalPolicy, PolicyClient, ServerLost
 
 from .conversions import (
     ESTOP_TOPIC,
@@ -56,64 +72,111 @@ from .conversions import (
 )
 
 WINDOW = 10_000  # per-tick diagnostics kept (about 50 s at 200 Hz)
+TIMINGS = ("frame_age", "queue", "inference", "transport", "broker", "latency", "wait")
+RECONNECT_S = 1.0
+LATENCY_WINDOW = 50  # inference round trips behind the measured lead
+
+
+def make_policy(source: str, bundle: str, providers, variant: str, timeout_s: float, added_latency_s: float):
+    """The local engine or a client of a policy server (``source``: local | host:port)."""
+    if source == "local":
+        if not bundle:
+            raise ValueError("parameter 'bundle' (an exported bundle directory) is required with policy_source local")
+        from pushcut.deploy.engine import Engine
+
+        return LocalPolicy(Engine(bundle, providers=providers, variant=variant), added_latency_s)
+    deadline = time.monotonic() + 10.0
+    while True:  # the server may still be starting
+        try:
+            return PolicyClient(source, timeout_s=timeout_s)
+        except ServerLost:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 class PolicyNode(Node):
     def __init__(self, **kwargs):
         super().__init__("policy", **kwargs)
         self.declare_parameter("bundle", "")
+        self.declare_parameter("policy_source", "local")  # local | host:port of a pushcut-serve server
+        self.declare_parameter("server_timeout_s", 0.5)  # a server silent this long is lost: the arms hold
         self.declare_parameter("providers", ["CPUExecutionProvider"])
         self.declare_parameter("variant", "fp32")
         self.declare_parameter("control_hz", 200)
         self.declare_parameter("step_hz", 25)  # the policy's action period (the twin's control rate)
+        self.declare_parameter("execution", "sync")  # sync | async (overlapped, spliced chunks)
+        self.declare_parameter("lead_s", 0.0)  # async: start the next inference this long ahead (0: measured)
+        self.declare_parameter("added_latency_s", 0.0)  # local: rehearse a slower policy
         self.declare_parameter("max_age_s", 0.25)
         self.declare_parameter("max_skew_s", 0.1)
         self.declare_parameter("instruction", "")
         self.declare_parameter("speed_percent", 50)  # the velocity field of each command (piper_ros: 1-100)
         g = self.get_parameter
-        bundle = g("bundle").value
-        if not bundle:
-            raise ValueError("parameter 'bundle' (an exported bundle directory) is required")
-        self.engine = Engine(bundle, providers=g("providers").value, variant=g("variant").value)
-        check_compatible(self.engine.manifest, spec.DUAL_ARM_DIM, list(spec.TWIN_CAMERAS))
-        self.get_logger().info(f"bundle {bundle} on {self.engine.providers[0]}")
+        self.execution = g("execution").value
+        if self.execution not in EXECUTION_MODES:
+            raise ValueError(f"parameter 'execution' {self.execution!r} must be one of {list(EXECUTION_MODES)}")
+        self.lead_s, self.timeout_s = float(g("lead_s").value), float(g("server_timeout_s").value)
+        if self.lead_s < 0 or self.timeout_s <= 0 or g("added_latency_s").value < 0:
+            raise ValueError("parameters lead_s and added_latency_s must be >= 0, server_timeout_s > 0")
+        source = g("policy_source").value
+        self.policy = make_policy(source, g("bundle").value, g("providers").value, g("variant").value,
+                                  self.timeout_s, float(g("added_latency_s").value))
+        self.remote = source != "local"
+        manifest = self.policy.manifest
+        check_compatible(manifest, spec.DUAL_ARM_DIM, list(spec.TWIN_CAMERAS))
+        self.cameras = [c["name"] for c in manifest["cameras"]]
+        self.image_size = manifest["cameras"][0]["image_size"]
+        self.get_logger().info(f"policy: {self.policy.source}, execution {self.execution}")
         control_hz, step_hz = g("control_hz").value, g("step_hz").value
         if control_hz % step_hz:
             raise ValueError(f"control_hz {control_hz} must be a multiple of step_hz {step_hz}")
+        self.control_hz = control_hz
         self.broker = ActionChunkBroker(control_hz // step_hz)
         self.max_age, self.max_skew = g("max_age_s").value, g("max_skew_s").value
         self.speed_percent = float(g("speed_percent").value)
         if not 1 <= self.speed_percent <= 100:
             raise ValueError(f"speed_percent {self.speed_percent} must be within 1-100")
-        self.instruction = g("instruction").value or self.engine.manifest["instruction"].get("default", "")
-        problem = self.instruction and instruction_problem(self.engine.tokenizer, self.instruction)
+        self.instruction = g("instruction").value or manifest["instruction"].get("default", "")
+        problem = self.instruction and self.policy.instruction_problem(self.instruction)
         if problem:
             raise ValueError(f"parameter 'instruction': {problem}")
         self.images: dict[str, tuple[np.ndarray, float]] = {}
         self.states: dict[str, tuple[np.ndarray, float]] = {}
-        for cam in self.engine.cameras:
+        for cam in self.cameras:
             self.create_subscription(Image, camera_topic(cam), lambda m, c=cam: self._on_image(c, m), 5)
         for arm in spec.ARMS:
             self.create_subscription(JointState, joint_states_topic(arm), lambda m, a=arm: self._on_state(a, m), 10)
         self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, LATCHED)
         self.create_subscription(Bool, ESTOP_TOPIC, self._on_estop, LATCHED)
         self.cmd_pubs = {a: self.create_publisher(JointState, joint_command_topic(a), 10) for a in spec.ARMS}
-        self.latency_pub = self.create_publisher(Float64, "/policy/latency_ms", 10)
-        self.last_command_stamp = 0.0
+        self.timing_pubs = {k: self.create_publisher(Float64, f"/policy/{k}_ms", 10) for k in TIMINGS}
+        self.fresh_after = 0.0  # frames must be newer than this (node clock, s)
         self.stale_drops = 0
         self.abandoned_chunks = 0
         self.inferences = 0
+        self.late_chunks = 0  # async: chunks back after their planned takeover
         self.rejected: Counter[str] = Counter()
-        self.latencies_ms: deque[float] = deque(maxlen=WINDOW)
+        self.timings: dict[str, deque[float]] = {k: deque(maxlen=WINDOW) for k in TIMINGS}
+        self.latencies_ms = self.timings["latency"]
         self.tick_times: deque[float] = deque(maxlen=WINDOW)
+        self.command_gaps_ms: deque[float] = deque(maxlen=WINDOW)  # between commands of one episode
+        self._last_publish: tuple[int, float] | None = None  # (epoch, perf_counter)
+        self._round_trips: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._resized: set[str] = set()
         self._lock = threading.Lock()
-        self._pending: tuple[np.ndarray, float] | None = None
+        self._pending: dict | None = None  # a chunk back from the policy, not yet taken over
         self._busy = False
-        self._first_of_chunk = False
+        self._ticks = 0
+        self._first_command_of: dict | None = None  # the chunk whose first command is due
+        self._dry_since: float | None = None  # when the broker ran out while a chunk was awaited
+        self._chunks_this_episode = 0
         self._epoch = 0  # bumped whenever what an inference in flight was for stops counting
         self.estopped = False
         self.estop_at: float | None = None  # when the last e-stop arrived (node clock, s)
+        self.server_lost_at: float | None = None  # node clock, s; None while the server answers
+        self.last_command_at: float | None = None  # node clock, s
+        self._next_reconnect = 0.0
         self.timer = self.create_timer(1.0 / control_hz, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
 
     # --- inputs ---------------------------------------------------------------------------------
@@ -130,7 +193,7 @@ class PolicyNode(Node):
             img = image_array(msg)
         except ValueError as exc:
             return self._reject(f"{cam} image", str(exc))
-        size = self.engine.image_size
+        size = self.image_size
         if img.shape[:2] != (size, size) and cam not in self._resized:
             self._resized.add(cam)
             self.get_logger().info(f"{cam}: {img.shape[1]}x{img.shape[0]} frames are resized to {size}x{size} "
@@ -148,20 +211,23 @@ class PolicyNode(Node):
 
     def inputs_age(self, now: float) -> float:
         """Seconds since the oldest of the newest frame of every input (inf when one is missing)."""
-        if set(self.images) != set(self.engine.cameras) or set(self.states) != set(spec.ARMS):
+        if set(self.images) != set(self.cameras) or set(self.states) != set(spec.ARMS):
             return float("inf")
         return now - min(t for _, t in (*self.images.values(), *self.states.values()))
 
     def _on_instruction(self, msg: String) -> None:
         """A new instruction starts a new episode: drop the current chunk. One the policy cannot
         read whole is dropped, and the node idles (it never acts on a cut-off instruction)."""
-        problem = instruction_problem(self.engine.tokenizer, msg.data) if msg.data else None
+        try:
+            problem = self.policy.instruction_problem(msg.data) if msg.data else None
+        except (ServerLost, ValueError) as exc:
+            problem = f"could not be checked ({exc})"
         if problem:
             self._reject("instruction", f"{problem}; idle until a valid one")
         with self._lock:
             self.instruction = "" if problem else msg.data
             self._drop_chunk()
-            self.last_command_stamp = 0.0
+            self.fresh_after = 0.0
 
     def _on_estop(self, msg: Bool) -> None:
         with self._lock:
@@ -170,7 +236,7 @@ class PolicyNode(Node):
             self.estopped = msg.data
             self._drop_chunk()
             now = self._now()
-            self.last_command_stamp = now  # after a release, act only on frames taken after it
+            self.fresh_after = now  # after a release, act only on frames taken after it
             if msg.data:
                 self.estop_at = now
         if msg.data:
@@ -179,20 +245,25 @@ class PolicyNode(Node):
             self.get_logger().warning("e-stop released: acting on fresh frames")
 
     def _drop_chunk(self) -> None:
-        """Forget the chunk in progress and the result of any inference in flight (under the lock)."""
+        """Forget the chunk in progress and the result of any inference in flight (under the lock);
+        the next chunk starts a new episode of chunks (from rest, no wait counted)."""
         self.broker.reset()
         self._pending = None
         self._epoch += 1
+        self._dry_since = None
+        self._first_command_of = None
+        self._chunks_this_episode = 0
 
     def observation(self, now: float) -> tuple[dict, float] | None:
-        """The observation and its oldest stamp, or None when inputs are missing or stale."""
+        """The observation and its oldest stamp, or None when inputs are missing, stale or not
+        newer than ``fresh_after``."""
         if self.inputs_age(now) > self.max_age:
             return None
         stamps = [t for _, t in self.images.values()] + [t for _, t in self.states.values()]
         if max(stamps) - min(stamps) > self.max_skew:
             return None
-        if min(stamps) <= self.last_command_stamp:
-            return None  # frames from before the last command: wait for the next ones
+        if min(stamps) <= self.fresh_after:
+            return None  # frames from before the last command (sync) or already used (async): wait
         obs = {
             spec.IMAGES: {c: img for c, (img, _) in self.images.items()},
             spec.PROPRIO: join_state({a: q for a, (q, _) in self.states.items()}).astype(np.float32),
@@ -201,30 +272,93 @@ class PolicyNode(Node):
         return obs, min(stamps)
 
     # --- control --------------------------------------------------------------------------------
-    def _infer(self, obs: dict, stamp: float, epoch: int) -> None:
+    def lead_ticks(self) -> int:
+        """Async: ticks ahead of the takeover at which the next inference starts."""
+        if self.lead_s > 0:
+            return math.ceil(self.lead_s * self.control_hz)
+        if not self._round_trips:
+            return self.broker.substeps
+        p90 = float(np.percentile(self._round_trips, 90))
+        return math.ceil(1.25 * p90 * self.control_hz) + 1
+
+    def _infer(self, obs: dict, request: dict) -> None:
+        t0 = time.perf_counter()
         try:
-            chunk = self.engine.infer(obs)
+            chunk, timing = self.policy.infer(obs)
+            round_trip = time.perf_counter() - t0
             with self._lock:
-                if epoch == self._epoch:  # else an e-stop or a new instruction came meanwhile
-                    self._pending = (chunk, stamp)
+                self._round_trips.append(round_trip)
+                if request["epoch"] == self._epoch:  # else an e-stop, a new instruction or a loss came
+                    self._pending = {**request, "chunk": chunk, "timing": timing, "ready": self._now(),
+                                     "ready_tick": self._ticks}
             self.inferences += 1
+        except ServerLost as exc:
+            self._server_lost(str(exc))
         except Exception as exc:  # noqa: BLE001 - a failed inference holds the arms, it does not crash the node
             self.get_logger().error(f"inference failed: {exc}")
         finally:
             self._busy = False
 
+    def _server_lost(self, why: str) -> None:
+        with self._lock:
+            if self.server_lost_at is None:
+                self.server_lost_at = self._now()
+                self._drop_chunk()
+                self.get_logger().error(f"policy server lost, arms hold: {why}")
+            self._next_reconnect = time.monotonic() + RECONNECT_S
+
+    def _reconnect(self) -> None:
+        try:
+            self.policy.connect()
+        except ServerLost:
+            self._next_reconnect = time.monotonic() + RECONNECT_S
+        else:
+            with self._lock:
+                self.server_lost_at = None
+                self.fresh_after = self._now()
+            self.get_logger().warning("policy server back: acting on fresh frames")
+        finally:
+            self._busy = False
+
+    def _take_over(self, now: float) -> None:
+        """Splice the chunk that came back into the broker (under the lock)."""
+        p, self._pending = self._pending, None
+        keep = 0
+        if self.execution == "async":
+            keep = max(p["keep"] - (self._ticks - p["tick"]), 0)
+            if p["keep"] and not keep:
+                self.late_chunks += 1
+        current = join_state({a: q for a, (q, _) in self.states.items()})
+        self.broker.set_chunk(p["chunk"], current, keep)
+        wait = 0.0 if self._dry_since is None else now - self._dry_since
+        self._dry_since = None
+        self._first_command_of = {**p, "wait": wait, "tick_in": self._ticks + keep,
+                                  "counts": self._chunks_this_episode > 0}
+        self._chunks_this_episode += 1
+
+    def _wants_inference(self) -> bool:
+        if self._busy or self._pending is not None:
+            return False
+        if self.execution == "sync":
+            return self.broker.remaining == 0
+        return self.broker.remaining <= self.lead_ticks() + self.broker.substeps
+
     def _tick(self) -> None:
         now = self._now()
         self.tick_times.append(time.perf_counter())
+        self._ticks += 1
+        if self.remote and self.server_lost_at is None and not self.policy.connected:
+            self._server_lost("the connection closed")
+        if self.server_lost_at is not None:
+            if not self._busy and time.monotonic() >= self._next_reconnect:
+                self._busy = True
+                threading.Thread(target=self._reconnect, daemon=True).start()
+            return  # no server: publish nothing, the arms hold
         with self._lock:
             if self.estopped or not self.instruction:
                 return  # stopped or idle: publish nothing, the arms hold
-            if self.broker.remaining == 0 and self._pending is not None:
-                chunk, stamp = self._pending
-                self._pending = None
-                current = join_state({a: q for a, (q, _) in self.states.items()})
-                self.broker.set_chunk(chunk, current)
-                self._first_of_chunk = stamp
+            if self._pending is not None and (self.execution == "async" or self.broker.remaining == 0):
+                self._take_over(now)
         if self.broker.remaining and self.inputs_age(now) > self.max_age:
             with self._lock:  # the chunk was planned on frames that have gone stale: hold
                 self._drop_chunk()
@@ -232,30 +366,62 @@ class PolicyNode(Node):
             self.get_logger().warning(f"inputs older than max_age_s {self.max_age}: chunk abandoned, arms hold",
                                       throttle_duration_sec=1.0)
             return
-        if self.broker.remaining == 0:
-            if not self._busy:
-                got = self.observation(now)
-                if got is None:
-                    self.stale_drops += 1
-                    return  # stale, missing or pre-command inputs: publish nothing, the arms hold
-                self._busy = True
-                threading.Thread(target=self._infer, args=(*got, self._epoch), daemon=True).start()
-            return
+        if self._wants_inference():
+            self._request(now)
         with self._lock:  # an e-stop that arrived since the top of this tick wins
-            if self.estopped or self.broker.remaining == 0:
+            if self.estopped or self.server_lost_at is not None:
+                return
+            if self.broker.remaining == 0:
+                if self._dry_since is None and self._chunks_this_episode:
+                    self._dry_since = now  # the arm waits for the next chunk from here
                 return
             command = self.broker.next()
             stamp = self.get_clock().now().to_msg()
-            self.last_command_stamp = stamp_to_s(stamp)
+            self.last_command_at = stamp_to_s(stamp)
+            if self.execution == "sync":
+                self.fresh_after = self.last_command_at
             for arm, target in split_action(command).items():
                 msg = arm_state_msg(target, stamp)
                 msg.velocity = [self.speed_percent] * len(msg.position)
                 self.cmd_pubs[arm].publish(msg)
-        if self._first_of_chunk:
-            latency = (self._now() - self._first_of_chunk) * 1000
-            self.latencies_ms.append(latency)
-            self.latency_pub.publish(Float64(data=latency))
-            self._first_of_chunk = False
+            t = time.perf_counter()
+            if self._last_publish and self._last_publish[0] == self._epoch:
+                self.command_gaps_ms.append((t - self._last_publish[1]) * 1000)
+            self._last_publish = (self._epoch, t)
+            first = self._first_command_of
+            if first is not None and self._ticks >= first["tick_in"]:
+                self._first_command_of = None
+                self._account(first, self._now())
+
+    def _request(self, now: float) -> None:
+        got = self.observation(now)
+        if got is None:
+            if self.broker.remaining == 0:
+                self.stale_drops += 1  # stale, missing or pre-command inputs: the arms hold
+            return
+        obs, stamp = got
+        keep = max(self.broker.remaining - self.broker.substeps, 0) if self.execution == "async" else 0
+        if self.execution == "async":
+            planned = self.broker.planned(keep)
+            if planned is not None:  # the proprio at the takeover, as at a chunk boundary in training
+                obs[spec.PROPRIO] = planned.astype(np.float32)
+            self.fresh_after = stamp
+        self._busy = True
+        request = {"epoch": self._epoch, "stamp": stamp, "asked": now, "tick": self._ticks, "keep": keep}
+        threading.Thread(target=self._infer, args=(obs, request), daemon=True).start()
+
+    def _account(self, p: dict, first_command: float) -> None:
+        """Publish and keep the latency of a chunk at its first command."""
+        t = p["timing"]
+        values = {"frame_age": (p["asked"] - p["stamp"]) * 1000, "queue": t["queue_ms"],
+                  "inference": t["infer_ms"], "transport": t["transport_ms"],
+                  "broker": (first_command - p["ready"]) * 1000,
+                  "latency": (first_command - p["stamp"]) * 1000}
+        if p["counts"]:
+            values["wait"] = p["wait"] * 1000
+        for k, v in values.items():
+            self.timings[k].append(v)
+            self.timing_pubs[k].publish(Float64(data=float(v)))
 
 
 def main(args=None) -> None:

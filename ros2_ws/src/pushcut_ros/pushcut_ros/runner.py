@@ -231,21 +231,24 @@ def _spin(executor) -> None:
 
 def dry_run(task: str, bundle: str, trials: int, log_dir: str, max_steps: int = 0, seed_start: int = 100000,
             timeout_s: float = 900.0, processes: bool = False, order: list[int] | None = None,
-            stagger_s: float = 0.0) -> dict:
+            stagger_s: float = 0.0, policy: dict | None = None) -> dict:
     """Twin + policy + trial nodes over real DDS, in one process or one process per node (started
-    in ``order``); returns the trial summary and timing figures."""
+    in ``order``); ``policy``: more policy-node parameters. Returns the trial summary and timing
+    figures."""
     from pushcut.deploy.trials import TrialLog, summarize
 
-    specs = twin_eval(task, bundle, trials, log_dir, max_steps=max_steps, seed_start=seed_start)
+    specs = twin_eval(task, bundle, trials, log_dir, max_steps=max_steps, seed_start=seed_start, policy=policy)
     log = TrialLog(Path(log_dir) / "trials.jsonl")
     before = len(log.read())
     if processes:
         out = run_processes(specs, Path(log_dir) / "nodes", order, stagger_s, timeout_s)
     else:
-        policy = run(specs, timeout_s)["policy"]
-        out = {"latencies_ms": list(policy.latencies_ms),
-               "tick_intervals_ms": [1000 * (b - a) for a, b in itertools.pairwise(policy.tick_times)],
-               "stale_drops": policy.stale_drops, "inferences": policy.inferences}
+        node = run(specs, timeout_s)["policy"]
+        out = {"latencies_ms": list(node.latencies_ms),
+               "tick_intervals_ms": [1000 * (b - a) for a, b in itertools.pairwise(node.tick_times)],
+               "command_gaps_ms": list(node.command_gaps_ms),
+               "timings_ms": {k: list(v) for k, v in node.timings.items()},
+               "stale_drops": node.stale_drops, "inferences": node.inferences, "late_chunks": node.late_chunks}
     rows = log.read()[before:]
     return {"summary": summarize(rows), "trials": rows, **out}
 
@@ -259,9 +262,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-steps", type=int, default=0)
     ap.add_argument("--seed-start", type=int, default=100000)
     ap.add_argument("--processes", action="store_true", help="one process per node, as ros2 launch runs them")
+    ap.add_argument("--execution", choices=["sync", "async"], default="sync",
+                    help="async: the next chunk is inferred while the current one runs, and spliced in")
+    ap.add_argument("--policy-source", default="local", help="local, or host:port of a pushcut-serve server")
     args = ap.parse_args(argv)
     out = dry_run(args.task, args.bundle, args.trials, args.log_dir, args.max_steps, args.seed_start,
-                  processes=args.processes)
+                  processes=args.processes,
+                  policy={"execution": args.execution, "policy_source": args.policy_source})
     print(json.dumps(out["summary"], indent=2))
 
 
