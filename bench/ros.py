@@ -3,11 +3,17 @@
 - the dry run in one process: camera-frame-to-command latency, control-tick jitter, success;
 - the same dry run with one process per node, as ``ros2 launch`` runs it: success and latency;
 - e-stop: time from publishing ``/estop`` to the last command anyone receives (repeated);
-- staleness: when the cameras stop, time from the last fresh frame to the last command (repeated).
+- staleness: when the cameras stop, time from the last fresh frame to the last command (repeated);
+- chunk execution: sync vs async (``execution``), the engine in the node vs a ``pushcut-serve``
+  server over loopback (its own process), and both modes with 150 ms added to every inference:
+  the arm's wait for inference per chunk, the gaps between commands, each latency component and
+  success on the same seeds; and the twin's own evaluation, sync vs async, on the same seeds.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -24,6 +30,8 @@ from pushcut.sim.config import EnvConfig
 
 CONTROL_HZ = 50
 REPEATS = 5
+SERVER_PORT = 8765
+ADDED_LATENCY_S = 0.15
 
 
 def _until(executor, cond, timeout: float, every=None) -> bool:
@@ -121,6 +129,56 @@ def last_frame_to_last_command(bundle: str) -> list[float]:
     return gaps
 
 
+def _execution_figures(out: dict) -> dict:
+    """What the chunk-execution comparison reports of one dry run."""
+    timings = out["timings_ms"]
+    return {"trials": out["summary"], "successes": [r["success"] for r in out["trials"]],
+            "wait_for_inference_ms": percentiles(timings["wait"] or [0.0]),
+            "command_gap_ms": percentiles(out["command_gaps_ms"], (50, 99, 100)),
+            "late_chunks": out["late_chunks"], "inferences": out["inferences"],
+            **{f"{k}_ms": percentiles(timings[k]) for k in ("frame_age", "queue", "inference", "transport",
+                                                            "broker", "latency")}}
+
+
+def _serve(bundle: str):
+    """``pushcut-serve`` in its own process on SERVER_PORT; returns it once it listens."""
+    cmd = [sys.executable, "-m", "pushcut.deploy.serve", f"bundle={bundle}", f"port={SERVER_PORT}",
+           "hydra.run.dir=" + str(CACHE / "serve")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("serving"):
+            return proc
+    raise RuntimeError(f"pushcut-serve did not start (exit {proc.wait()})")
+
+
+def chunk_execution(bundle: str, trials: int, sync_local: dict) -> dict:
+    from pushcut.deploy.engine import Engine
+    from pushcut.training.eval import run_episodes
+
+    runs = {"sync_local": sync_local}
+    runs["async_local"] = dry_run("click_bell", bundle, trials, str(CACHE / "ros_async"), policy={"execution": "async"})
+    server = _serve(bundle)
+    try:
+        for ex in ("sync", "async"):
+            runs[f"{ex}_server"] = dry_run("click_bell", bundle, trials, str(CACHE / f"ros_{ex}_server"),
+                                           policy={"execution": ex, "policy_source": f"127.0.0.1:{SERVER_PORT}"})
+    finally:
+        server.terminate()
+        server.wait()
+    for ex in ("sync", "async"):
+        runs[f"{ex}_local_plus_150ms"] = dry_run("click_bell", bundle, trials, str(CACHE / f"ros_{ex}_slow"),
+                                                 policy={"execution": ex, "added_latency_s": ADDED_LATENCY_S})
+    seeds = list(range(100_000, 100_000 + trials))
+    engine = Engine(bundle)
+    twin = {}
+    for ex in ("sync", "async"):
+        rows = run_episodes(engine, EnvConfig(task="click_bell", execution=ex), seeds, 1, progress=False)
+        ok = [r["success"] for r in rows]
+        twin[ex] = {"successes": ok, "success_rate": float(np.mean(ok))}
+    return {"dry_runs": {k: _execution_figures(v) for k, v in runs.items()}, "twin_eval_same_seeds": twin,
+            "added_latency_s": ADDED_LATENCY_S, "control_tick_ms": 1000 / CONTROL_HZ}
+
+
 def main() -> None:
     ckpt = sft_checkpoint(50, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500))
     bundle = CACHE / "bundle_50demos"
@@ -133,6 +191,7 @@ def main() -> None:
     nominal = 1000 / CONTROL_HZ
     estop = estop_to_last_command(str(bundle), str(CACHE / "ros_trials_estop"))
     stale = last_frame_to_last_command(str(bundle))
+    execution = chunk_execution(str(bundle), trials, in_process)
     write("ros", {
         "trials": in_process["summary"],
         "frame_to_command_latency_ms": percentiles(in_process["latencies_ms"]),
@@ -145,6 +204,7 @@ def main() -> None:
                                  "frame_to_command_latency_ms": percentiles(processes["latencies_ms"])},
         "estop_to_last_command_ms": {"each": estop, "max": max(estop)},
         "last_fresh_frame_to_last_command_ms": {"each": stale, "max": max(stale), "max_age_ms": 250.0},
+        "chunk_execution": execution,
     })
 
 

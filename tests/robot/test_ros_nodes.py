@@ -83,9 +83,9 @@ def test_policy_node_drops_stale_frames(graph, bundle):
     assert policy.inferences >= 1 and all(np.isfinite(commands[-1].position))
 
 
-def _policy_rig(graph, bundle):
+def _policy_rig(graph, bundle, **params):
     policy = graph.add(PolicyNode(context=graph.context, parameter_overrides=_params(bundle=str(bundle),
-                                                                                    control_hz=50)))
+                                                                                    control_hz=50, **params)))
     probe = graph.add(rclpy_node(graph, "probe"))
     img_pub = probe.create_publisher(Image, "/cameras/head/image_raw", 10)
     state_pubs = {a: probe.create_publisher(JointState, f"/{a}/joint_states", 10) for a in ("left", "right")}
@@ -132,8 +132,9 @@ def test_policy_node_drops_bad_input_says_why_and_keeps_running(graph, bundle, c
     assert all(np.all(np.isfinite(m.position)) for _, m in commands)
 
 
-def test_policy_node_abandons_the_chunk_when_inputs_go_stale(graph, bundle):
-    policy, publish, commands = _policy_rig(graph, bundle)
+@pytest.mark.parametrize("execution", ["sync", "async"])
+def test_policy_node_abandons_the_chunk_when_inputs_go_stale(graph, bundle, execution):
+    policy, publish, commands = _policy_rig(graph, bundle, execution=execution)
     assert graph.spin_until(lambda: (publish(), len(commands) > 3)[1], timeout=10)
     last_fresh = time.monotonic()  # the cameras and arms stop here, mid-chunk
     graph.spin_for(1.0)
