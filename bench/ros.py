@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +33,13 @@ CONTROL_HZ = 50
 REPEATS = 5
 SERVER_PORT = 8765
 ADDED_LATENCY_S = 0.15
+
+
+def _fresh(name: str) -> str:
+    """An empty trial-log folder: a dry run resumes an existing log, which would move its seeds."""
+    path = CACHE / name
+    shutil.rmtree(path, ignore_errors=True)
+    return str(path)
 
 
 def _until(executor, cond, timeout: float, every=None) -> bool:
@@ -143,7 +151,7 @@ def _execution_figures(out: dict) -> dict:
 def _serve(bundle: str):
     """``pushcut-serve`` in its own process on SERVER_PORT; returns it once it listens."""
     cmd = [sys.executable, "-m", "pushcut.deploy.serve", f"bundle={bundle}", f"port={SERVER_PORT}",
-           "hydra.run.dir=" + str(CACHE / "serve")]
+           "hydra.run.dir=" + _fresh("serve")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if line.startswith("serving"):
@@ -156,17 +164,17 @@ def chunk_execution(bundle: str, trials: int, sync_local: dict) -> dict:
     from pushcut.training.eval import run_episodes
 
     runs = {"sync_local": sync_local}
-    runs["async_local"] = dry_run("click_bell", bundle, trials, str(CACHE / "ros_async"), policy={"execution": "async"})
+    runs["async_local"] = dry_run("click_bell", bundle, trials, _fresh("ros_async"), policy={"execution": "async"})
     server = _serve(bundle)
     try:
         for ex in ("sync", "async"):
-            runs[f"{ex}_server"] = dry_run("click_bell", bundle, trials, str(CACHE / f"ros_{ex}_server"),
+            runs[f"{ex}_server"] = dry_run("click_bell", bundle, trials, _fresh(f"ros_{ex}_server"),
                                            policy={"execution": ex, "policy_source": f"127.0.0.1:{SERVER_PORT}"})
     finally:
         server.terminate()
         server.wait()
     for ex in ("sync", "async"):
-        runs[f"{ex}_local_plus_150ms"] = dry_run("click_bell", bundle, trials, str(CACHE / f"ros_{ex}_slow"),
+        runs[f"{ex}_local_plus_150ms"] = dry_run("click_bell", bundle, trials, _fresh(f"ros_{ex}_slow"),
                                                  policy={"execution": ex, "added_latency_s": ADDED_LATENCY_S})
     seeds = list(range(100_000, 100_000 + trials))
     engine = Engine(bundle)
@@ -185,11 +193,11 @@ def main() -> None:
     if not (bundle / "manifest.json").exists():
         export(ExportConfig(env=EnvConfig(task="click_bell"), checkpoint=str(ckpt), out_dir=str(bundle)))
     trials = env_int("PUSHCUT_BENCH_ROS_TRIALS", 10)
-    in_process = dry_run("click_bell", str(bundle), trials, str(CACHE / "ros_trials"))
-    processes = dry_run("click_bell", str(bundle), trials, str(CACHE / "ros_trials_processes"), processes=True)
+    in_process = dry_run("click_bell", str(bundle), trials, _fresh("ros_trials"))
+    processes = dry_run("click_bell", str(bundle), trials, _fresh("ros_trials_processes"), processes=True)
     ticks = np.array(in_process["tick_intervals_ms"])
     nominal = 1000 / CONTROL_HZ
-    estop = estop_to_last_command(str(bundle), str(CACHE / "ros_trials_estop"))
+    estop = estop_to_last_command(str(bundle), _fresh("ros_trials_estop"))
     stale = last_frame_to_last_command(str(bundle))
     execution = chunk_execution(str(bundle), trials, in_process)
     write("ros", {
