@@ -26,6 +26,8 @@ def test_async_keeps_the_command_rate_through_150_ms_inferences(bundle, tmp_path
     assert len(gaps) > 100 and max(gaps) < 2 * TICK_S * 1000, max(gaps)  # no control tick without a command
     assert max(overlapped["frame_age"]) <= 250  # never a frame older than max_age_s
     assert min(overlapped["inference"]) >= 150 and runs["async"]["late_chunks"] == 0
+    logged = runs["async"]["trials"][0]["latency_ms"]  # the trial log carries the same accounting
+    assert logged["inference"]["p50"] >= 150 and logged["wait"]["max"] == 0 and logged["frame_age"]["n"] >= 2
 
 
 def test_losing_the_policy_server_holds_the_arms_and_it_reconnects(graph, bundle):

@@ -14,9 +14,15 @@ JOINT_NAMES = [*ARM_JOINTS, GRIPPER]  # piper_ros: joint1..joint6 (rad) + grippe
 
 ESTOP_TOPIC = "/estop"  # std_msgs/Bool: true stops the whole stack, false is the operator's resume
 INSTRUCTION_TOPIC = "/instruction"  # std_msgs/String: the task to do; "" = idle, the arms hold
+# std_msgs/Float64 on /policy/<name>_ms, one per chunk (policy_node's docstring defines each)
+POLICY_TIMINGS = ("frame_age", "queue", "inference", "transport", "broker", "latency", "wait")
 # Latched (the last value reaches nodes that join later) and reliable: a node started during an
 # e-stop starts stopped, a policy started mid-trial gets the trial's instruction.
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def policy_timing_topic(name: str) -> str:
+    return f"/policy/{name}_ms"
 
 
 def camera_topic(name: str) -> str:

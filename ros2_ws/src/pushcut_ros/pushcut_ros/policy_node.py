@@ -59,6 +59,7 @@ from .conversions import (
     ESTOP_TOPIC,
     INSTRUCTION_TOPIC,
     LATCHED,
+    POLICY_TIMINGS,
     arm_array,
     arm_state_msg,
     camera_topic,
@@ -66,13 +67,13 @@ from .conversions import (
     join_state,
     joint_command_topic,
     joint_states_topic,
+    policy_timing_topic,
     spin_main,
     split_action,
     stamp_to_s,
 )
 
 WINDOW = 10_000  # per-tick diagnostics kept (about 50 s at 200 Hz)
-TIMINGS = ("frame_age", "queue", "inference", "transport", "broker", "latency", "wait")
 RECONNECT_S = 1.0
 LATENCY_WINDOW = 50  # inference round trips behind the measured lead
 
@@ -150,14 +151,14 @@ class PolicyNode(Node):
         self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, LATCHED)
         self.create_subscription(Bool, ESTOP_TOPIC, self._on_estop, LATCHED)
         self.cmd_pubs = {a: self.create_publisher(JointState, joint_command_topic(a), 10) for a in spec.ARMS}
-        self.timing_pubs = {k: self.create_publisher(Float64, f"/policy/{k}_ms", 10) for k in TIMINGS}
+        self.timing_pubs = {k: self.create_publisher(Float64, policy_timing_topic(k), 10) for k in POLICY_TIMINGS}
         self.fresh_after = 0.0  # frames must be newer than this (node clock, s)
         self.stale_drops = 0
         self.abandoned_chunks = 0
         self.inferences = 0
         self.late_chunks = 0  # async: chunks back after their planned takeover
         self.rejected: Counter[str] = Counter()
-        self.timings: dict[str, deque[float]] = {k: deque(maxlen=WINDOW) for k in TIMINGS}
+        self.timings: dict[str, deque[float]] = {k: deque(maxlen=WINDOW) for k in POLICY_TIMINGS}
         self.latencies_ms = self.timings["latency"]
         self.tick_times: deque[float] = deque(maxlen=WINDOW)
         self.command_gaps_ms: deque[float] = deque(maxlen=WINDOW)  # between commands of one episode

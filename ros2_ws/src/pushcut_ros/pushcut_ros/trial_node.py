@@ -4,7 +4,9 @@ Per trial: prompt the operator to reset the scene (in dry runs: reset the twin t
 seed), send the instruction, and stop at success, failure or timeout. The outcome comes from the
 operator (``/trial/mark`` SetBool, ``/trial/abort``, or the terminal UI) or, in dry runs, from the
 twin's ``/twin/success``. Every finished trial is appended to ``<log_dir>/trials.jsonl`` with
-fsync (``pushcut.deploy.trials``) and recorded as MCAP (cameras, joint states, commands).
+fsync (``pushcut.deploy.trials``) and recorded as MCAP (cameras, joint states, commands). The
+record carries the policy's latency during the trial (``latency_ms``: p50, max and count of each
+``/policy/<name>_ms``: frame age, queue, inference, transport, broker, latency, wait).
 Numbering resumes from the log, so a killed node loses no finished trial.
 
 ``/estop`` true aborts the trial in progress (logged as ``aborted``, reason ``e-stop``) and
@@ -18,12 +20,14 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
+import numpy as np
 import rclpy
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, Int64, String
+from std_msgs.msg import Bool, Float64, Int64, String
 from std_srvs.srv import SetBool, Trigger
 
 from pushcut.deploy.bundle import load_manifest
@@ -35,9 +39,11 @@ from .conversions import (
     ESTOP_TOPIC,
     INSTRUCTION_TOPIC,
     LATCHED,
+    POLICY_TIMINGS,
     camera_topic,
     joint_command_topic,
     joint_states_topic,
+    policy_timing_topic,
 )
 from .recorder import McapRecorder
 
@@ -93,6 +99,9 @@ class TrialNode(Node):
         self.create_subscription(Bool, "/twin/success", self._on_success, 10)
         self.create_subscription(Bool, "/twin/done", self._on_done, 10)
         self.create_subscription(Bool, ESTOP_TOPIC, self._on_estop, LATCHED)
+        self._timings = {k: deque(maxlen=10_000) for k in POLICY_TIMINGS}  # this trial's, per chunk
+        for k in POLICY_TIMINGS:
+            self.create_subscription(Float64, policy_timing_topic(k), lambda m, k=k: self._on_timing(k, m), 50)
         for topic in map(camera_topic, g("cameras")):
             self.create_subscription(Image, topic, lambda m, t=topic: self._rec(t, "sensor_msgs/msg/Image", m), 5)
         for arm in ARMS:
@@ -166,6 +175,8 @@ class TrialNode(Node):
         if self.record:
             self.recorder = McapRecorder(self.log_dir / "recordings" / f"{self.task}_{self.trial:04d}.mcap")
         self.instruction_pub.publish(String(data=self.instruction))
+        for values in self._timings.values():
+            values.clear()
         self.started = time.monotonic()
         self.state = RUNNING
 
@@ -201,6 +212,8 @@ class TrialNode(Node):
             "bundle_sha256": self.bundle_sha, "seed": self.seed if self.mode == "twin" else None,
             "mode": self.mode, "notes": self.notes, "recording": recording, "finished_at": time.time(),
             **({"reason": self._reason} if self._reason else {}),
+            "latency_ms": {k: {"p50": round(float(np.percentile(v, 50)), 2), "max": round(max(v), 2), "n": len(v)}
+                           for k, v in self._timings.items() if v},
         })
         self.get_logger().info(f"trial {self.trial}: {outcome} in {duration:.1f}s")
         self.instruction_pub.publish(String(data=""))  # stop: the policy drops its chunk
@@ -210,6 +223,11 @@ class TrialNode(Node):
         if self.mode == "twin" and not self.finished:
             self._start()  # refused while e-stopped
         return record
+
+    def _on_timing(self, name: str, msg: Float64) -> None:
+        """The policy's latency of each chunk, kept for the trial's record."""
+        if self.state == RUNNING and np.isfinite(msg.data):
+            self._timings[name].append(float(msg.data))
 
     def _rec(self, topic: str, datatype: str, msg) -> None:
         if self.recorder is not None and self.state == RUNNING:
