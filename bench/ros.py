@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -155,6 +156,7 @@ def _serve(bundle: str):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if line.startswith("serving"):
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # a full pipe would block it
             return proc
     raise RuntimeError(f"pushcut-serve did not start (exit {proc.wait()})")
 

@@ -124,7 +124,7 @@ class PolicyClient:
         self.token = token if token is not None else os.environ.get(TOKEN_ENV)
         self.timeout_s = timeout_s
         self._conn = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # one request at a time; connect() runs inside a request too
         self.manifest = self.connect()["manifest"]
         self.source = f"server {address}"
 
@@ -138,6 +138,12 @@ class PolicyClient:
         return conn is not None and conn.state is State.OPEN
 
     def connect(self) -> dict:
+        """(Re)connect; returns the server's metadata."""
+        with self._lock:
+            self._drop()
+            return self._connect()
+
+    def _connect(self) -> dict:
         from websockets.sync.client import connect
 
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
