@@ -1,16 +1,18 @@
 """``pushcut-serve``: a policy behind a websocket, for a GPU box beside a small robot PC.
 
     pushcut-serve bundle=runs/export/.../bundle providers=[CUDAExecutionProvider]   # port 8000, loopback
+    pushcut-serve checkpoint=runs/train/.../checkpoint device=cuda                  # torch, no export
     PUSHCUT_SERVE_TOKEN=... pushcut-serve bundle=... host=0.0.0.0                   # other machines
 
 Protocol (websocket, binary msgpack frames; numpy arrays as maps ``{"__ndarray__": true, "dtype",
 "shape", "data"}``, as openpi's ``msgpack_numpy``):
 
 - On connect the server sends its metadata: ``{"protocol": 1, "manifest": <the bundle's
-  manifest>, "provider": ...}``. A server bound beyond loopback requires the header
+  manifest, or a checkpoint's action space, cameras, proprio and instruction>, "provider": ...}``.
+  A server bound beyond loopback requires the header
   ``Authorization: Bearer <token>`` and answers 401 without it.
 - ``{"obs": {"images": {camera: uint8 (H, W, 3)}, "proprio": float32 (D,), "instruction": str}}``
-  -> ``{"actions": float32 (chunk_len, action_dim), "server_timing": {"queue_ms", "infer_ms",
+  -> ``{"actions": float (chunk_len, action_dim), "server_timing": {"queue_ms", "infer_ms",
   "total_ms"}}``: queue is the wait for the engine (clients are served one inference at a time),
   total is from the request's arrival to the reply.
 - ``{"check_instruction": str}`` -> ``{"problem": str | None}`` (the tokenizer is the server's).
@@ -195,6 +197,23 @@ class PolicyClient:
             self._drop()
 
 
+class CheckpointEngine:
+    """A torch checkpoint behind the engine's serving interface (``infer``, ``manifest``,
+    ``providers``, ``tokenizer``): a GPU box can serve a checkpoint without exporting it."""
+
+    def __init__(self, path: str, device: str = "cpu"):
+        from pushcut.policy.export import interface
+        from pushcut.policy.inference import TorchPolicy
+
+        self.policy = TorchPolicy.from_checkpoint(path, device)
+        self.manifest = interface(self.policy.cfg)
+        self.providers = [f"torch {device}"]
+        self.tokenizer = self.policy.tokenizer
+
+    def infer(self, obs: Mapping) -> np.ndarray:
+        return self.policy.infer(obs)
+
+
 class PolicyServer:
     """Serves one engine to any number of clients, one inference at a time."""
 
@@ -267,7 +286,9 @@ class PolicyServer:
 @ranges(port=">=0", added_latency_s=">=0")
 @dataclass(frozen=True, kw_only=True)
 class ServeConfig:
-    bundle: str = ""
+    bundle: str | None = None
+    checkpoint: str | None = None  # a torch checkpoint instead (greedy, on ``device``)
+    device: str = "cpu"  # checkpoint: cpu | cuda | cuda:N
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     variant: str = "fp32"
     host: str = "127.0.0.1"
@@ -276,17 +297,26 @@ class ServeConfig:
     added_latency_s: float = 0.0  # rehearse a slower policy: sleep this long after each inference
 
     def __post_init__(self) -> None:
-        require(bool(self.bundle), "bundle= (an exported bundle directory) is required")
+        from pushcut.training.config import check_device, check_providers
+
+        require(bool(self.bundle) != bool(self.checkpoint), "give exactly one of bundle= or checkpoint=")
+        check_device(self.device, "device")
+        check_providers(self.providers, "providers")
+        require(self.variant in ("fp32", "int8", "fp16"), f"variant {self.variant!r}: fp32, int8 or fp16")
         require(self.port <= 65535, f"port {self.port} must be within 0-65535")
 
 
 def _main(cfg: ServeConfig, run_dir: Path) -> None:
-    from pushcut.deploy.engine import Engine
+    if cfg.checkpoint:
+        engine = CheckpointEngine(cfg.checkpoint, cfg.device)
+    else:
+        from pushcut.deploy.engine import Engine
 
-    engine = Engine(cfg.bundle, providers=cfg.providers, variant=cfg.variant)
+        engine = Engine(cfg.bundle, providers=cfg.providers, variant=cfg.variant)
     server = PolicyServer(engine, cfg.host, cfg.port, cfg.token or os.environ.get(TOKEN_ENV), cfg.added_latency_s)
     auth = "token required" if server.token else "no token (loopback only)"
-    print(f"serving {cfg.bundle} on {engine.providers[0]} at ws://{cfg.host}:{server.port} ({auth})", flush=True)
+    source = cfg.bundle or cfg.checkpoint
+    print(f"serving {source} on {engine.providers[0]} at ws://{cfg.host}:{server.port} ({auth})", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

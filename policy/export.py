@@ -111,6 +111,24 @@ def compare(policy: TorchPolicy, session, observations: list[dict]) -> dict:
     }
 
 
+def interface(pcfg, default_instruction: str = "") -> dict:
+    """What a robot needs to know of a policy (the manifest's action space, cameras, proprio and
+    instruction): written into every bundle, and sent by ``pushcut-serve`` for a checkpoint."""
+    return {
+        "action_space": {
+            "dim": pcfg.action_dim,
+            "chunk_len": pcfg.chunk_len,
+            "n_bins": pcfg.n_bins,
+            "vocab_size": pcfg.llm.vocab_size,
+            "normalization": pcfg.normalization,
+            "names": dual_arm_names() if pcfg.action_dim == 14 else [f"a{i}" for i in range(pcfg.action_dim)],
+        },
+        "cameras": [{"name": c, "image_size": pcfg.vision.image_size} for c in pcfg.cameras],
+        "proprio": {"dim": pcfg.proprio_dim, "used": pcfg.use_proprio},
+        "instruction": {"tokenizer": "tokenizer.json", "prompt": PROMPT, "default": default_instruction},
+    }
+
+
 def export(cfg: ExportConfig, progress: bool = True) -> Path:
     import onnxruntime as ort
 
@@ -176,18 +194,7 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
         "opset": cfg.opset,
         "exporter": exporter,
         "inputs": {k: list(v.shape[1:]) for k, v in example.items()},
-        "action_space": {
-            "dim": pcfg.action_dim,
-            "chunk_len": pcfg.chunk_len,
-            "n_bins": pcfg.n_bins,
-            "vocab_size": pcfg.llm.vocab_size,
-            "normalization": pcfg.normalization,
-            "names": dual_arm_names() if pcfg.action_dim == 14 else [f"a{i}" for i in range(pcfg.action_dim)],
-        },
-        "cameras": [{"name": c, "image_size": pcfg.vision.image_size} for c in pcfg.cameras],
-        "proprio": {"dim": pcfg.proprio_dim, "used": pcfg.use_proprio},
-        "instruction": {"tokenizer": "tokenizer.json", "prompt": PROMPT,
-                        "default": obs[0]["instruction"] if obs else ""},
+        **interface(pcfg, obs[0]["instruction"] if obs else ""),
         "norm_stats": stats,
         "policy_config": to_dict(pcfg),
         "source_checkpoint": {"path": str(ckpt.resolve()), "meta": meta},

@@ -11,6 +11,7 @@ import pytest
 
 from pushcut.calibration.cli import CalibrateConfig
 from pushcut.configs import ConfigError, compose, to_dataclass, to_dict
+from pushcut.deploy.serve import ServeConfig
 from pushcut.policy.export import ExportConfig
 from pushcut.sim.demos import DemosConfig
 from pushcut.training.config import EvalConfig, SFTConfig, TrainConfig
@@ -22,6 +23,7 @@ ENTRY_POINTS = {  # config name -> (dataclass, overrides that fill its required 
     "export": (ExportConfig, ["checkpoint=ckpt"]),
     "demos": (DemosConfig, []),
     "calibrate": (CalibrateConfig, []),
+    "serve": (ServeConfig, ["bundle=b"]),
 }
 tried, refused = [], []
 

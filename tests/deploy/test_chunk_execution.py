@@ -8,7 +8,8 @@ import pytest
 
 from pushcut.deploy.engine import Engine
 from pushcut.deploy.policy import ActionChunkBroker, spline
-from pushcut.deploy.serve import LocalPolicy, PolicyClient, PolicyServer, ServerLost
+from pushcut.deploy.serve import CheckpointEngine, LocalPolicy, PolicyClient, PolicyServer, ServeConfig, ServerLost
+from pushcut.policy.inference import TorchPolicy
 from pushcut.sim.config import EnvConfig
 from pushcut.sim.twin.env import TwinEnv
 from tests.training.conftest import MICRO_ENV
@@ -165,6 +166,25 @@ def test_server_over_loopback_gives_the_local_engines_actions(bundle):
         assert not client.connected
     finally:
         server.shutdown()
+
+
+def test_server_serves_a_torch_checkpoint_as_the_checkpoint_acts_locally(sft_checkpoint):
+    served = CheckpointEngine(str(sft_checkpoint))
+    server = PolicyServer(served, port=0).start()
+    try:
+        client = PolicyClient(f"127.0.0.1:{server.port}")
+        local = TorchPolicy.from_checkpoint(sft_checkpoint)
+        size = local.cfg.vision.image_size
+        assert client.manifest["action_space"]["chunk_len"] == local.cfg.chunk_len
+        assert [c["name"] for c in client.manifest["cameras"]] == list(local.cfg.cameras)
+        rng = np.random.default_rng(1)
+        obs = {"images": {c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in local.cfg.cameras},
+               "proprio": rng.normal(0, 0.3, D).astype(np.float32), "instruction": "click the bell"}
+        np.testing.assert_array_equal(client.infer(obs)[0], local.infer(obs))
+    finally:
+        server.shutdown()
+    with pytest.raises(ValueError, match="exactly one"):
+        ServeConfig(bundle="b", checkpoint="c")
 
 
 def test_server_beyond_loopback_needs_a_token(bundle):
