@@ -130,7 +130,8 @@ class LearnerConfig:
 
 
 @ranges(n_samples=">=2", groups_per_iter=">=1", max_draw_rounds=">=1", temperature=">0", late_temperature=">0",
-        late_fraction="(0,1]", rollout_max_steps=">=1", clip_ratio_low="[0,1)", clip_ratio_high=">0", kl_coef=">=0",
+        late_fraction="(0,1]", group_success_bounds="[0,1]", rollout_max_steps=">=1", clip_ratio_low="[0,1)",
+        clip_ratio_high=">0", kl_coef=">=0",
         entropy_coef=">=0", lr=">0", lr_warmup_iters=">=0", weight_decay=">=0", betas="[0,1)", grad_clip=">0",
         mini_batches=">=1", ppo_epochs=">=1", iterations=">=1", time_budget_s=">0", eval_every=">=0",
         eval_episodes=">=0", eval_seed_start=">=0", train_seed_start=">=0", save_every=">=1", seed=">=0")
@@ -143,6 +144,10 @@ class TrainConfig:
     groups_per_iter: int = 8  # groups kept per iteration (the batch)
     max_draw_rounds: int = 4  # dynamic sampling: draw at most this many batches of groups
     dynamic_sampling: bool = True
+    # dynamic sampling keeps a group whose success rate lies within these bounds, inclusive
+    # (null: any mixed group, 1/n to (n-1)/n; the reference: [0.1, 0.9], which drops groups of
+    # more than 10 with one success or one failure)
+    group_success_bounds: tuple[float, float] | None = None
     temperature: float = 1.6
     # the last late_fraction of the run (of its time budget, or of its iterations) rolls out at
     # late_temperature instead (null: the recipe's constant temperature), so the reward then
@@ -166,6 +171,10 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
     mini_batches: int = 4  # optimiser steps per pass over the iteration's data
+    # batch: every optimiser step's loss is its share of the mean over the iteration's trajectories
+    # (the steps add up to one full-batch loss); step: the mean over the step's own share, as the
+    # reference (each step mini_batches times larger before the grad clip)
+    loss_normalization: Literal["batch", "step"] = "batch"
     ppo_epochs: int = 1  # passes over the iteration's data (the recipe: one)
     iterations: int = 100
     time_budget_s: float | None = None  # stop when this much wall time has been used (resumes count)
@@ -181,6 +190,10 @@ class TrainConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
+        if self.group_success_bounds is not None:
+            lo, hi = self.group_success_bounds
+            require(0 <= lo <= hi <= 1, f"group_success_bounds {list(self.group_success_bounds)}: "
+                                        "need 0 <= low <= high <= 1")
         if self.mirror_augment:
             check_mirrorable("mirror_augment", self.policy, self.env)
         check_policy_fits_env(self.policy, self.env)

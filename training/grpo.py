@@ -69,9 +69,14 @@ def group_rewards(trajs: list[Trajectory]) -> dict[int, np.ndarray]:
     return {g: np.array(r) for g, r in groups.items()}
 
 
-def mixed_groups(trajs: list[Trajectory]) -> set[int]:
-    """Groups with at least one success and one failure (the ones dynamic sampling keeps)."""
-    return {g for g, r in group_rewards(trajs).items() if 0 < r.sum() < len(r)}
+def mixed_groups(trajs: list[Trajectory], bounds: tuple[float, float] | None = None) -> set[int]:
+    """Groups with at least one success and one failure (the ones dynamic sampling keeps); with
+    ``bounds``, those whose success rate also lies within them, inclusive (the reference's filter)."""
+    groups = group_rewards(trajs)
+    keep = {g for g, r in groups.items() if 0 < r.sum() < len(r)}
+    if bounds is not None:
+        keep = {g for g in keep if bounds[0] <= groups[g].mean() <= bounds[1]}
+    return keep
 
 
 def grpo_advantages(rewards: np.ndarray) -> np.ndarray:
@@ -110,6 +115,8 @@ def ppo_clip_loss(
     stats = {
         "ratio": (ratio * mask).sum() / n_tok,
         "clipfrac": (((ratio < 1.0 - clip_low) | (ratio > 1.0 + clip_high)).float() * mask).sum() / n_tok,
+        # the reference's (verl's): tokens where the clip is what the loss takes
+        "clipfrac_active": ((pg2 > pg1).float() * mask).sum() / n_tok,
         "approx_kl": (((ratio - 1.0) - log_ratio) * mask).sum() / n_tok,
     }
     return loss, stats
@@ -244,6 +251,7 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
     passes = [np.array_split(torch.randperm(n, generator=gen).numpy(), cfg.mini_batches)
               for _ in range(cfg.ppo_epochs)]
     metrics: dict[str, list[float]] = {}
+    divisor = n_traj / cfg.mini_batches if cfg.loss_normalization == "step" else n_traj
     model.train()
     for mb in (mb for minibatches in passes for mb in minibatches):
         if len(mb) == 0:  # fewer chunks than mini-batches (the same on every rank)
@@ -262,9 +270,9 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
             mask = torch.from_numpy(np.stack([batch["mask"][i] for i in rows])).to(dev)
             adv = torch.tensor([batch["adv"][i] for i in rows], dtype=torch.float32, device=dev)
             traj_tokens = torch.tensor([batch["traj_tokens"][i] for i in rows], dtype=torch.float32, device=dev)
-            pg_loss, stats = ppo_clip_loss(logp, old, adv, mask, traj_tokens, n_traj,
+            pg_loss, stats = ppo_clip_loss(logp, old, adv, mask, traj_tokens, divisor,
                                            cfg.clip_ratio_low, cfg.clip_ratio_high)
-            weight = mask.float() / traj_tokens[:, None].clamp(min=1) / n_traj
+            weight = mask.float() / traj_tokens[:, None].clamp(min=1) / divisor
             ent = sampling.entropy(logits, temp)
             loss = pg_loss - cfg.entropy_coef * (ent * weight).sum()
             if ref_model is not None and cfg.kl_coef > 0:
@@ -311,7 +319,7 @@ def collect(pool: WorkerPool, cfg: TrainConfig, state: dict,
         state["next_group"] += need
         trajs = pool.rollout(jobs, cfg.temperature if temperature is None else temperature, cfg.rollout_max_steps)
         drawn += trajs
-        keep = mixed_groups(trajs) if cfg.dynamic_sampling else {t.group for t in trajs}
+        keep = mixed_groups(trajs, cfg.group_success_bounds) if cfg.dynamic_sampling else {t.group for t in trajs}
         kept += [t for t in trajs if t.group in keep]
         n_kept += len(keep)
         rounds += 1

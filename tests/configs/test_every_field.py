@@ -96,7 +96,12 @@ def test_every_numeric_field_declares_a_range_and_refuses_values_outside_it(name
         dotted = ".".join((name, *path))
         for bad in bad_values(owner.__ranges__[field], is_int):
             data = copy.deepcopy(base)
-            value = [bad, *_get(base, path)[1:]] if is_tuple else bad  # the first item out of range
+            default = _get(base, path)
+            if is_tuple and default is None:  # an optional tuple, unset by default: every item out of range
+                tp = next(a for a in typing.get_args(typing.get_type_hints(owner)[field]) if a is not type(None))
+                value = [bad] * len(typing.get_args(tp))
+            else:
+                value = [bad, *default[1:]] if is_tuple else bad  # the first item out of range
             _set(data, path, value)
             tried.append(dotted)
             with pytest.raises(ConfigError) as exc:

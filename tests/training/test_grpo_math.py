@@ -35,6 +35,8 @@ def test_clipped_loss_against_hand_computation():
     assert loss.item() == pytest.approx((traj0 + traj1) / 2, rel=1e-6)
     # clipped tokens: 1.5 (>1.28), 0.5 (<0.8), 0.7 (<0.8), 1.3 (>1.28); masked 2.0 is excluded
     assert stats["clipfrac"].item() == pytest.approx(4 / 5)
+    # the reference's count: only where the clipped term is the one taken (1.5 at A > 0, 0.7 at A < 0)
+    assert stats["clipfrac_active"].item() == pytest.approx(2 / 5)
     np.testing.assert_allclose(stats["ratio"].item(), (1.5 + 0.5 + 0.7 + 1.1 + 1.3) / 5, rtol=1e-6)
 
 
@@ -95,6 +97,21 @@ def test_dynamic_sampling_drops_uniform_groups_and_refills():
     pool = ScriptedPool([[0, 1], [1, 0]])
     grpo.collect(pool, _cfg(rollout_max_steps=100), {"next_group": 0}, temperature=0.7)
     assert pool.temperatures == [0.7] and pool.max_steps == [100]
+
+
+def _groups(successes_per_group):
+    return [Trajectory(group=g, seed=g, success=bool(ok), steps=1)
+            for g, outcomes in enumerate(successes_per_group) for ok in outcomes]
+
+
+def test_the_references_group_bounds_drop_one_in_more_than_ten():
+    trajs = _groups([[1] + [0] * 7, [1] + [0] * 15, [0] * 15 + [1], [1] * 8 + [0] * 8, [0] * 8, [1, 0]])
+    assert grpo.mixed_groups(trajs) == {0, 1, 2, 3, 5}
+    # [0.1, 0.9]: 1/8 = 0.125 stays, 1/16 and 15/16 go, uniform groups stay out
+    assert grpo.mixed_groups(trajs, (0.1, 0.9)) == {0, 3, 5}
+    assert grpo.mixed_groups(trajs, (0.5, 0.5)) == {3, 5}
+    with pytest.raises(ValueError, match="group_success_bounds"):
+        _cfg(group_success_bounds=(0.9, 0.1))
 
 
 def test_dynamic_sampling_gives_up_after_max_rounds_and_off_keeps_all():

@@ -129,6 +129,23 @@ def test_ppo_epochs_repeat_the_pass_against_the_rollout_log_probs(sft_checkpoint
     assert results[3][1]["clipfrac"] >= results[1][1]["clipfrac"]
 
 
+def test_step_normalisation_makes_each_step_mini_batches_times_larger(sft_checkpoint):
+    """loss_normalization=step (the reference) divides each step by its share of the trajectories:
+    the same steps' gradients, mini_batches times larger before the clip."""
+    from pushcut.policy.inference import TorchPolicy
+    from pushcut.training import grpo
+
+    trajs, batch = _batch(sft_checkpoint)
+    norms = {}
+    for how in ("batch", "step"):
+        model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay: the same steps in both
+        cfg = _train_cfg(sft_checkpoint, mini_batches=2, loss_normalization=how)
+        norms[how] = grpo.update(model, None, opt, TorchPolicy(model, stats, tok), batch, len(trajs), cfg,
+                                 torch.Generator().manual_seed(0))["grad_norm"]
+    assert norms["step"] == pytest.approx(2 * norms["batch"], rel=1e-5)
+
+
 def test_update_takes_log_probs_at_the_temperature_the_batch_was_rolled_out_at(sft_checkpoint):
     """A batch rolled out at a late temperature of 0.8: in one mini-batch, before any step, the
     learner's log-probs at 0.8 are the rollout's (ratio 1, nothing clipped); at the recipe's 1.6
