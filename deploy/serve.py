@@ -40,6 +40,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+from websockets.protocol import State
 
 from pushcut.configs import hydra_entry, ranges, require
 
@@ -133,9 +134,7 @@ class PolicyClient:
     @property
     def connected(self) -> bool:
         """False from the moment the connection closes (a silent server: after ``timeout_s`` of
-        unanswered pings)."""
-        from websockets.protocol import State
-
+        unanswered pings). Read every control tick."""
         conn = self._conn
         return conn is not None and conn.state is State.OPEN
 
@@ -224,7 +223,8 @@ class PolicyServer:
                              f"(token=... or {TOKEN_ENV}) or bind to 127.0.0.1")
         from websockets.sync.server import serve
 
-        self.engine, self.token, self.added_latency_s = engine, token, added_latency_s
+        self.engine, self.token = engine, token
+        self.policy = LocalPolicy(engine, added_latency_s)  # the inference, its timing, the instruction check
         self._engine_lock = threading.Lock()
         self.meta = pack({"protocol": PROTOCOL, "manifest": engine.manifest, "provider": engine.providers[0]})
         self.server = serve(self._handle, host, port, compression=None, max_size=MAX_MESSAGE,
@@ -257,18 +257,12 @@ class PolicyServer:
 
     def _answer(self, request: dict, t0: float) -> dict:
         if "check_instruction" in request:
-            from pushcut.policy.preprocess import instruction_problem
-
-            return {"problem": instruction_problem(self.engine.tokenizer, str(request["check_instruction"]))}
-        obs = request["obs"]
+            return {"problem": self.policy.instruction_problem(str(request["check_instruction"]))}
         with self._engine_lock:
             t1 = time.perf_counter()
-            actions = self.engine.infer(obs)
-            if self.added_latency_s:
-                time.sleep(self.added_latency_s)
-            t2 = time.perf_counter()
+            actions, timing = self.policy.infer(request["obs"])
         return {"actions": np.asarray(actions),
-                "server_timing": {"queue_ms": (t1 - t0) * 1000, "infer_ms": (t2 - t1) * 1000,
+                "server_timing": {"queue_ms": (t1 - t0) * 1000, "infer_ms": timing["infer_ms"],
                                   "total_ms": (time.perf_counter() - t0) * 1000}}
 
     def serve_forever(self) -> None:

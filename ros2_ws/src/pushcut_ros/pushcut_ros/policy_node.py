@@ -164,6 +164,7 @@ class PolicyNode(Node):
         self.command_gaps_ms: deque[float] = deque(maxlen=WINDOW)  # between commands of one episode
         self._last_publish: tuple[int, float] | None = None  # (epoch, perf_counter)
         self._round_trips: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.lead_ticks = self._measured_lead()
         self._resized: set[str] = set()
         self._lock = threading.Lock()
         self._pending: dict | None = None  # a chunk back from the policy, not yet taken over
@@ -176,7 +177,6 @@ class PolicyNode(Node):
         self.estopped = False
         self.estop_at: float | None = None  # when the last e-stop arrived (node clock, s)
         self.server_lost_at: float | None = None  # node clock, s; None while the server answers
-        self.last_command_at: float | None = None  # node clock, s
         self._next_reconnect = 0.0
         self.timer = self.create_timer(1.0 / control_hz, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
 
@@ -273,8 +273,9 @@ class PolicyNode(Node):
         return obs, min(stamps)
 
     # --- control --------------------------------------------------------------------------------
-    def lead_ticks(self) -> int:
-        """Async: ticks ahead of the takeover at which the next inference starts."""
+    def _measured_lead(self) -> int:
+        """Async: ticks ahead of the takeover at which the next inference starts (``lead_s``, or
+        from the round trips so far; one policy step before the first)."""
         if self.lead_s > 0:
             return math.ceil(self.lead_s * self.control_hz)
         if not self._round_trips:
@@ -289,6 +290,7 @@ class PolicyNode(Node):
             round_trip = time.perf_counter() - t0
             with self._lock:
                 self._round_trips.append(round_trip)
+                self.lead_ticks = self._measured_lead()  # once per round trip, not every tick
                 if request["epoch"] == self._epoch:  # else an e-stop, a new instruction or a loss came
                     self._pending = {**request, "chunk": chunk, "timing": timing, "ready": self._now(),
                                      "ready_tick": self._ticks}
@@ -342,7 +344,7 @@ class PolicyNode(Node):
             return False
         if self.execution == "sync":
             return self.broker.remaining == 0
-        return self.broker.remaining <= self.lead_ticks() + self.broker.substeps
+        return self.broker.remaining <= self.lead_ticks + self.broker.substeps
 
     def _tick(self) -> None:
         now = self._now()
@@ -378,9 +380,8 @@ class PolicyNode(Node):
                 return
             command = self.broker.next()
             stamp = self.get_clock().now().to_msg()
-            self.last_command_at = stamp_to_s(stamp)
             if self.execution == "sync":
-                self.fresh_after = self.last_command_at
+                self.fresh_after = stamp_to_s(stamp)
             for arm, target in split_action(command).items():
                 msg = arm_state_msg(target, stamp)
                 msg.velocity = [self.speed_percent] * len(msg.position)
@@ -401,8 +402,9 @@ class PolicyNode(Node):
                 self.stale_drops += 1  # stale, missing or pre-command inputs: the arms hold
             return
         obs, stamp = got
-        keep = max(self.broker.remaining - self.broker.substeps, 0) if self.execution == "async" else 0
+        keep = 0
         if self.execution == "async":
+            keep = max(self.broker.remaining - self.broker.substeps, 0)
             planned = self.broker.planned(keep)
             if planned is not None:  # the proprio at the takeover, as at a chunk boundary in training
                 obs[spec.PROPRIO] = planned.astype(np.float32)

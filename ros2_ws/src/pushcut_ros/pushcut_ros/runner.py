@@ -30,6 +30,8 @@ import yaml
 from rclpy.executors import ExternalShutdownException, ShutdownException, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
+from pushcut.deploy.policy import EXECUTION_MODES
+
 from .composition import NodeSpec, twin_eval
 
 CLASSES = {
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-steps", type=int, default=0)
     ap.add_argument("--seed-start", type=int, default=100000)
     ap.add_argument("--processes", action="store_true", help="one process per node, as ros2 launch runs them")
-    ap.add_argument("--execution", choices=["sync", "async"], default="sync",
+    ap.add_argument("--execution", choices=EXECUTION_MODES, default="sync",
                     help="async: the next chunk is inferred while the current one runs, and spliced in")
     ap.add_argument("--policy-source", default="local", help="local, or host:port of a pushcut-serve server")
     args = ap.parse_args(argv)
