@@ -413,6 +413,10 @@ class PolicyNode(Node):
         request = {"epoch": self._epoch, "stamp": stamp, "asked": now, "tick": self._ticks, "keep": keep}
         threading.Thread(target=self._infer, args=(obs, request), daemon=True).start()
 
+    def destroy_node(self) -> None:
+        self.policy.close()  # a server's connection is released, not left to time out
+        super().destroy_node()
+
     def _account(self, p: dict, first_command: float) -> None:
         """Publish and keep the latency of a chunk at its first command."""
         t = p["timing"]
