@@ -187,9 +187,15 @@ class PolicyClient:
         t0 = time.perf_counter()
         reply = self._request({"obs": dict(obs)})
         rtt = (time.perf_counter() - t0) * 1000
+        actions = np.asarray(reply.get("actions"))
+        space = self.manifest["action_space"]
+        shape = (space["chunk_len"], space["dim"])
+        if actions.shape != shape or actions.dtype.kind != "f" or not np.all(np.isfinite(actions)):
+            raise ValueError(f"policy server {self.uri} sent actions of shape {actions.shape} ({actions.dtype}); "
+                             f"its manifest says finite floats of shape {shape}: dropped")
         timing = dict(reply["server_timing"])
         timing["transport_ms"] = max(rtt - timing.pop("total_ms"), 0.0)
-        return np.asarray(reply["actions"]), timing
+        return actions, timing
 
     def close(self) -> None:
         with self._lock:

@@ -160,6 +160,14 @@ def test_server_over_loopback_gives_the_local_engines_actions(bundle):
         with pytest.raises(ValueError, match="refused"):  # a bad request is answered, the server stays up
             client.infer({"images": {}, "proprio": np.zeros(D, np.float32), "instruction": "x"})
         assert client.infer(obs)[0].shape == (engine.chunk_len, D)
+        # a reply that does not fit the manifest is refused where it enters, before any broker
+        for bad in (np.zeros((engine.chunk_len, 3)), np.full((engine.chunk_len, D), np.nan),
+                    np.zeros((engine.chunk_len, D), dtype=np.int64)):
+            server.policy.engine = type("Bad", (), {"infer": lambda self, o, bad=bad: bad,
+                                                    "tokenizer": engine.tokenizer})()
+            with pytest.raises(ValueError, match="manifest says finite floats"):
+                client.infer(obs)
+        server.policy.engine = engine
         server.shutdown()
         with pytest.raises(ServerLost):
             client.infer(obs)
