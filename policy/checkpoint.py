@@ -19,6 +19,7 @@ naming every mismatching field. Version 1 checkpoints (no hashes) still load, wi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -169,7 +170,10 @@ def config_mismatch(a: PolicyConfig, b: PolicyConfig) -> list[str]:
 
 
 def load(path: str | Path, expected: PolicyConfig | None = None, map_location: str = "cpu"):
-    """Load ``(model, norm_stats, tokenizer, meta, run_config)`` from a checkpoint directory."""
+    """Load ``(model, norm_stats, tokenizer, meta, run_config)`` from a checkpoint directory.
+
+    With ``expected`` (the run's configured policy) the model computes in its ``dtype``, whatever
+    the run that wrote the checkpoint computed in: the weights are stored in fp32 either way."""
     path = Path(path)
     meta = read_meta(path)
     cfg_data = json.loads((path / "config.json").read_text())
@@ -178,6 +182,7 @@ def load(path: str | Path, expected: PolicyConfig | None = None, map_location: s
         diff = config_mismatch(cfg, expected)
         if diff:
             raise CheckpointError(f"{path} does not match the configured policy: " + "; ".join(diff))
+        cfg = dataclasses.replace(cfg, dtype=expected.dtype)
     model = VLAPolicy(cfg)
     state = load_file(path / "model.safetensors", device=map_location)
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())

@@ -137,6 +137,7 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
     model, stats, tokenizer, meta, _ = checkpoint.load(ckpt)
     check_policy_fits_env(model.cfg, cfg.env, source=f"checkpoint {ckpt}")
     model.eval()
+    model.compute_dtype = torch.float32  # the graph is fp32 whatever the run computed in; fp16/int8 derive from it
     pcfg = model.cfg
     policy = TorchPolicy(model, stats, tokenizer)
     out = Path(cfg.out_dir) if cfg.out_dir else ckpt.parent / "bundle"
@@ -150,6 +151,7 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
     # the gate's reference is the checkpoint loaded again from disk (hashes verified), not the model
     # object the exporter traced
     ref_model, ref_stats, ref_tok, _, _ = checkpoint.load(ckpt)
+    ref_model.compute_dtype = torch.float32
     reference = TorchPolicy(ref_model.eval(), ref_stats, ref_tok)
     session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
     parity = {

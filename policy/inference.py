@@ -42,7 +42,9 @@ class TorchPolicy:
         arrays = build_inputs(
             observations, self.cfg.cameras, self.cfg.vision.image_size, self.tokenizer, self.proprio_norm
         )
-        return {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
+        dtype = self.model.compute_dtype  # float inputs follow the model's compute dtype
+        return {k: torch.from_numpy(v).to(self.device, dtype if v.dtype.kind == "f" else None)
+                for k, v in arrays.items()}
 
     def decode(self, bins: np.ndarray) -> np.ndarray:
         """Bin indices (B, A) -> un-normalised action chunks (B, chunk_len, action_dim)."""

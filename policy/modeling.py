@@ -65,6 +65,7 @@ class VLAPolicy(nn.Module):
         self.llm = LlamaModel(llama_config(cfg))
         self.action_queries = nn.Parameter(torch.randn(cfg.n_action_tokens, d) * 0.02)
         self.lm_head = nn.Linear(d, cfg.llm.vocab_size, bias=False)
+        self.compute_dtype = getattr(torch, cfg.dtype)  # export traces in float32 (policy.export)
 
     def forward(
         self,
@@ -73,7 +74,20 @@ class VLAPolicy(nn.Module):
         input_ids: torch.Tensor,  # (B, L) prompt ids
         text_mask: torch.Tensor,  # (B, L) bool, True for real tokens
     ) -> torch.Tensor:
-        """Action-token logits (B, chunk_len * action_dim, n_bins)."""
+        """Action-token logits (B, chunk_len * action_dim, n_bins), float32.
+
+        Computed in ``compute_dtype`` (``policy.dtype``): under bfloat16 the matrix products run in
+        bf16 on whatever weights the model holds (fp32 masters in the learner, a bf16 copy in rollout
+        workers) while norms and softmax stay in fp32 (``torch.autocast``); the logits come back in
+        fp32, so log-probs, the loss and sampling are computed in fp32.
+        """
+        if self.compute_dtype == torch.float32:
+            return self._logits(pixels, proprio, input_ids, text_mask)
+        with torch.autocast(pixels.device.type, dtype=self.compute_dtype):
+            logits = self._logits(pixels, proprio, input_ids, text_mask)
+        return logits.float()
+
+    def _logits(self, pixels, proprio, input_ids, text_mask) -> torch.Tensor:
         b, n_cam = pixels.shape[:2]
         patches = self.vision(pixel_values=pixels.flatten(0, 1)).last_hidden_state  # (B*C, P, Dv)
         patches = self.projector(patches)  # (B*C, P, D)

@@ -26,7 +26,9 @@ def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator 
     uniform draw (on CPU about 10x faster than ``torch.multinomial`` over the same rows; a bin of
     probability 0 is never drawn: ``right=True`` steps past its flat stretch of the CDF)."""
     cdf = F.softmax(_scaled(logits, temperature), dim=-1).cumsum(-1)  # (B, A, n_bins)
-    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, dtype=cdf.dtype, device=cdf.device)
+    # drawn where the generator lives (a rollout's CPU generator), then moved: the same draws on any device
+    where = generator.device if generator is not None else cdf.device
+    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, dtype=cdf.dtype, device=where).to(cdf.device)
     bins = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)  # (B, A, 1)
     return bins.squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 

@@ -67,12 +67,17 @@ class VectorEnv:
             out.append(payload)
         return out
 
-    def reset(self, seeds: Sequence[int]) -> list[Obs]:
+    def reset(self, seeds: Sequence[int | None]) -> list[Obs | None]:
+        """Reset every env whose seed is not None (the others are left as they are)."""
         if len(seeds) != self.num_envs:
             raise ValueError(f"need {self.num_envs} seeds, got {len(seeds)}")
-        for conn, seed in zip(self._conns, seeds):
-            conn.send(("reset", int(seed)))
-        return self._gather(range(self.num_envs))
+        chosen = [i for i, s in enumerate(seeds) if s is not None]
+        for i in chosen:
+            self._conns[i].send(("reset", int(seeds[i])))
+        results: list[Obs | None] = [None] * self.num_envs
+        for i, r in zip(chosen, self._gather(chosen)):
+            results[i] = r
+        return results
 
     def step(self, actions: Sequence[np.ndarray | None]) -> list[Step | None]:
         """Step every env whose entry is not None (finished envs are skipped)."""

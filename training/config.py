@@ -107,26 +107,44 @@ class EvalConfig:
         check_providers(self.providers, "providers")
 
 
-@ranges(num_workers=">=1", envs_per_worker=">=1", threads_per_worker=">=1")
+@ranges(num_workers=">=1", envs_per_worker=">=1", threads_per_worker=">=1", gpus_per_worker=">0")
 @dataclass(frozen=True, kw_only=True)
 class RolloutConfig:
+    # disaggregated: rollout workers with policy copies of their own (Ray actors, or in-process with
+    # backend=local), sent the weights after every update; colocated: every learner rank rolls out
+    # with the learner's own model on the learner's device (no copy, no sync; num_workers, backend,
+    # device and threads_per_worker then do not apply)
+    placement: Literal["disaggregated", "colocated"] = "disaggregated"
     backend: Literal["ray", "local"] = "ray"
     num_workers: int = 2  # Ray actors (rollout workers), each with persistent envs and a policy copy
-    envs_per_worker: int = 4
+    envs_per_worker: int = 4  # one batched forward pass per step covers all of a worker's envs
+    env_processes: bool = False  # step a worker's envs in parallel processes (sim.vector) instead of in turn
     threads_per_worker: int = 1
+    device: str = "cpu"  # where a worker's policy copy runs (cuda: its GPU, in policy.dtype)
+    gpus_per_worker: float = 1.0  # GPUs each Ray actor asks for when device=cuda (fractions share a GPU)
     ray_address: str | None = None  # an existing cluster ("auto" or host:port); None starts one locally
 
+    def __post_init__(self) -> None:
+        require(self.device in ("cpu", "cuda"), f"rollout.device: {self.device!r} is not cpu or cuda")
+        if self.device == "cuda" and self.ray_address is None:  # a cluster's GPUs are its nodes' business
+            check_device(self.device, "rollout.device")
 
-@ranges(threads=">=1")
+
+@ranges(threads=">=1", micro_batch=">=1")
 @dataclass(frozen=True, kw_only=True)
 class LearnerConfig:
     backend: Literal["gloo", "nccl"] = "gloo"  # torch.distributed backend when launched by torchrun
     device: str = "cpu"
     threads: int = 2
     fsdp: bool = False  # shard weights, gradients and optimizer state over the ranks (FSDP2); for 7B
+    # recompute each vision and language layer's activations in the backward pass instead of keeping them
+    activation_checkpointing: bool = False
+    micro_batch: int | None = None  # chunks per forward/backward pass, gradients summed (null: a rank's whole share)
+    cpu_offload: bool = False  # FSDP: keep the sharded weights, gradients and AdamW state in host memory
 
     def __post_init__(self) -> None:
         check_device(self.device, "device")
+        require(not self.cpu_offload or self.fsdp, "learner.cpu_offload offloads FSDP shards: set learner.fsdp=true")
 
 
 @ranges(n_samples=">=2", groups_per_iter=">=1", max_draw_rounds=">=1", temperature=">0", late_temperature=">0",
@@ -197,3 +215,6 @@ class TrainConfig:
         if self.mirror_augment:
             check_mirrorable("mirror_augment", self.policy, self.env)
         check_policy_fits_env(self.policy, self.env)
+        require(self.rollout.placement == "disaggregated" or not self.learner.cpu_offload,
+                "rollout.placement=colocated rolls out with the learner's model, which learner.cpu_offload "
+                "keeps in host memory: use the disaggregated placement")

@@ -45,6 +45,7 @@ from pushcut.policy.inference import TorchPolicy
 from pushcut.sim.twin.mirror import mirror_dual_arm, mirror_image
 from pushcut.training.config import TrainConfig
 from pushcut.training.learner import (
+    checkpoint_activations,
     full_weights,
     init_distributed,
     is_sharded,
@@ -55,7 +56,7 @@ from pushcut.training.learner import (
     save_state,
     shard,
 )
-from pushcut.training.rollout import Job, Trajectory, WorkerPool
+from pushcut.training.rollout import ColocatedPool, Job, Trajectory, WorkerPool
 from pushcut.training.run_log import RunLogger, keep_metrics_before, plot_curves
 
 EPS = 1e-6
@@ -230,6 +231,19 @@ def add_mirror_images(batch: dict, policy: TorchPolicy, temperature: float, carr
     }
 
 
+def micro_batches(shares: list[np.ndarray], rank: int, size: int | None, sharded: bool) -> list[np.ndarray]:
+    """This rank's rows of a mini-batch (``shares[rank]``) in forward/backward passes of at most
+    ``size`` chunks (None: one pass), their gradients accumulated. Sharded (FSDP), every rank takes
+    part in as many passes as the busiest one, and in at least one: empty pieces pad the rest."""
+    mine = shares[rank]
+    size = size or max(1, *(len(s) for s in shares))
+    pieces = [mine[i : i + size] for i in range(0, len(mine), size)]
+    if sharded:
+        busiest = max(1, *(-(-len(s) // size) for s in shares))
+        pieces += [mine[:0]] * (busiest - len(pieces))
+    return pieces
+
+
 def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int, cfg: TrainConfig,
            gen: torch.Generator, skip_zero_advantage: bool = True, temperature: float | None = None
            ) -> dict[str, float]:
@@ -256,11 +270,12 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
     for mb in (mb for minibatches in passes for mb in minibatches):
         if len(mb) == 0:  # fewer chunks than mini-batches (the same on every rank)
             continue
-        mine = mb[rank::world]  # this rank's shard of the mini-batch
-        mine = mine[carries[mine]]
+        shares = [s[carries[s]] for s in (mb[r::world] for r in range(world))]  # each rank's rows
         opt.zero_grad(set_to_none=True)
-        if len(mine) or sharded:  # FSDP's collectives need every rank in forward and backward
-            rows = mine if len(mine) else mb[:1]
+        step_stats: dict[str, float] = {}  # this mini-batch's: pg_loss summed over its passes, the rest token-weighted
+        step_tokens = 0.0
+        for piece in micro_batches(shares, rank, cfg.learner.micro_batch, sharded):
+            rows = piece if len(piece) else mb[:1]  # an empty piece joins FSDP's collectives with weight 0
             dev = policy.device
             inputs = policy.inputs([batch["obs"][i] for i in rows])
             logits = model(**inputs)  # (n, A, n_bins)
@@ -282,11 +297,16 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
                 loss = loss + cfg.kl_coef * (kl * weight).sum()
                 stats["kl_ref"] = (kl * mask).sum() / mask.sum().clamp(min=1)
             # shard losses add up to the batch's; FSDP averages gradients over ranks, so scale back
-            (loss * (world if sharded else 1) * (1 if len(mine) else 0)).backward()
-            if len(mine):
-                stats.update(pg_loss=pg_loss, entropy=(ent * mask).sum() / mask.sum().clamp(min=1))
+            (loss * (world if sharded else 1) * (1 if len(piece) else 0)).backward()
+            if len(piece):
+                stats.update(entropy=(ent * mask).sum() / mask.sum().clamp(min=1))
+                n_tok = float(mask.sum())
+                step_tokens += n_tok
+                step_stats["pg_loss"] = step_stats.get("pg_loss", 0.0) + float(pg_loss.detach())
                 for k, v in stats.items():
-                    metrics.setdefault(k, []).append(float(v.detach()))
+                    step_stats[k] = step_stats.get(k, 0.0) + float(v.detach()) * n_tok
+        for k, v in step_stats.items():
+            metrics.setdefault(k, []).append(v if k == "pg_loss" else v / max(step_tokens, 1.0))
         if not sharded:
             for p in (p for p in model.parameters() if p.requires_grad):
                 if p.grad is None:  # no rows here: step (and join the all-reduce) with zero gradients
@@ -302,7 +322,7 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
 
 
 # --- the loop -----------------------------------------------------------------------------------
-def collect(pool: WorkerPool, cfg: TrainConfig, state: dict,
+def collect(pool: WorkerPool | ColocatedPool, cfg: TrainConfig, state: dict,
             temperature: float | None = None) -> tuple[list[Trajectory], dict]:
     """Draw groups at ``temperature`` (default ``cfg.temperature``) until ``groups_per_iter`` are kept
     (dynamic sampling) or draws run out."""
@@ -371,8 +391,10 @@ def eval_due(cfg: TrainConfig, iteration: int) -> bool:
     return bool(cfg.eval_every and cfg.eval_episodes) and iteration % cfg.eval_every == 0
 
 
-def evaluate(pool: WorkerPool, cfg: TrainConfig, weights: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Greedy success of ``weights`` on the evaluation seeds, and the seconds it took."""
+def evaluate(pool: WorkerPool | ColocatedPool, cfg: TrainConfig, weights: dict[str, torch.Tensor] | None
+             ) -> dict[str, float]:
+    """Greedy success of ``weights`` (colocated: the learner's model) on the evaluation seeds, and the
+    seconds it took."""
     t0 = time.perf_counter()
     pool.set_weights(weights)
     seeds = range(cfg.eval_seed_start, cfg.eval_seed_start + cfg.eval_episodes)
@@ -417,8 +439,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     model.to(device)
     if ref_model is not None:
         ref_model.to(device)
+    if cfg.learner.activation_checkpointing:
+        checkpoint_activations(model)
     if cfg.learner.fsdp:
-        shard(model, device.type)
+        shard(model, device.type, cfg.learner.cpu_offload)
     policy = TorchPolicy(model, norm_stats, tokenizer, device=str(device))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     if resume:
@@ -430,25 +454,41 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
         keep = keep_metrics_before(run_dir, state["iteration"] + 1)
         last_eval = next((r["eval_success"] for r in reversed(keep) if "eval_success" in r), None)
     logger = RunLogger(run_dir, cfg, cfg.wandb, job="grpo", resume=resume) if is_main else None
-    pool = WorkerPool(cfg.rollout, cfg.env, cfg.policy, norm_stats, tokenizer.to_json()) if is_main else None
+    # colocated: every learner rank rolls out with its own model; disaggregated: rank 0 drives workers
+    colocated = cfg.rollout.placement == "colocated"
+    rolls = is_main or colocated
+    if colocated:
+        pool = ColocatedPool(cfg.rollout, cfg.env, policy, sharded=is_sharded(model))
+    else:
+        pool = WorkerPool(cfg.rollout, cfg.env, cfg.policy, norm_stats, tokenizer.to_json(),
+                          str(device)) if is_main else None
     # a time budget, when set, is what the bar counts (the default iterations cap is then far away)
     by_time = cfg.time_budget_s is not None
     bar = tqdm(total=int(cfg.time_budget_s) if by_time else cfg.iterations, unit="s" if by_time else "it",
                initial=round(state["wall_s"]) if by_time else state["iteration"], desc="grpo",
                disable=not (progress and is_main))
 
-    def evaluate_and_keep_best(weights: dict[str, torch.Tensor], it: int) -> dict[str, float]:
-        """5. greedy evaluation (rank 0); the policy at the best one so far also goes to <run>/best."""
+    def evaluate_and_keep_best(weights: dict[str, torch.Tensor] | None, it: int) -> dict[str, float]:
+        """5. greedy evaluation (the ranks that roll out); the policy at the best one so far also goes
+        to <run>/best."""
         result = evaluate(pool, cfg, weights)
         if is_new_best(cfg, state, result["eval_success"]):
-            save_best(run_dir, model, policy, cfg, weights, it, result["eval_success"])
+            weights = full_weights(model) if weights is None else weights  # colocated: gathered now
+            if is_main:
+                save_best(run_dir, model, policy, cfg, weights, it, result["eval_success"])
         return result
 
+    def sync_weights() -> dict[str, torch.Tensor] | None:
+        """The full weights the rollout workers need (a collective under FSDP: every rank takes part);
+        colocated, none: the rollouts use the learner's own model."""
+        return None if colocated else full_weights(model)
+
     try:
-        weights = full_weights(model)  # collective under FSDP: every rank takes part
-        if is_main and state["iteration"] == 0 and eval_due(cfg, 0):
+        weights = sync_weights()
+        if rolls and state["iteration"] == 0 and eval_due(cfg, 0):
             initial = evaluate_and_keep_best(weights, 0)
-            logger.log(initial, 0)
+            if is_main:
+                logger.log(initial, 0)
             last_eval = initial["eval_success"]
             state["wall_s"] += initial["eval_s"]  # the time budget counts evaluation too
         while state["iteration"] < cfg.iterations:
@@ -458,13 +498,16 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
             # 1-2. rollouts with dynamic sampling (rank 0), shared with every learner rank
             payload = [None]
             temperature = rollout_temperature(cfg, state["iteration"] + 1, state["wall_s"])
-            if is_main:
+            if rolls:
+                t0 = time.perf_counter()
                 pool.set_weights(weights)
+                sync_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 kept, info = collect(pool, cfg, state, temperature)
                 info["rollout_s"] = time.perf_counter() - t0
+                info["sync_s"] = sync_s
                 payload = [(kept, info, state["next_group"])]
-            if world > 1:
+            if world > 1 and not colocated:  # colocated ranks gathered the same trajectories already
                 dist.broadcast_object_list(payload, src=0)
             kept, info, state["next_group"] = payload[0]
             # 3. advantages, broadcast over each trajectory's tokens
@@ -488,16 +531,17 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
             metrics["update_s"] = time.perf_counter() - t0
             metrics["lr"] = opt.param_groups[0]["lr"]
             metrics["temperature"] = temperature
-            weights = full_weights(model)
+            weights = sync_weights()
             state["iteration"] += 1
             it = state["iteration"]
-            if is_main:
+            if rolls:
                 timing = pool.take_timing()
-                state["env_steps"] += timing["env_steps"]
                 # 5. evaluation
                 if eval_due(cfg, it):
                     metrics.update(evaluate_and_keep_best(weights, it))
                     last_eval = metrics["eval_success"]
+            if is_main:
+                state["env_steps"] += timing["env_steps"]
                 iter_s = time.perf_counter() - t_iter
                 state["wall_s"] += iter_s
                 metrics.update(info)

@@ -31,17 +31,39 @@ def learner_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def shard(model: torch.nn.Module, device: str) -> None:
-    """FSDP2: each vision and language transformer layer, then the rest, sharded over the ranks."""
+def shard(model: torch.nn.Module, device: str, cpu_offload: bool = False) -> None:
+    """FSDP2: each vision and language transformer layer, then the rest, sharded over the ranks.
+
+    Under a bf16 ``policy.dtype`` the shards stay fp32 (master weights, fp32 AdamW state) and are
+    gathered in bf16 for compute, gradients reduced in fp32 (``MixedPrecisionPolicy``);
+    ``cpu_offload`` keeps shards, gradients and optimizer state in host memory."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     if not dist.is_initialized():
         raise RuntimeError("learner.fsdp needs torch.distributed: launch with torchrun (see the README)")
     mesh = init_device_mesh(torch.device(device).type, (dist.get_world_size(),))
+    options = {"mesh": mesh}
+    if model.compute_dtype != torch.float32:
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=model.compute_dtype, reduce_dtype=torch.float32)
+    if cpu_offload:
+        options["offload_policy"] = CPUOffloadPolicy()
     for layer in (*model.vision.encoder.layers, *model.llm.layers):
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, **options)
+    fully_shard(model, **options)
+
+
+def checkpoint_activations(model: torch.nn.Module) -> None:
+    """Recompute each vision and language layer's activations in the backward pass instead of keeping
+    them from the forward (``learner.activation_checkpointing``): the same gradient for less memory
+    and about one more forward pass of compute. Applied before sharding, as FSDP2 expects."""
+    for tower in (model.vision, model.llm):
+        tower.config.use_cache = False
+        enable = getattr(tower, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:  # transformers before 5.x's rename
+            tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -98,8 +120,11 @@ def _load_opt(model, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor
 
 
 def save_state(run_dir: Path, model, opt, policy: TorchPolicy, cfg: TrainConfig, state: dict, gen: torch.Generator,
-               weights: dict[str, torch.Tensor]):
-    """Every rank calls this (gathering is collective under FSDP); rank 0 writes."""
+               weights: dict[str, torch.Tensor] | None):
+    """Every rank calls this (gathering is collective under FSDP); rank 0 writes. ``weights`` None
+    (colocated rollouts gather none per iteration): gathered here."""
+    if weights is None:
+        weights = full_weights(model)
     extra = resume_tensors(model, opt, gen)
     if dist.is_initialized() and dist.get_rank() != 0:
         return

@@ -54,42 +54,114 @@ def executed_token_mask(executed_steps: int, chunk_len: int, action_dim: int) ->
     return mask.reshape(-1)
 
 
-class RolloutWorker:
-    def __init__(self, env_cfg: EnvConfig, policy_cfg: PolicyConfig, norm_stats: dict, tokenizer_json: str,
-                 n_envs: int, threads: int = 1):
+class LocalEnvs:
+    """A worker's envs stepped one after another in its own process, with ``VectorEnv``'s interface
+    (lists with None for the envs left out)."""
+
+    def __init__(self, cfg: EnvConfig, n: int):
         from pushcut.sim.registry import make_env
 
-        torch.set_num_threads(threads)
-        self.cfg = policy_cfg
-        self.envs = [make_env(env_cfg) for _ in range(n_envs)]
-        self.policy = TorchPolicy(VLAPolicy(policy_cfg), norm_stats, load_tokenizer(tokenizer_json))
-        self.timing = {"sim_s": 0.0, "inference_s": 0.0, "env_steps": 0}
+        self.envs = [make_env(cfg) for _ in range(n)]
+        self.num_envs = n
 
-    def set_weights(self, state: dict[str, np.ndarray]) -> None:
-        self.policy.model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    def reset(self, seeds):
+        return [None if s is None else env.reset(s) for env, s in zip(self.envs, seeds)]
+
+    def step(self, actions):
+        return [None if a is None else env.step(a) for env, a in zip(self.envs, actions)]
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class Lockstep:
+    """Keeps learner ranks that roll out with their own FSDP-sharded model in step: every forward
+    pass is a collective, so a rank whose episodes are done joins the others' forwards (on a
+    spare observation) until no rank has an episode left."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def any(self, flag: bool) -> bool:
+        import torch.distributed as dist
+
+        t = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+
+class RolloutWorker:
+    """``n_envs`` persistent envs (in this process, or ``env_processes``: one process each, stepped
+    in parallel) and a policy on ``device`` in the policy's compute dtype; one batched forward pass
+    per step for all its active envs. ``policy`` given (colocated placement): that one, the
+    learner's own, is used and nothing is copied."""
+
+    def __init__(self, env_cfg: EnvConfig, policy_cfg: PolicyConfig, norm_stats: dict, tokenizer_json: str,
+                 n_envs: int, threads: int = 1, device: str = "cpu", env_processes: bool = False,
+                 policy: TorchPolicy | None = None):
+        if policy is None:
+            torch.set_num_threads(threads)
+            # a copy for inference only: its weights in the compute dtype (half the memory and sync in bf16)
+            model = VLAPolicy(policy_cfg).to(getattr(torch, policy_cfg.dtype))
+            policy = TorchPolicy(model, norm_stats, load_tokenizer(tokenizer_json), device=device)
+        self.cfg = policy_cfg
+        self.policy = policy
+        if env_processes:
+            from pushcut.sim.vector import VectorEnv
+
+            self.envs = VectorEnv(env_cfg, n_envs)
+        else:
+            self.envs = LocalEnvs(env_cfg, n_envs)
+        self.timing = {"sim_s": 0.0, "inference_s": 0.0, "env_steps": 0}
+        self._receiver = None
+        self._spare_obs: dict | None = None
+
+    def set_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self.policy.model.load_state_dict(state)
+
+    def join_weight_group(self, host: str, port: int, rank: int, world: int, backend: str) -> None:
+        """Join the learner's weight broadcast (``weight_sync``) as ``rank``."""
+        from pushcut.training.weight_sync import WeightReceiver
+
+        self._receiver = WeightReceiver(host, port, rank, world, backend, self.policy.device)
+
+    def receive_weights(self) -> None:
+        self._receiver.receive(self.policy.model)
 
     def take_timing(self) -> dict:
         t, self.timing = self.timing, {"sim_s": 0.0, "inference_s": 0.0, "env_steps": 0}
         return t
 
     @torch.no_grad()
-    def rollout(self, jobs: list[Job], temperature: float, max_steps: int | None = None) -> list[Trajectory]:
-        """Run ``jobs`` in waves of ``len(envs)``; ``temperature == 0`` decodes greedily. ``max_steps``
+    def rollout(self, jobs: list[Job], temperature: float, max_steps: int | None = None,
+                lockstep: Lockstep | None = None) -> list[Trajectory]:
+        """Run ``jobs`` in waves of ``num_envs``; ``temperature == 0`` decodes greedily. ``max_steps``
         (None: the env's own limit) ends an episode after the chunk that reaches it, a failure unless
-        it has succeeded by then."""
+        it has succeeded by then. ``lockstep``: this worker's forward passes are collectives shared
+        with other ranks (colocated FSDP), so it keeps taking part until every rank is done."""
+        n_envs = self.envs.num_envs
         out: list[Trajectory] = []
-        for start in range(0, len(jobs), len(self.envs)):
-            wave = jobs[start : start + len(self.envs)]
+        start = 0
+        while start < len(jobs) or (lockstep is not None and lockstep.any(False)):
+            wave = jobs[start : start + n_envs]
+            start += n_envs
+            if lockstep is not None and wave:
+                lockstep.any(True)  # the matching call of the others' wave check
             gens = [torch.Generator().manual_seed(j.rng_seed) for j in wave]
             t0 = time.perf_counter()
-            obs = [env.reset(j.seed) for env, j in zip(self.envs, wave)]
+            obs = self.envs.reset([j.seed for j in wave] + [None] * (n_envs - len(wave)))
             self.timing["sim_s"] += time.perf_counter() - t0
             trajs = [Trajectory(group=j.group, seed=j.seed, success=False, steps=0) for j in wave]
             active = list(range(len(wave)))
-            while active:
+            while active if lockstep is None else lockstep.any(bool(active)):
                 t0 = time.perf_counter()
                 obs_dicts = [obs[i].as_dict() for i in active]
-                logits = self.policy.logits(obs_dicts)  # (B, A, n_bins)
+                if not obs_dicts:  # lockstep: join the others' forward pass on a spare observation
+                    self.policy.logits([self._spare(obs)])
+                    continue
+                self._spare_obs = obs_dicts[0]
+                logits = self.policy.logits(obs_dicts)  # (B, A, n_bins), float32
                 if temperature > 0:
                     bins = torch.stack([sampling.sample(logits[k : k + 1], temperature, gens[i])[0]
                                         for k, i in enumerate(active)])
@@ -97,21 +169,25 @@ class RolloutWorker:
                 else:
                     bins = sampling.greedy(logits)
                     logp = sampling.token_log_probs(logits, bins, 1.0)
+                bins, logp = bins.cpu(), logp.cpu()
                 chunks = self.policy.decode(bins.numpy())
                 self.timing["inference_s"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
+                actions = [None] * n_envs
+                for k, i in enumerate(active):
+                    actions[i] = chunks[k]
+                steps = self.envs.step(actions)
                 still = []
                 for k, i in enumerate(active):
-                    before = trajs[i].steps
-                    step = self.envs[i].step(chunks[k])
-                    tr = trajs[i]
+                    tr, step = trajs[i], steps[i]
+                    before = tr.steps
                     tr.observations.append(obs_dicts[k])
                     tr.bins.append(bins[k].numpy())
                     tr.logp.append(logp[k].numpy().astype(np.float32))
                     executed = step.steps - before
                     tr.token_mask.append(executed_token_mask(executed, self.cfg.chunk_len, self.cfg.action_dim))
                     tr.steps, tr.success = step.steps, step.success
-                    self.timing["env_steps"] += step.steps - before
+                    self.timing["env_steps"] += executed
                     obs[i] = step.obs
                     if not step.done and (max_steps is None or step.steps < max_steps):
                         still.append(i)
@@ -120,22 +196,51 @@ class RolloutWorker:
             out.extend(trajs)
         return out
 
+    def _spare(self, obs) -> dict:
+        if self._spare_obs is None:  # this rank had no episode yet: any observation of its envs will do
+            self._spare_obs = self.envs.reset([0] + [None] * (self.envs.num_envs - 1))[0].as_dict()
+        return self._spare_obs
+
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        self.envs.close()
+
+
+def _merge_timing(timings) -> dict:
+    total = {"sim_s": 0.0, "inference_s": 0.0, "env_steps": 0}
+    for t in timings:
+        for k in total:
+            total[k] += t[k]
+    return total
+
+
+def _round_robin(results: list[list[Trajectory]], n_jobs: int) -> list[Trajectory]:
+    """Per-worker results of ``jobs[i::n]`` back in job order."""
+    n = len(results)
+    ordered: list[Trajectory] = [None] * n_jobs  # type: ignore[list-item]
+    for i, res in enumerate(results):
+        for k, tr in enumerate(res):
+            ordered[i + k * n] = tr
+    return ordered
 
 
 class WorkerPool:
-    """``num_workers`` rollout workers as Ray actors (``backend='ray'``) or in this process."""
+    """Disaggregated placement: ``num_workers`` rollout workers with policy copies of their own, as
+    Ray actors (``backend='ray'``; ``gpus_per_worker`` GPUs each when ``device='cuda'``) or in this
+    process. ``set_weights`` sends them the learner's weights: to Ray actors as a tensor broadcast
+    over a process group of the learner and the workers (``weight_sync``), in-process by reference."""
 
     def __init__(self, rollout_cfg, env_cfg: EnvConfig, policy_cfg: PolicyConfig, norm_stats: dict,
-                 tokenizer_json: str):
+                 tokenizer_json: str, learner_device: str = "cpu"):
         self.backend = rollout_cfg.backend
         args = (env_cfg, policy_cfg, norm_stats, tokenizer_json, rollout_cfg.envs_per_worker,
-                rollout_cfg.threads_per_worker)
+                rollout_cfg.threads_per_worker, rollout_cfg.device, rollout_cfg.env_processes)
         self._owns_ray = False
+        self.sender = None
+        self.sync_bytes = 0
         if self.backend == "ray":
             import ray
+
+            from pushcut.training.weight_sync import WeightSender
 
             if not ray.is_initialized():
                 self._owns_ray = True
@@ -143,8 +248,16 @@ class WorkerPool:
                     ray.init(address=rollout_cfg.ray_address, log_to_driver=False)
                 else:
                     ray.init(num_cpus=max(2, rollout_cfg.num_workers), include_dashboard=False, log_to_driver=False)
-            actor = ray.remote(num_cpus=1)(RolloutWorker)
+            gpus = rollout_cfg.gpus_per_worker if rollout_cfg.device == "cuda" else 0
+            actor = ray.remote(num_cpus=1, num_gpus=gpus)(RolloutWorker)
             self.workers = [actor.remote(*args) for _ in range(rollout_cfg.num_workers)]
+            both_gpu = rollout_cfg.device == "cuda" and learner_device.startswith("cuda")
+            backend = "nccl" if both_gpu else "gloo"
+            self.sender = WeightSender(len(self.workers), backend, getattr(torch, policy_cfg.dtype), learner_device)
+            joined = [w.join_weight_group.remote(self.sender.host, self.sender.port, i + 1, self.sender.world, backend)
+                      for i, w in enumerate(self.workers)]
+            self.sender.connect()
+            ray.get(joined)
         else:
             self.workers = [RolloutWorker(*args) for _ in range(rollout_cfg.num_workers)]
 
@@ -157,32 +270,23 @@ class WorkerPool:
 
     def set_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Send the learner's (full) weights to every worker."""
-        state = {k: v.detach().cpu().numpy() for k, v in weights.items()}
         if self.backend == "ray":
             import ray
 
-            ref = ray.put(state)
-            ray.get([w.set_weights.remote(ref) for w in self.workers])
+            received = [w.receive_weights.remote() for w in self.workers]
+            self.sync_bytes += self.sender.send(weights)
+            ray.get(received)
         else:
-            self._call("set_weights", [(state,)] * len(self.workers))
+            self._call("set_weights", [(weights,)] * len(self.workers))
 
     def rollout(self, jobs: list[Job], temperature: float, max_steps: int | None = None) -> list[Trajectory]:
         """Spread ``jobs`` round-robin over the workers; results come back in job order."""
         n = len(self.workers)
-        shards = [jobs[i::n] for i in range(n)]
-        results = self._call("rollout", [(s, temperature, max_steps) for s in shards])
-        ordered: list[Trajectory] = [None] * len(jobs)  # type: ignore[list-item]
-        for i, res in enumerate(results):
-            for k, tr in enumerate(res):
-                ordered[i + k * n] = tr
-        return ordered
+        results = self._call("rollout", [(jobs[i::n], temperature, max_steps) for i in range(n)])
+        return _round_robin(results, len(jobs))
 
     def take_timing(self) -> dict:
-        total = {"sim_s": 0.0, "inference_s": 0.0, "env_steps": 0}
-        for t in self._call("take_timing", [()] * len(self.workers)):
-            for k in total:
-                total[k] += t[k]
-        return total
+        return _merge_timing(self._call("take_timing", [()] * len(self.workers)))
 
     def close(self) -> None:
         if self.backend == "ray":
@@ -195,3 +299,47 @@ class WorkerPool:
         else:
             for w in self.workers:
                 w.close()
+
+
+class ColocatedPool:
+    """Colocated placement: every learner rank rolls out its share of the jobs with the learner's own
+    model (no weight copy at all, as SimpleVLA-RL/veRL do), then the ranks exchange trajectories so
+    each holds the whole batch in job order. Under FSDP the forward passes are collectives and the
+    ranks run them in lockstep."""
+
+    def __init__(self, rollout_cfg, env_cfg: EnvConfig, policy: TorchPolicy, sharded: bool):
+        import torch.distributed as dist
+
+        self.dist = dist.is_initialized()
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if self.dist else (0, 1)
+        self.worker = RolloutWorker(env_cfg, policy.cfg, policy.norm_stats, "", rollout_cfg.envs_per_worker,
+                                    env_processes=rollout_cfg.env_processes, policy=policy)
+        self.lockstep = Lockstep(torch.device(policy.device)) if sharded and self.world > 1 else None
+        self.sync_bytes = 0
+
+    def set_weights(self, weights) -> None:
+        """Nothing to send: the rollouts use the learner's model."""
+
+    def rollout(self, jobs: list[Job], temperature: float, max_steps: int | None = None) -> list[Trajectory]:
+        mine = self.worker.rollout(jobs[self.rank :: self.world], temperature, max_steps, self.lockstep)
+        if self.world == 1:
+            return mine
+        import torch.distributed as dist
+
+        results: list = [None] * self.world
+        dist.all_gather_object(results, mine)
+        return _round_robin(results, len(jobs))
+
+    def take_timing(self) -> dict:
+        """This rank's timing; with several ranks, summed over them (a collective)."""
+        t = self.worker.take_timing()
+        if self.world == 1:
+            return t
+        import torch.distributed as dist
+
+        every: list = [None] * self.world
+        dist.all_gather_object(every, t)
+        return _merge_timing(every)
+
+    def close(self) -> None:
+        self.worker.close()

@@ -36,7 +36,7 @@ def _batch(ckpt, successes=(True, False, True, False), temperature=1.6):
 
     model, stats, tok, _, _ = checkpoint.load(ckpt)
     w = RolloutWorker(MICRO_ENV, MICRO_POLICY, stats, tok.to_json(), n_envs=2)
-    w.set_weights({k: v.numpy() for k, v in model.state_dict().items()})
+    w.set_weights(model.state_dict())
     trajs = w.rollout([Job(0, 5, s, 100 + s) for s in range(2)] + [Job(1, 6, s, 200 + s) for s in range(2)],
                       temperature)
     for t, ok in zip(trajs, successes, strict=True):
@@ -51,7 +51,7 @@ def test_rollout_horizon_ends_episodes_after_the_chunk_that_reaches_it(sft_check
 
     model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
     w = RolloutWorker(MICRO_ENV, MICRO_POLICY, stats, tok.to_json(), n_envs=2)
-    w.set_weights({k: v.numpy() for k, v in model.state_dict().items()})
+    w.set_weights(model.state_dict())
     jobs = [Job(0, seed, 0, 300 + seed) for seed in range(4)]
     full, cut = w.rollout(jobs, 1.6), w.rollout(jobs, 1.6, max_steps=25)  # 10-step chunks, 60-step episodes
     assert any(not t.success and t.steps == MICRO_ENV.max_steps for t in full)  # failures run to the limit
