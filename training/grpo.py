@@ -45,6 +45,7 @@ from pushcut.policy.inference import TorchPolicy
 from pushcut.sim.twin.mirror import mirror_dual_arm, mirror_image
 from pushcut.training.config import TrainConfig
 from pushcut.training.learner import (
+    check_learner_fits,
     checkpoint_activations,
     full_weights,
     init_distributed,
@@ -419,6 +420,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     torch.set_num_threads(cfg.learner.threads)
     if cfg.init_checkpoint is None:
         raise ValueError("init_checkpoint is required: GRPO starts from an SFT checkpoint")
+    check_learner_fits(cfg, learner_device(cfg.learner.device), world)  # before the weights are loaded
     model, norm_stats, tokenizer, _, _ = checkpoint.load(cfg.init_checkpoint, expected=cfg.policy)
     ref_model = None
     if cfg.kl_coef > 0:

@@ -47,10 +47,60 @@ def shard(model: torch.nn.Module, device: str, cpu_offload: bool = False) -> Non
     if model.compute_dtype != torch.float32:
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=model.compute_dtype, reduce_dtype=torch.float32)
     if cpu_offload:
-        options["offload_policy"] = CPUOffloadPolicy()
+        options["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.device(device).type == "cuda")
     for layer in (*model.vision.encoder.layers, *model.llm.layers):
         fully_shard(layer, **options)
     fully_shard(model, **options)
+
+
+GIB = 1 << 30
+
+
+def parameter_count(cfg) -> int:
+    """Parameters of a policy config, counted on the meta device (nothing allocated)."""
+    from pushcut.policy.modeling import VLAPolicy
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in VLAPolicy(cfg).parameters())
+
+
+def learner_state_bytes(n_params: int, dtype: str, world: int, fsdp: bool, cpu_offload: bool) -> dict[str, float]:
+    """Bytes one learner GPU holds for the policy's states, before activations: fp32 master weights,
+    fp32 gradients, AdamW's two fp32 moments (sharded over ``world`` ranks under FSDP, in host memory
+    with ``cpu_offload``), and under bf16 unsharded, the bf16 copies of every weight that autocast
+    keeps through the forward pass (FSDP gathers bf16 copies one layer at a time, as activations do)."""
+    share = 1 / world if fsdp else 1.0
+    on_gpu = 0.0 if cpu_offload else share
+    parts = {"fp32 weights": 4 * n_params * on_gpu, "fp32 gradients": 4 * n_params * on_gpu,
+             "AdamW moments": 8 * n_params * on_gpu}
+    if dtype != "float32" and not fsdp:
+        parts["bf16 copies"] = 2 * n_params
+    return parts
+
+
+STATE_SHARE_LIMIT = 0.9  # of a GPU's memory the states may take; the rest is for activations
+
+
+def check_learner_fits(cfg: TrainConfig, device: torch.device, world: int, total_bytes: int | None = None) -> None:
+    """Refuse, before anything is allocated, a learner whose states alone take more than
+    ``STATE_SHARE_LIMIT`` of its GPU's memory (``total_bytes``; by default the device's), which would
+    run out of memory in its first update: the message gives the estimate and the ways out."""
+    if total_bytes is None:
+        if device.type != "cuda":
+            return
+        total_bytes = torch.cuda.get_device_properties(device).total_memory
+    n = parameter_count(cfg.policy)
+    parts = learner_state_bytes(n, cfg.policy.dtype, world, cfg.learner.fsdp, cfg.learner.cpu_offload)
+    need = sum(parts.values())
+    if need > STATE_SHARE_LIMIT * total_bytes:
+        detail = ", ".join(f"{k} {v / GIB:.1f}" for k, v in parts.items() if v)
+        raise MemoryError(
+            f"learner: policy {cfg.policy.name} ({n / 1e9:.2f} B parameters) needs {need / GIB:.1f} GiB per GPU "
+            f"for its states before any activation ({detail} GiB; {world} rank(s), fsdp={cfg.learner.fsdp}, "
+            f"cpu_offload={cfg.learner.cpu_offload}), and {device} has {total_bytes / GIB:.1f} GiB, too little "
+            f"to leave {1 - STATE_SHARE_LIMIT:.0%} for activations. Shard it over "
+            "more GPUs (torchrun --nproc_per_node=N ... learner.fsdp=true) or keep the shards, gradients and "
+            "AdamW state in host memory (learner.fsdp=true learner.cpu_offload=true).")
 
 
 def checkpoint_activations(model: torch.nn.Module) -> None:

@@ -102,8 +102,11 @@ class RolloutWorker:
                  policy: TorchPolicy | None = None):
         if policy is None:
             torch.set_num_threads(threads)
-            # a copy for inference only: its weights in the compute dtype (half the memory and sync in bf16)
-            model = VLAPolicy(policy_cfg).to(getattr(torch, policy_cfg.dtype))
+            # a copy for inference only, built where it runs (a 7B initialised on the host takes minutes),
+            # its weights in the compute dtype (half the memory, and half the bytes to sync, in bf16)
+            with torch.device(device):
+                model = VLAPolicy(policy_cfg)
+            model.to(getattr(torch, policy_cfg.dtype))
             policy = TorchPolicy(model, norm_stats, load_tokenizer(tokenizer_json), device=device)
         self.cfg = policy_cfg
         self.policy = policy
@@ -205,6 +208,13 @@ class RolloutWorker:
         self.envs.close()
 
 
+def sync_backend(rollout_device: str, learner_device: str) -> str:
+    """The weight broadcast's backend: NCCL when the workers and the learner are on GPUs and this node
+    has several (NCCL cannot join two ranks on one GPU), gloo over the host otherwise."""
+    both_gpu = rollout_device == "cuda" and learner_device.startswith("cuda")
+    return "nccl" if both_gpu and torch.cuda.device_count() > 1 else "gloo"
+
+
 def _merge_timing(timings) -> dict:
     total = {"sim_s": 0.0, "inference_s": 0.0, "env_steps": 0}
     for t in timings:
@@ -251,8 +261,7 @@ class WorkerPool:
             gpus = rollout_cfg.gpus_per_worker if rollout_cfg.device == "cuda" else 0
             actor = ray.remote(num_cpus=1, num_gpus=gpus)(RolloutWorker)
             self.workers = [actor.remote(*args) for _ in range(rollout_cfg.num_workers)]
-            both_gpu = rollout_cfg.device == "cuda" and learner_device.startswith("cuda")
-            backend = "nccl" if both_gpu else "gloo"
+            backend = sync_backend(rollout_cfg.device, learner_device)
             self.sender = WeightSender(len(self.workers), backend, getattr(torch, policy_cfg.dtype), learner_device)
             joined = [w.join_weight_group.remote(self.sender.host, self.sender.port, i + 1, self.sender.world, backend)
                       for i, w in enumerate(self.workers)]

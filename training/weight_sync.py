@@ -5,9 +5,10 @@ rollout worker (ranks 1..N), in the workers' compute dtype (``policy.dtype``: bf
 bytes), packed into buckets of at most ``BUCKET_BYTES`` so one collective carries many tensors.
 The group is separate from the learner's torchrun group (a ``TCPStore`` on the learner's host and a
 backend built on it), so learner ranks and Ray actors need not share a launcher: gloo over TCP
-where either side is on a CPU, NCCL where both hold their model on a GPU. Both sides derive the
-same plan (names, shapes, dtypes, in order) from the same policy config, so only the numbers
-travel: no pickling, no numpy copies.
+where either side is on a CPU, NCCL where both hold their model on a GPU and the learner's node
+has more than one (``rollout.sync_backend``; NCCL cannot join two ranks on one GPU, as a one-GPU
+node's learner and worker would be). Both sides derive the same plan (names, shapes, dtypes, in
+order) from the same policy config, so only the numbers travel: no pickling, no numpy copies.
 """
 
 from __future__ import annotations

@@ -30,11 +30,15 @@ def _twin_observations(n: int = 12) -> list[dict]:
     return obs
 
 
-def _update(model, stats, tok, batch, n_traj, cfg):
+def _update(model, stats, tok, batch, n_traj, cfg, sgd=False):
+    """``grpo.update`` with AdamW, or (``sgd``) plain SGD at lr 1: the weights then move by minus the
+    clipped gradient, which compares across runs to float precision (Adam's first step is about
+    lr times the gradient's sign, which float noise flips where a gradient is ~0)."""
     from pushcut.policy.inference import TorchPolicy
     from pushcut.training import grpo
 
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = (torch.optim.SGD(model.parameters(), lr=1.0) if sgd else
+           torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
     metrics = grpo.update(model, None, opt, TorchPolicy(model, stats, tok), batch, n_traj, cfg,
                           torch.Generator().manual_seed(0))
     return metrics, opt
@@ -103,7 +107,7 @@ def _saved_bytes_and_weights(sft_checkpoint, cfg, checkpointing: bool):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        metrics, _ = _update(model, stats, tok, batch, len(trajs), cfg)
+        metrics, _ = _update(model, stats, tok, batch, len(trajs), cfg, sgd=True)
     return saved[0], metrics, model.state_dict()
 
 
@@ -116,7 +120,7 @@ def test_activation_checkpointing_changes_memory_not_the_gradient(sft_checkpoint
     assert ckpt_bytes < 0.6 * plain_bytes, (ckpt_bytes, plain_bytes)
     assert ckpt["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-6)
     for k, v in plain_w.items():
-        torch.testing.assert_close(ckpt_w[k], v, rtol=1e-6, atol=1e-7, msg=k)
+        torch.testing.assert_close(ckpt_w[k], v, rtol=1e-5, atol=1e-6, msg=k)
 
 
 def test_micro_batches_accumulate_the_same_update(sft_checkpoint):
@@ -129,11 +133,12 @@ def test_micro_batches_accumulate_the_same_update(sft_checkpoint):
         model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
         trajs, batch = _batch(sft_checkpoint)
         cfg = _train_cfg(sft_checkpoint, learner=LearnerConfig(micro_batch=micro))
-        results[micro] = (*_update(model, stats, tok, batch, len(trajs), cfg)[:1], model.state_dict())
+        results[micro] = (*_update(model, stats, tok, batch, len(trajs), cfg, sgd=True)[:1], model.state_dict())
     for key in ("grad_norm", "pg_loss", "ratio", "clipfrac"):
         assert results[1][0][key] == pytest.approx(results[None][0][key], rel=1e-5, abs=1e-7), key
-    for k, v in results[None][1].items():
-        torch.testing.assert_close(results[1][1][k], v, rtol=1e-5, atol=1e-7, msg=k)
+    start = checkpoint.load(sft_checkpoint)[0].state_dict()
+    for k, v in results[None][1].items():  # the steps, minus the clipped gradients, agree
+        torch.testing.assert_close(results[1][1][k] - start[k], v - start[k], rtol=1e-4, atol=1e-6, msg=k)
     # the passes: every rank's share split, the FSDP ranks padded to the busiest one's count
     shares = [np.arange(5), np.arange(5, 7)]
     assert [len(p) for p in grpo.micro_batches(shares, 0, 2, sharded=False)] == [2, 2, 1]
@@ -266,3 +271,56 @@ def test_a_resumed_bf16_run_continues_bit_identically(sft_checkpoint, tmp_path):
         assert torch.equal(v, b[k]), k
     start = checkpoint.load(sft_checkpoint)[0].state_dict()
     assert sum(not torch.equal(v, start[k]) for k, v in a.items()) > 10
+
+
+def test_a_learner_that_cannot_fit_its_gpu_is_refused_with_the_estimate(sft_checkpoint):
+    """The 7B preset's fp32 masters, gradients and AdamW moments (7.2 B parameters x 16 bytes) and
+    bf16 copies leave under a tenth of a 141 GB H200 for activations: refused up front, naming the estimate and
+    the ways out; sharded with its states in host memory, or over 8 GPUs, it is let through."""
+    from bench.gpu import policy_preset
+    from pushcut.training.config import TrainConfig
+    from pushcut.training.learner import check_learner_fits, parameter_count
+
+    big = policy_preset("openvla_oft_7b")
+    assert parameter_count(big) == pytest.approx(7.2e9, rel=0.01)
+    h200 = 141 * 10**9
+    cuda = torch.device("cuda", 0)
+
+    def cfg(**learner):
+        return dataclasses.replace(TrainConfig(init_checkpoint=str(sft_checkpoint)), policy=big,
+                                   learner=LearnerConfig(**learner))
+
+    with pytest.raises(MemoryError, match=r"openvla_oft_7b \(7\.21 B parameters\) needs 120\.8 GiB per GPU .* "
+                                          r"cuda:0 has 131\.3 GiB") as err:
+        check_learner_fits(cfg(), cuda, world=1, total_bytes=h200)
+    assert "learner.fsdp=true learner.cpu_offload=true" in str(err.value)
+    check_learner_fits(cfg(fsdp=True, cpu_offload=True), cuda, world=1, total_bytes=h200)
+    check_learner_fits(cfg(fsdp=True), cuda, world=8, total_bytes=h200)
+    check_learner_fits(cfg(), torch.device("cpu"), world=1)  # host memory is not estimated
+
+
+def _offload_worker(rank, ckpt, port, run):
+    import torch.distributed as dist
+
+    from pushcut.training import grpo
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1")
+    torch.set_num_threads(1)
+    cfg = _placement_cfg(ckpt, "disaggregated")
+    cfg = dataclasses.replace(cfg, policy=BF16, learner=LearnerConfig(fsdp=True, cpu_offload=True, threads=1,
+                                                                      activation_checkpointing=True, micro_batch=2))
+    grpo.train(cfg, run, progress=False)
+    dist.destroy_process_group()
+
+
+def test_fsdp_bf16_with_host_offload_trains_on_one_rank(sft_checkpoint, tmp_path):
+    """The 7B's one-GPU setting at micro size: FSDP on one rank, bf16 compute on fp32 shards
+    (MixedPrecisionPolicy), shards, gradients and AdamW state in host memory, activation
+    checkpointing and micro-batches: one iteration moves the weights, saved as fp32."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_offload_worker, args=(str(sft_checkpoint), 29641, str(tmp_path / "run")), nprocs=1, join=True)
+    got = checkpoint.load(tmp_path / "run" / "checkpoint")[0].state_dict()
+    start = checkpoint.load(sft_checkpoint)[0].state_dict()
+    assert {v.dtype for v in got.values()} == {torch.float32}
+    assert sum(not torch.equal(v, start[k]) for k, v in got.items()) > 10

@@ -1,0 +1,35 @@
+"""bench-gpu's code paths on a CPU, and its skip where no GPU is present."""
+
+import json
+
+import pytest
+import torch
+
+import bench.common
+from bench import gpu
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: bench-gpu would measure it")
+def test_bench_gpu_skips_where_there_is_no_gpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
+    gpu.main([])
+    assert "no CUDA GPU on this machine" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
+
+
+def test_bench_gpu_measures_every_part_on_cpu(tmp_path, monkeypatch):
+    """The tiny preset on the CPU, small: rollout rates per batch, an update, both placements'
+    weight sync and the iteration's shares, which add up to one."""
+    monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
+    gpu.main(["--device", "cpu", "--presets", "tiny", "--batches", "1,2", "--steps", "25", "--update-chunks", "4",
+              "--micro-batch", "2", "--name", "gpu"])
+    r = json.loads((tmp_path / "gpu.json").read_text())["presets"]["tiny"]
+    assert [x["batch"] for x in r["rollout"]] == [1, 2]
+    assert all(x["env_steps"] >= x["batch"] * 25 and x["env_steps_per_s"] > 0 for x in r["rollout"])
+    assert r["update"]["mode"] == "unsharded" and r["update"]["update_s"] > 0
+    assert r["update"]["master_dtype"] == "float32"
+    assert r["weight_sync"]["colocated"]["bytes"] == 0
+    assert r["weight_sync"]["disaggregated"]["bytes"] > 0
+    it = r["iteration"]
+    assert sum(it[k] for k in ("sim", "inference", "update", "sync")) <= 1.0 + 1e-9
+    assert it["update"] > 0 and it["inference"] > 0 and it["sim"] > 0
