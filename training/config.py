@@ -182,6 +182,9 @@ class TrainConfig:
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.28
     kl_coef: float = 0.0
+    # loss_k3: kl_coef x the k3 estimate of KL(pi || SFT reference) in the loss, per token (ours);
+    # reward_k1: kl_coef x the k1 estimate summed over a trajectory's tokens, off its reward (the reference's)
+    kl_penalty: Literal["loss_k3", "reward_k1"] = "loss_k3"
     entropy_coef: float = 0.0
     lr: float = 5e-6
     lr_warmup_iters: int = 0  # linear warmup of lr over the first iterations (the recipe: 0, a constant lr)

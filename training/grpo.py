@@ -13,7 +13,8 @@ Per iteration (reads top to bottom, quantities named as in the paper and all log
                the token-level PPO clip loss against the rollout's log-probs, with
                ratio clamped to [1 - clip_ratio_low, 1 + clip_ratio_high]; token-mean inside a
                trajectory, then mean over trajectories; optional KL to the frozen SFT reference
-               (k3 estimator) and entropy bonus; AdamW, grad-norm clip
+               (``kl_penalty``: k3 estimator in the loss, or k1 subtracted from the reward before
+               step 3, as the reference offers) and entropy bonus; AdamW, grad-norm clip
   5. eval      greedy success on validation seeds every ``eval_every`` iterations; the policy at
                the best evaluation so far is also kept in ``<run>/best`` (``keep_best``)
   6. save      policy + optimiser + RNG + counters, atomically, every ``save_every`` iterations
@@ -64,10 +65,11 @@ EPS = 1e-6
 
 
 # --- 2. dynamic sampling and 3. advantages -----------------------------------------------------
-def group_rewards(trajs: list[Trajectory]) -> dict[int, np.ndarray]:
+def group_rewards(trajs: list[Trajectory], penalties: list[float] | None = None) -> dict[int, np.ndarray]:
+    """Each group's rewards in trajectory order, less each trajectory's ``penalties`` (if given)."""
     groups: dict[int, list[float]] = {}
-    for t in trajs:
-        groups.setdefault(t.group, []).append(t.reward)
+    for i, t in enumerate(trajs):
+        groups.setdefault(t.group, []).append(t.reward - (penalties[i] if penalties is not None else 0.0))
     return {g: np.array(r) for g, r in groups.items()}
 
 
@@ -128,6 +130,30 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimator of KL(pi || ref) on the sampled tokens."""
     d = ref_logp - logp
     return torch.exp(d) - d - 1.0
+
+
+def k1_penalties(logp: list[np.ndarray], ref_logp: list[np.ndarray], mask: list[np.ndarray]) -> float:
+    """One trajectory's k1 estimate of KL(pi_old || ref), summed over its executed tokens: sum of
+    (log pi_old - log ref) per token. ``kl_penalty=reward_k1`` subtracts ``kl_coef`` times it from the
+    trajectory's reward before the group normalisation (the reference's KL-in-reward, in which a
+    sequence's score is the sum of its token-level rewards)."""
+    return float(sum(((lp - rp) * m).sum() for lp, rp, m in zip(logp, ref_logp, mask)))
+
+
+@torch.no_grad()
+def reference_log_probs(ref: TorchPolicy, trajs: list[Trajectory], temperature: float,
+                        chunk_rows: int = 64) -> list[list[np.ndarray]]:
+    """The frozen reference's per-token log-probs of each trajectory's sampled bins, at ``temperature``."""
+    rows = [(ti, ci) for ti, t in enumerate(trajs) for ci in range(len(t.bins))]
+    out = [[None] * len(t.bins) for t in trajs]
+    for start in range(0, len(rows), chunk_rows):
+        part = rows[start : start + chunk_rows]
+        logits = ref.logits([trajs[ti].observations[ci] for ti, ci in part])
+        bins = torch.from_numpy(np.stack([trajs[ti].bins[ci] for ti, ci in part])).to(logits.device)
+        lp = sampling.token_log_probs(logits, bins, temperature).cpu().numpy()
+        for k, (ti, ci) in enumerate(part):
+            out[ti][ci] = lp[k]
+    return out
 
 
 # --- the batch ----------------------------------------------------------------------------------
@@ -291,7 +317,7 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
             weight = mask.float() / traj_tokens[:, None].clamp(min=1) / divisor
             ent = sampling.entropy(logits, temp)
             loss = pg_loss - cfg.entropy_coef * (ent * weight).sum()
-            if ref_model is not None and cfg.kl_coef > 0:
+            if ref_model is not None and cfg.kl_coef > 0 and cfg.kl_penalty == "loss_k3":
                 with torch.no_grad():
                     ref_logp = sampling.token_log_probs(ref_model(**inputs), bins, temp)
                 kl = kl_k3(logp, ref_logp)
@@ -424,7 +450,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     model, norm_stats, tokenizer, _, _ = checkpoint.load(cfg.init_checkpoint, expected=cfg.policy)
     ref_model = None
     if cfg.kl_coef > 0:
-        ref_model, *_ = checkpoint.load(cfg.init_checkpoint)
+        ref_model, *_ = checkpoint.load(cfg.init_checkpoint, expected=cfg.policy)
         ref_model.eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(cfg.seed)
     if rank == 0:  # a run killed mid-save left the previous checkpoint (or best) aside: put it back
@@ -446,6 +472,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     if cfg.learner.fsdp:
         shard(model, device.type, cfg.learner.cpu_offload)
     policy = TorchPolicy(model, norm_stats, tokenizer, device=str(device))
+    ref_policy = TorchPolicy(ref_model, norm_stats, tokenizer, device=str(device)) if ref_model is not None else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     if resume:
         load_optimizer_and_rng(model, opt, gen, extra)
@@ -512,9 +539,16 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
             if world > 1 and not colocated:  # colocated ranks gathered the same trajectories already
                 dist.broadcast_object_list(payload, src=0)
             kept, info, state["next_group"] = payload[0]
-            # 3. advantages, broadcast over each trajectory's tokens
+            # 3. advantages, broadcast over each trajectory's tokens (with kl_penalty=reward_k1, from
+            # rewards less kl_coef times each trajectory's k1 estimate against the reference)
+            penalties = None
+            if ref_policy is not None and cfg.kl_penalty == "reward_k1" and kept:
+                ref_lp = reference_log_probs(ref_policy, kept, temperature)
+                kl = [k1_penalties(t.logp, r, t.token_mask) for t, r in zip(kept, ref_lp)]
+                penalties = [cfg.kl_coef * k for k in kl]
+                info["kl_reward"] = float(np.mean(kl))
             adv = {}
-            for g, r in group_rewards(kept).items():
+            for g, r in group_rewards(kept, penalties).items():
                 for k, a in enumerate(grpo_advantages(r)):
                     adv[(g, k)] = float(a)
             batch = flatten(kept, adv)

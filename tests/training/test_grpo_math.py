@@ -156,3 +156,22 @@ def test_late_temperature_takes_over_for_the_last_fraction_of_the_run():
                        ({"rollout_max_steps": 0}, "rollout_max_steps: 0 is out of range: must be >= 1")):
         with pytest.raises(ValueError, match=match):
             _cfg(**bad)
+
+
+def test_k1_kl_penalty_comes_off_each_trajectorys_reward_before_the_group_normalisation():
+    """kl_penalty=reward_k1 (the reference's KL in the reward): a trajectory's k1 estimate is the sum
+    over its executed tokens of log pi_old - log ref; kl_coef times it comes off its reward, and the
+    group's advantages are those of the penalised rewards."""
+    logp = [np.array([-1.0, -2.0, -0.5], dtype=np.float32), np.array([-1.5, -1.0, -3.0], dtype=np.float32)]
+    ref = [np.array([-1.5, -1.0, -0.5], dtype=np.float32), np.array([-1.0, -2.0, -1.0], dtype=np.float32)]
+    mask = [np.array([True, True, False]), np.array([True, False, False])]
+    # executed: (-1 + 1.5) + (-2 + 1) in the first chunk, (-1.5 + 1) in the second: 0.5 - 1 - 0.5
+    assert grpo.k1_penalties(logp, ref, mask) == pytest.approx(-1.0)
+    trajs = _groups([[1, 0, 0]])
+    penalties = [0.2, 0.1, -0.3]  # kl_coef x each trajectory's k1
+    rewards = grpo.group_rewards(trajs, penalties)[0]
+    np.testing.assert_allclose(rewards, [0.8, -0.1, 0.3])
+    r = np.array([0.8, -0.1, 0.3])
+    np.testing.assert_allclose(grpo.grpo_advantages(rewards), (r - r.mean()) / (r.std(ddof=1) + 1e-6))
+    np.testing.assert_array_equal(grpo.group_rewards(trajs)[0], [1.0, 0.0, 0.0])  # without: the binary reward
+    assert grpo.mixed_groups(trajs) == {0}  # dynamic sampling still looks at successes alone

@@ -393,3 +393,17 @@ def test_mirror_augment_needs_the_symmetric_twin():
     with pytest.raises(ConfigError, match="mirror_augment"):
         from_hydra(TrainConfig, compose("train", ["init_checkpoint=x", "mirror_augment=true",
                                                   "env.cameras=[head,left_wrist]", "policy.cameras=[head,left_wrist]"]))
+
+
+def test_k1_reward_penalty_is_zero_at_the_reference_and_grows_as_the_policy_leaves_it(sft_checkpoint, tmp_path):
+    """kl_penalty=reward_k1: the first iteration rolls out with the reference's own weights, so each
+    trajectory's k1 estimate is 0 (up to float); after an update it is not, and it is logged."""
+    from pushcut.training import grpo
+    from pushcut.training.run_log import read_metrics
+
+    cfg = _train_cfg(sft_checkpoint, kl_coef=0.05, kl_penalty="reward_k1", dynamic_sampling=False, lr=1e-3)
+    grpo.train(cfg, tmp_path / "run", progress=False)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert abs(rows[0]["kl_reward"]) < 1e-6
+    assert abs(rows[1]["kl_reward"]) > 1e-5
+    assert "kl_ref" not in rows[1]  # no k3 term in the loss beside it
