@@ -101,10 +101,12 @@ class EvalConfig:
     seed_start: int = 100_000
     num_envs: int = 2
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    device: str = "cpu"  # where a checkpoint's policy runs (cuda: a GPU, in its policy.dtype); bundles use providers
 
     def __post_init__(self) -> None:
         require((self.checkpoint is None) != (self.bundle is None), "give exactly one of checkpoint= or bundle=")
         check_providers(self.providers, "providers")
+        check_device(self.device, "device")
 
 
 @ranges(num_workers=">=1", envs_per_worker=">=1", threads_per_worker=">=1", gpus_per_worker=">0")

@@ -71,7 +71,7 @@ def load_policy(cfg: EvalConfig):
     if cfg.checkpoint:
         from pushcut.policy.inference import TorchPolicy
 
-        policy = TorchPolicy.from_checkpoint(cfg.checkpoint)
+        policy = TorchPolicy.from_checkpoint(cfg.checkpoint, device=cfg.device)
         check_policy_fits_env(policy.cfg, cfg.env, source=f"checkpoint {cfg.checkpoint}")
         return policy
     from pushcut.deploy.engine import Engine
