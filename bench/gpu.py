@@ -6,7 +6,8 @@
 For each preset:
 - rollout: env steps/s on the twin (click_bell, images at the policy's size) with inference on the
   device in ``policy.dtype``, one worker with ``batch`` envs stepping in parallel processes and one
-  batched forward pass per step, for each batch size; with the shares of simulation and inference;
+  batched forward pass per step, for each batch size, and the largest again pipelined (half the
+  envs step while the other half's pass runs); with the shares of simulation and inference;
 - update: time and peak device memory of one GRPO update on a mini-batch of ``--update-chunks``
   chunks in forward/backward passes of ``--micro-batch`` (gradients summed), activation
   checkpointing on; unsharded when its states fit (``check_learner_fits``), else FSDP on one rank
@@ -70,14 +71,15 @@ def _peak_gib(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / GIB if device == "cuda" else None
 
 
-def rollout_rate(pcfg: PolicyConfig, device: str, batch: int, steps: int) -> dict:
-    """Env steps/s of one worker with ``batch`` envs in processes and its policy on ``device``."""
+def rollout_rate(pcfg: PolicyConfig, device: str, batch: int, steps: int, pipeline: bool = False) -> dict:
+    """Env steps/s of one worker with ``batch`` envs in processes and its policy on ``device``
+    (``pipeline``: half the envs step while the other half's forward pass runs)."""
     from pushcut.policy.preprocess import ByteTokenizer
     from pushcut.training.rollout import Job, RolloutWorker
 
     env = env_for(pcfg)
     worker = RolloutWorker(env, pcfg, robot_stats(env), ByteTokenizer(max_len=pcfg.max_prompt_len).to_json(),
-                           n_envs=batch, threads=4, device=device, env_processes=True)
+                           n_envs=batch, threads=4, device=device, env_processes=True, pipeline=pipeline)
     try:
         jobs = [Job(0, seed, 0, seed) for seed in range(batch)]
         worker.rollout(jobs, 1.6, max_steps=pcfg.chunk_len)  # warm-up: kernels, allocator, env processes
@@ -90,7 +92,8 @@ def rollout_rate(pcfg: PolicyConfig, device: str, batch: int, steps: int) -> dic
         t = worker.take_timing()
     finally:
         worker.close()
-    return {"batch": batch, "env_steps": t["env_steps"], "wall_s": wall, "env_steps_per_s": t["env_steps"] / wall,
+    return {"batch": batch, "pipeline": pipeline, "env_steps": t["env_steps"], "wall_s": wall,
+            "env_steps_per_s": t["env_steps"] / wall,
             "sim_share": t["sim_s"] / wall, "inference_share": t["inference_s"] / wall}
 
 
@@ -236,10 +239,12 @@ def main(argv: list[str] | None = None) -> None:
              "rollout": [rollout_rate(pcfg, args.device, int(b), args.steps) for b in args.batches.split(",")]}
         r["update"] = update_cost(pcfg, args.device, args.update_chunks, args.micro_batch)
         r["weight_sync"] = sync_cost(pcfg, args.device)
+        largest = max(int(b) for b in args.batches.split(","))
+        r["rollout"].append(rollout_rate(pcfg, args.device, largest, args.steps, pipeline=True))
         best = max(r["rollout"], key=lambda x: x["env_steps_per_s"])
         r["iteration"] = iteration_shares(pcfg, best, r["update"], r["weight_sync"]["disaggregated"]["sync_s"],
                                           args.horizon)
-        r["iteration"]["rollout_batch"] = best["batch"]
+        r["iteration"].update(rollout_batch=best["batch"], rollout_pipeline=best["pipeline"])
         r["bench_s"] = time.perf_counter() - t0
         out["presets"][name] = r
         print(f"bench-gpu {name}: {r}", flush=True)

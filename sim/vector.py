@@ -81,11 +81,19 @@ class VectorEnv:
 
     def step(self, actions: Sequence[np.ndarray | None]) -> list[Step | None]:
         """Step every env whose entry is not None (finished envs are skipped)."""
+        return self.step_wait(self.step_async(actions))
+
+    def step_async(self, actions: Sequence[np.ndarray | None]) -> list[int]:
+        """Start stepping every env whose entry is not None; returns their indices for ``step_wait``."""
         active = [i for i, a in enumerate(actions) if a is not None]
         for i in active:
             self._conns[i].send(("step", np.asarray(actions[i])))
+        return active
+
+    def step_wait(self, indices: Sequence[int]) -> list[Step | None]:
+        """The results of the envs ``indices`` started by ``step_async`` (None elsewhere)."""
         results: list[Step | None] = [None] * self.num_envs
-        for i, r in zip(active, self._gather(active)):
+        for i, r in zip(indices, self._gather(indices)):
             results[i] = r
         return results
 

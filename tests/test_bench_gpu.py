@@ -24,7 +24,7 @@ def test_bench_gpu_measures_every_part_on_cpu(tmp_path, monkeypatch):
     gpu.main(["--device", "cpu", "--presets", "tiny", "--batches", "1,2", "--steps", "25", "--update-chunks", "4",
               "--micro-batch", "2", "--name", "gpu"])
     r = json.loads((tmp_path / "gpu.json").read_text())["presets"]["tiny"]
-    assert [x["batch"] for x in r["rollout"]] == [1, 2]
+    assert [(x["batch"], x["pipeline"]) for x in r["rollout"]] == [(1, False), (2, False), (2, True)]
     assert all(x["env_steps"] >= x["batch"] * 25 and x["env_steps_per_s"] > 0 for x in r["rollout"])
     assert r["update"]["mode"] == "unsharded" and r["update"]["update_s"] > 0
     assert r["update"]["master_dtype"] == "float32"

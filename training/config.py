@@ -121,6 +121,9 @@ class RolloutConfig:
     num_workers: int = 2  # Ray actors (rollout workers), each with persistent envs and a policy copy
     envs_per_worker: int = 4  # one batched forward pass per step covers all of a worker's envs
     env_processes: bool = False  # step a worker's envs in parallel processes (sim.vector) instead of in turn
+    # with env_processes: half the envs step while the other half's forward pass runs (overlaps sim and
+    # inference at half the batch per pass; worth it where bench-gpu shows a large sim share)
+    pipeline: bool = False
     threads_per_worker: int = 1
     device: str = "cpu"  # where a worker's policy copy runs (cuda: its GPU, in policy.dtype)
     gpus_per_worker: float = 1.0  # GPUs each Ray actor asks for when device=cuda (fractions share a GPU)
@@ -128,6 +131,8 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         require(self.device in ("cpu", "cuda"), f"rollout.device: {self.device!r} is not cpu or cuda")
+        require(not self.pipeline or self.env_processes, "rollout.pipeline overlaps envs that step in their own "
+                                                         "processes: set rollout.env_processes=true")
         if self.device == "cuda" and self.ray_address is None:  # a cluster's GPUs are its nodes' business
             check_device(self.device, "rollout.device")
 

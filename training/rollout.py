@@ -99,7 +99,7 @@ class RolloutWorker:
 
     def __init__(self, env_cfg: EnvConfig, policy_cfg: PolicyConfig, norm_stats: dict, tokenizer_json: str,
                  n_envs: int, threads: int = 1, device: str = "cpu", env_processes: bool = False,
-                 policy: TorchPolicy | None = None):
+                 policy: TorchPolicy | None = None, pipeline: bool = False):
         if policy is None:
             torch.set_num_threads(threads)
             # a copy for inference only, built where it runs (a 7B initialised on the host takes minutes),
@@ -116,6 +116,7 @@ class RolloutWorker:
             self.envs = VectorEnv(env_cfg, n_envs)
         else:
             self.envs = LocalEnvs(env_cfg, n_envs)
+        self.pipeline = pipeline and env_processes  # overlapping needs envs that step on their own
         self.timing = {"sim_s": 0.0, "inference_s": 0.0, "env_steps": 0}
         self._receiver = None
         self._spare_obs: dict | None = None
@@ -142,7 +143,9 @@ class RolloutWorker:
         """Run ``jobs`` in waves of ``num_envs``; ``temperature == 0`` decodes greedily. ``max_steps``
         (None: the env's own limit) ends an episode after the chunk that reaches it, a failure unless
         it has succeeded by then. ``lockstep``: this worker's forward passes are collectives shared
-        with other ranks (colocated FSDP), so it keeps taking part until every rank is done."""
+        with other ranks (colocated FSDP), so it keeps taking part until every rank is done. With
+        ``pipeline`` (envs in processes), the wave's two halves alternate: one half's envs step while
+        the other half's forward pass runs."""
         n_envs = self.envs.num_envs
         out: list[Trajectory] = []
         start = 0
@@ -156,48 +159,86 @@ class RolloutWorker:
             obs = self.envs.reset([j.seed for j in wave] + [None] * (n_envs - len(wave)))
             self.timing["sim_s"] += time.perf_counter() - t0
             trajs = [Trajectory(group=j.group, seed=j.seed, success=False, steps=0) for j in wave]
+            if self.pipeline and lockstep is None and len(wave) > 1:
+                self._pipelined(trajs, obs, gens, temperature, max_steps)
+                out.extend(trajs)
+                continue
             active = list(range(len(wave)))
             while active if lockstep is None else lockstep.any(bool(active)):
-                t0 = time.perf_counter()
-                obs_dicts = [obs[i].as_dict() for i in active]
-                if not obs_dicts:  # lockstep: join the others' forward pass on a spare observation
+                if not active:  # lockstep: join the others' forward pass on a spare observation
                     self.policy.logits([self._spare(obs)])
                     continue
-                self._spare_obs = obs_dicts[0]
-                logits = self.policy.logits(obs_dicts)  # (B, A, n_bins), float32
-                if temperature > 0:
-                    bins = torch.stack([sampling.sample(logits[k : k + 1], temperature, gens[i])[0]
-                                        for k, i in enumerate(active)])
-                    logp = sampling.token_log_probs(logits, bins, temperature)
-                else:
-                    bins = sampling.greedy(logits)
-                    logp = sampling.token_log_probs(logits, bins, 1.0)
-                bins, logp = bins.cpu(), logp.cpu()
-                chunks = self.policy.decode(bins.numpy())
-                self.timing["inference_s"] += time.perf_counter() - t0
+                sent = self._act(active, obs, gens, temperature)
                 t0 = time.perf_counter()
-                actions = [None] * n_envs
-                for k, i in enumerate(active):
-                    actions[i] = chunks[k]
-                steps = self.envs.step(actions)
-                still = []
-                for k, i in enumerate(active):
-                    tr, step = trajs[i], steps[i]
-                    before = tr.steps
-                    tr.observations.append(obs_dicts[k])
-                    tr.bins.append(bins[k].numpy())
-                    tr.logp.append(logp[k].numpy().astype(np.float32))
-                    executed = step.steps - before
-                    tr.token_mask.append(executed_token_mask(executed, self.cfg.chunk_len, self.cfg.action_dim))
-                    tr.steps, tr.success = step.steps, step.success
-                    self.timing["env_steps"] += executed
-                    obs[i] = step.obs
-                    if not step.done and (max_steps is None or step.steps < max_steps):
-                        still.append(i)
-                active = still
+                steps = self.envs.step(sent["actions"])
+                active = self._record(trajs, sent, steps, obs, max_steps)
                 self.timing["sim_s"] += time.perf_counter() - t0
             out.extend(trajs)
         return out
+
+    def _act(self, active: list[int], obs: list, gens: list, temperature: float) -> dict:
+        """One batched forward pass for the envs ``active``: their observations, sampled bins and
+        log-probs, and the actions to step them with (None for the other envs)."""
+        t0 = time.perf_counter()
+        obs_dicts = [obs[i].as_dict() for i in active]
+        self._spare_obs = obs_dicts[0]
+        logits = self.policy.logits(obs_dicts)  # (B, A, n_bins), float32
+        if temperature > 0:
+            bins = torch.stack([sampling.sample(logits[k : k + 1], temperature, gens[i])[0]
+                                for k, i in enumerate(active)])
+            logp = sampling.token_log_probs(logits, bins, temperature)
+        else:
+            bins = sampling.greedy(logits)
+            logp = sampling.token_log_probs(logits, bins, 1.0)
+        bins, logp = bins.cpu(), logp.cpu()
+        chunks = self.policy.decode(bins.numpy())
+        actions = [None] * self.envs.num_envs
+        for k, i in enumerate(active):
+            actions[i] = chunks[k]
+        self.timing["inference_s"] += time.perf_counter() - t0
+        return {"active": active, "obs": obs_dicts, "bins": bins, "logp": logp, "actions": actions}
+
+    def _record(self, trajs: list[Trajectory], sent: dict, steps: list, obs: list, max_steps: int | None) -> list[int]:
+        """Append each stepped env's chunk to its trajectory; returns the envs whose episode goes on."""
+        still = []
+        for k, i in enumerate(sent["active"]):
+            tr, step = trajs[i], steps[i]
+            before = tr.steps
+            tr.observations.append(sent["obs"][k])
+            tr.bins.append(sent["bins"][k].numpy())
+            tr.logp.append(sent["logp"][k].numpy().astype(np.float32))
+            executed = step.steps - before
+            tr.token_mask.append(executed_token_mask(executed, self.cfg.chunk_len, self.cfg.action_dim))
+            tr.steps, tr.success = step.steps, step.success
+            self.timing["env_steps"] += executed
+            obs[i] = step.obs
+            if not step.done and (max_steps is None or step.steps < max_steps):
+                still.append(i)
+        return still
+
+    def _pipelined(self, trajs: list[Trajectory], obs: list, gens: list, temperature: float,
+                   max_steps: int | None) -> None:
+        """The wave's envs in two halves: while one half's envs step (in their processes), the other
+        half's forward pass runs, so simulation and inference overlap."""
+        halves = [list(range(h, len(trajs), 2)) for h in (0, 1)]
+        pending: list[tuple[dict, list[int]] | None] = [None, None]
+        for h in (0, 1):
+            sent = self._act(halves[h], obs, gens, temperature)
+            pending[h] = (sent, self.envs.step_async(sent["actions"]))
+        while any(pending):
+            for h in (0, 1):
+                if pending[h] is None:
+                    continue
+                sent, started = pending[h]
+                t0 = time.perf_counter()
+                steps = self.envs.step_wait(started)
+                self.timing["sim_s"] += time.perf_counter() - t0  # the wait: what the other half's pass did not hide
+                active = self._record(trajs, sent, steps, obs, max_steps)
+                if active:
+                    sent = self._act(active, obs, gens, temperature)
+                    pending[h] = (sent, self.envs.step_async(sent["actions"]))
+                else:
+                    pending[h] = None
 
     def _spare(self, obs) -> dict:
         if self._spare_obs is None:  # this rank had no episode yet: any observation of its envs will do
@@ -243,7 +284,8 @@ class WorkerPool:
                  tokenizer_json: str, learner_device: str = "cpu"):
         self.backend = rollout_cfg.backend
         args = (env_cfg, policy_cfg, norm_stats, tokenizer_json, rollout_cfg.envs_per_worker,
-                rollout_cfg.threads_per_worker, rollout_cfg.device, rollout_cfg.env_processes)
+                rollout_cfg.threads_per_worker, rollout_cfg.device, rollout_cfg.env_processes, None,
+                rollout_cfg.pipeline)
         self._owns_ray = False
         self.sender = None
         self.sync_bytes = 0
@@ -322,7 +364,8 @@ class ColocatedPool:
         self.dist = dist.is_initialized()
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if self.dist else (0, 1)
         self.worker = RolloutWorker(env_cfg, policy.cfg, policy.norm_stats, "", rollout_cfg.envs_per_worker,
-                                    env_processes=rollout_cfg.env_processes, policy=policy)
+                                    env_processes=rollout_cfg.env_processes, policy=policy,
+                                    pipeline=rollout_cfg.pipeline)
         self.lockstep = Lockstep(torch.device(policy.device)) if sharded and self.world > 1 else None
         self.sync_bytes = 0
 

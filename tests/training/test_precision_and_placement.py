@@ -146,23 +146,29 @@ def test_micro_batches_accumulate_the_same_update(sft_checkpoint):
     assert [len(p) for p in grpo.micro_batches([np.arange(0), np.arange(0)], 1, None, sharded=True)] == [0]
 
 
-def test_rollouts_in_env_processes_match_in_process_ones(sft_checkpoint):
-    """rollout.env_processes: a worker's envs step in parallel processes; the trajectories are the
-    ones it gets stepping them in turn."""
+def test_rollouts_in_env_processes_and_pipelined_match_in_process_ones(sft_checkpoint):
+    """rollout.env_processes: a worker's envs step in parallel processes; rollout.pipeline: half of
+    them step while the other half's forward pass runs. The trajectories are the ones the worker
+    gets stepping its envs in turn: each episode's sampling noise is its own."""
     from pushcut.training.rollout import Job, RolloutWorker
 
     model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
-    jobs = [Job(0, seed, 0, 50 + seed) for seed in range(3)]
+    jobs = [Job(0, seed, 0, 50 + seed) for seed in range(5)]  # a wave of 3 envs, then one of 2
     out = {}
-    for procs in (False, True):
-        w = RolloutWorker(MICRO_ENV, MICRO_POLICY, stats, tok.to_json(), n_envs=2, env_processes=procs)
+    for procs, pipeline in ((False, False), (True, False), (True, True)):
+        w = RolloutWorker(MICRO_ENV, MICRO_POLICY, stats, tok.to_json(), n_envs=3, env_processes=procs,
+                          pipeline=pipeline)
         w.set_weights(model.state_dict())
-        out[procs] = w.rollout(jobs, 1.6)
+        out[procs, pipeline] = w.rollout(jobs, 1.6, max_steps=40)
+        timing = w.take_timing()
         w.close()
-    for a, b in zip(out[False], out[True], strict=True):
-        assert (a.success, a.steps, len(a.bins)) == (b.success, b.steps, len(b.bins))
-        for x, y in zip(a.bins, b.bins):
-            np.testing.assert_array_equal(x, y)
+        assert timing["env_steps"] == sum(t.steps for t in out[procs, pipeline])
+    ref = out[False, False]
+    for key in ((True, False), (True, True)):
+        for a, b in zip(ref, out[key], strict=True):
+            assert (a.success, a.steps, len(a.bins)) == (b.success, b.steps, len(b.bins)), key
+            for x, y in zip(a.bins, b.bins):
+                np.testing.assert_array_equal(x, y)
 
 
 def _sync_receiver(rank, world, port, state, out):
