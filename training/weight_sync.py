@@ -6,7 +6,7 @@ bytes), packed into buckets of at most ``BUCKET_BYTES`` so one collective carrie
 The group is separate from the learner's torchrun group (a ``TCPStore`` on the learner's host and a
 backend built on it), so learner ranks and Ray actors need not share a launcher: gloo over TCP
 where either side is on a CPU, NCCL where both hold their model on a GPU and the learner's node
-has more than one (``rollout.sync_backend``; NCCL cannot join two ranks on one GPU, as a one-GPU
+has more than one (``sync_backend`` in rollout.py; NCCL cannot join two ranks on one GPU, as a one-GPU
 node's learner and worker would be). Both sides derive the same plan (names, shapes, dtypes, in
 order) from the same policy config, so only the numbers travel: no pickling, no numpy copies.
 """
