@@ -34,8 +34,7 @@ from bench.common import write
 from pushcut.configs import compose, from_hydra
 from pushcut.policy.config import PolicyConfig
 from pushcut.sim.config import EnvConfig
-
-GIB = 1 << 30
+from pushcut.training.learner import GIB
 
 
 def policy_preset(name: str) -> PolicyConfig:
@@ -97,18 +96,17 @@ def rollout_rate(pcfg: PolicyConfig, device: str, batch: int, steps: int, pipeli
             "sim_share": t["sim_s"] / wall, "inference_share": t["inference_s"] / wall}
 
 
-def _fake_batch(pcfg: PolicyConfig, n: int, seed: int = 0) -> dict:
-    """``n`` chunks of twin-shaped observations with random bins, log-probs and advantages ±1."""
+def _fake_batch(policy, env: EnvConfig, n: int, seed: int = 0) -> dict:
+    """``n`` chunks of random observations (export's parity inputs) with random bins, log-probs at
+    the uniform distribution and advantages of +-1."""
     import numpy as np
 
-    from pushcut import spec
+    from pushcut.policy.export import parity_observations
 
+    pcfg = policy.cfg
     rng = np.random.default_rng(seed)
-    s, a = pcfg.vision.image_size, pcfg.n_action_tokens
-    obs = [{spec.IMAGES: {c: rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for c in pcfg.cameras},
-            spec.PROPRIO: rng.uniform(-0.5, 0.5, pcfg.proprio_dim), spec.INSTRUCTION: "click the bell"}
-           for _ in range(n)]
-    return {"obs": obs, "bins": list(rng.integers(0, pcfg.n_bins, (n, a))),
+    a = pcfg.n_action_tokens
+    return {"obs": parity_observations(policy, env, 0, n, seed), "bins": list(rng.integers(0, pcfg.n_bins, (n, a))),
             "logp": list(np.full((n, a), -np.log(pcfg.n_bins), dtype=np.float32)),
             "mask": list(np.ones((n, a), dtype=bool)), "adv": list(rng.choice([-1.0, 1.0], n)),
             "traj_tokens": [a] * n, "traj": list(range(n))}
@@ -147,7 +145,7 @@ def update_cost(pcfg: PolicyConfig, device: str, chunks: int, micro: int) -> dic
         shard(model, device, cpu_offload=True)
     policy = TorchPolicy(model, robot_stats(cfg.env), ByteTokenizer(max_len=pcfg.max_prompt_len), device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device == "cuda" and not cfg.learner.cpu_offload)
-    batch = _fake_batch(pcfg, chunks)
+    batch = _fake_batch(policy, cfg.env, chunks)
     times = []
     for _ in range(2):  # the first allocates AdamW's state and warms the kernels
         _sync(device)

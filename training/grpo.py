@@ -141,19 +141,24 @@ def k1_penalties(logp: list[np.ndarray], ref_logp: list[np.ndarray], mask: list[
 
 
 @torch.no_grad()
-def reference_log_probs(ref: TorchPolicy, trajs: list[Trajectory], temperature: float,
-                        chunk_rows: int = 64) -> list[list[np.ndarray]]:
-    """The frozen reference's per-token log-probs of each trajectory's sampled bins, at ``temperature``."""
-    rows = [(ti, ci) for ti, t in enumerate(trajs) for ci in range(len(t.bins))]
-    out = [[None] * len(t.bins) for t in trajs]
-    for start in range(0, len(rows), chunk_rows):
-        part = rows[start : start + chunk_rows]
-        logits = ref.logits([trajs[ti].observations[ci] for ti, ci in part])
-        bins = torch.from_numpy(np.stack([trajs[ti].bins[ci] for ti, ci in part])).to(logits.device)
-        lp = sampling.token_log_probs(logits, bins, temperature).cpu().numpy()
-        for k, (ti, ci) in enumerate(part):
-            out[ti][ci] = lp[k]
+def policy_log_probs(policy: TorchPolicy, observations: list[dict], bins: np.ndarray, temperature: float,
+                     chunk_rows: int = 64) -> np.ndarray:
+    """``policy``'s per-token log-probs (N, A) of ``bins`` (N, A) on ``observations`` at ``temperature``,
+    ``chunk_rows`` observations per forward pass."""
+    out = np.empty(bins.shape, dtype=np.float32)
+    for start in range(0, len(observations), chunk_rows):
+        logits = policy.logits(observations[start : start + chunk_rows])
+        part = torch.from_numpy(bins[start : start + chunk_rows]).to(logits.device)
+        out[start : start + chunk_rows] = sampling.token_log_probs(logits, part, temperature).cpu().numpy()
     return out
+
+
+def reference_log_probs(ref: TorchPolicy, trajs: list[Trajectory], temperature: float) -> list[list[np.ndarray]]:
+    """The frozen reference's per-token log-probs of each trajectory's sampled bins, at ``temperature``."""
+    lp = policy_log_probs(ref, [o for t in trajs for o in t.observations], np.stack([b for t in trajs for b in t.bins]),
+                          temperature)
+    ends = np.cumsum([len(t.bins) for t in trajs])
+    return [list(part) for part in np.split(lp, ends[:-1])]
 
 
 # --- the batch ----------------------------------------------------------------------------------
@@ -241,11 +246,8 @@ def add_mirror_images(batch: dict, policy: TorchPolicy, temperature: float, carr
     per_traj = {t: int(mmask[traj == t].sum()) for t in np.unique(traj)}
     mlogp = np.full(mbins.shape, np.nan, dtype=np.float32)
     rows = np.flatnonzero(carries)
-    for start in range(0, len(rows), chunk_rows):
-        r = rows[start : start + chunk_rows]
-        logits = policy.logits([mobs[i] for i in r])
-        mlogp[r] = sampling.token_log_probs(logits, torch.from_numpy(mbins[r]).to(logits.device),
-                                            temperature).float().cpu().numpy()
+    if len(rows):
+        mlogp[rows] = policy_log_probs(policy, [mobs[i] for i in rows], mbins[rows], temperature, chunk_rows)
     n_traj = int(traj.max()) + 1
     return {
         "obs": batch["obs"] + mobs,

@@ -117,7 +117,7 @@ class RolloutWorker:
         else:
             self.envs = LocalEnvs(env_cfg, n_envs)
         self.pipeline = pipeline and env_processes  # overlapping needs envs that step on their own
-        self.timing = {"sim_s": 0.0, "inference_s": 0.0, "env_steps": 0}
+        self.timing = empty_timing()
         self._receiver = None
         self._spare_obs: dict | None = None
 
@@ -134,7 +134,7 @@ class RolloutWorker:
         self._receiver.receive(self.policy.model)
 
     def take_timing(self) -> dict:
-        t, self.timing = self.timing, {"sim_s": 0.0, "inference_s": 0.0, "env_steps": 0}
+        t, self.timing = self.timing, empty_timing()
         return t
 
     @torch.no_grad()
@@ -166,7 +166,7 @@ class RolloutWorker:
             active = list(range(len(wave)))
             while active if lockstep is None else lockstep.any(bool(active)):
                 if not active:  # lockstep: join the others' forward pass on a spare observation
-                    self.policy.logits([self._spare(obs)])
+                    self.policy.logits([self._spare()])
                     continue
                 sent = self._act(active, obs, gens, temperature)
                 t0 = time.perf_counter()
@@ -240,7 +240,7 @@ class RolloutWorker:
                 else:
                     pending[h] = None
 
-    def _spare(self, obs) -> dict:
+    def _spare(self) -> dict:
         if self._spare_obs is None:  # this rank had no episode yet: any observation of its envs will do
             self._spare_obs = self.envs.reset([0] + [None] * (self.envs.num_envs - 1))[0].as_dict()
         return self._spare_obs
@@ -256,8 +256,13 @@ def sync_backend(rollout_device: str, learner_device: str) -> str:
     return "nccl" if both_gpu and torch.cuda.device_count() > 1 else "gloo"
 
 
+def empty_timing() -> dict:
+    """A worker's counters: seconds in simulation and in inference, env steps taken."""
+    return {"sim_s": 0.0, "inference_s": 0.0, "env_steps": 0}
+
+
 def _merge_timing(timings) -> dict:
-    total = {"sim_s": 0.0, "inference_s": 0.0, "env_steps": 0}
+    total = empty_timing()
     for t in timings:
         for k in total:
             total[k] += t[k]
@@ -288,7 +293,6 @@ class WorkerPool:
                 rollout_cfg.pipeline)
         self._owns_ray = False
         self.sender = None
-        self.sync_bytes = 0
         if self.backend == "ray":
             import ray
 
@@ -325,7 +329,7 @@ class WorkerPool:
             import ray
 
             received = [w.receive_weights.remote() for w in self.workers]
-            self.sync_bytes += self.sender.send(weights)
+            self.sender.send(weights)
             ray.get(received)
         else:
             self._call("set_weights", [(weights,)] * len(self.workers))
@@ -361,13 +365,11 @@ class ColocatedPool:
     def __init__(self, rollout_cfg, env_cfg: EnvConfig, policy: TorchPolicy, sharded: bool):
         import torch.distributed as dist
 
-        self.dist = dist.is_initialized()
-        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if self.dist else (0, 1)
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.worker = RolloutWorker(env_cfg, policy.cfg, policy.norm_stats, "", rollout_cfg.envs_per_worker,
                                     env_processes=rollout_cfg.env_processes, policy=policy,
                                     pipeline=rollout_cfg.pipeline)
         self.lockstep = Lockstep(torch.device(policy.device)) if sharded and self.world > 1 else None
-        self.sync_bytes = 0
 
     def set_weights(self, weights) -> None:
         """Nothing to send: the rollouts use the learner's model."""

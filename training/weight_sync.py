@@ -56,7 +56,7 @@ def transport_device(backend: str, device: torch.device | str) -> torch.device:
 
 
 class WeightSender:
-    """The learner's end: ``open`` a rendezvous, then (while the workers ``join``) ``connect``."""
+    """The learner's end: opens a rendezvous on construction; ``connect`` once the workers are asked to join."""
 
     def __init__(self, n_receivers: int, backend: str, dtype: torch.dtype, device: str = "cpu", host: str = ""):
         self.world = n_receivers + 1
