@@ -1,24 +1,27 @@
 """bench-sim: env throughput of the twin against LIBERO in the same run, and expert success.
 
 "Rendered step": one control step followed by rendering the policy's observation (what LIBERO
-does every step). Chunked: a 25-action chunk per rendered observation, as our policy runs.
+does every step). Chunked: a chunk per rendered observation, as our policy runs (25 actions on
+the twin, 8 on LIBERO, which renders at 256 x 256 and prepares the frame as the reference does).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from bench.common import held_out_seeds, write
 from pushcut.sim.config import EnvConfig
 from pushcut.sim.expert import run_expert
-from pushcut.sim.libero import NOOP, LiberoEnv
+from pushcut.sim.libero import NOOP, RENDER_SIZE, LiberoEnv
 from pushcut.sim.twin.env import TwinEnv
 from pushcut.sim.vector import VectorEnv
 
 IMAGE = (64, 64)
 N_EXPERT = 200
+LIBERO_CHUNK = 8  # OpenVLA-OFT's LIBERO chunk
 
 
 def _steps_per_s(env_step, reset, n_steps: int, per_call: int) -> float:
@@ -55,21 +58,36 @@ def twin_figures() -> dict:
 
 
 def libero_figures() -> dict:
-    cfg = EnvConfig(kind="libero", task="libero_spatial", task_ids=(0,), cameras=("agentview",), image_size=IMAGE,
+    """LIBERO rendering an observation after every control step (``rendered_steps_per_s``, as the
+    env did before it rendered only at chunk boundaries) against an 8-action chunk per observation
+    (``chunked_steps_per_s``, the policy's chunk, what rollouts now do); a task switch that builds
+    the task's simulator (every switch, before each task's simulator was kept) against one that
+    finds it built."""
+    cfg = EnvConfig(kind="libero", task="libero_spatial", task_ids=(0, 1), cameras=("agentview",), image_size=IMAGE,
                     physics_hz=500, control_hz=20)
     env = LiberoEnv(cfg)
     t0 = time.perf_counter()
     env.reset(0)
     build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    env.reset(1)  # task 1: built
+    switch_build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    env.reset(2)  # task 0 again: kept
+    switch_kept_s = time.perf_counter() - t0
     one = _steps_per_s(lambda: env.step(NOOP), lambda: env.reset(0), 60, 1)
+    chunk = _steps_per_s(lambda: env.step(np.tile(NOOP, (LIBERO_CHUNK, 1))), lambda: env.reset(0), 240, LIBERO_CHUNK)
     env.close()
-    with VectorEnv(cfg, num_envs=2) as venv:
+    with VectorEnv(replace(cfg, task_ids=(0,)), num_envs=2) as venv:
         venv.reset([0, 1])
         t0 = time.perf_counter()
         for _ in range(30):
             venv.step([NOOP, NOOP])
         vec = 60 / (time.perf_counter() - t0)
-    return {"rendered_steps_per_s": one, "vector2_rendered_steps_per_s": vec, "first_reset_s": build_s}
+    return {"rendered_steps_per_s": one, "chunked_steps_per_s": chunk, "chunk": LIBERO_CHUNK,
+            "chunked_over_rendered": chunk / one, "vector2_rendered_steps_per_s": vec, "first_reset_s": build_s,
+            "task_switch_building_s": switch_build_s, "task_switch_kept_s": switch_kept_s,
+            "render_size": RENDER_SIZE}
 
 
 def expert_figures() -> dict:

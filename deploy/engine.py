@@ -77,6 +77,7 @@ class Engine:
         self.action_dim, self.chunk_len, self.n_bins = space["dim"], space["chunk_len"], space["n_bins"]
         self.cameras = [c["name"] for c in m["cameras"]]
         self.image_size = m["cameras"][0]["image_size"]
+        self.center_crop = m["cameras"][0].get("center_crop")
         self._check_model_shapes(models[variant])
         stats = m["norm_stats"]
         self.action_norm = Normalizer(stats["action"], space["normalization"], self.action_dim)
@@ -108,7 +109,8 @@ class Engine:
         for i, o in enumerate(observations):
             if not np.all(np.isfinite(np.asarray(o["proprio"], dtype=np.float64))):
                 raise ValueError(f"observation {i}: proprio is not finite: {np.asarray(o['proprio']).tolist()}")
-        inputs = build_inputs(observations, self.cameras, self.image_size, self.tokenizer, self.proprio_norm)
+        inputs = build_inputs(observations, self.cameras, self.image_size, self.tokenizer, self.proprio_norm,
+                              self.center_crop)
         logits = self.session.run(["logits"], inputs)[0]  # (B, A, n_bins)
         if not np.all(np.isfinite(logits)):
             raise ValueError("the model produced non-finite logits; no action is decoded from them")

@@ -2,8 +2,9 @@
 
 Normalisation maps each action dimension to [-1, 1] with dataset statistics: ``q01``/``q99``
 bounds (LIBERO, OpenVLA-OFT) or ``min``/``max`` (dual-arm, RoboTwin). Dimensions whose bounds
-coincide are passed through as the constant bound. Missing statistics are an error, never a
-silent pass-through.
+coincide are passed through as the constant bound. A ``mask`` in the statistics (OpenVLA's) leaves
+the dimensions it marks false as they are, clipped to [-1, 1] (LIBERO's gripper). Missing
+statistics are an error, never a silent pass-through.
 
 Tokenisation: [-1, 1] is cut into ``n_bins`` equal bins; bin ``i`` is the LM vocabulary id
 ``vocab_size - n_bins + i`` (the last ``n_bins`` ids, as OpenVLA); decoding returns the bin
@@ -33,18 +34,23 @@ class Normalizer:
             raise ValueError(f"statistics have shape {self.lo.shape}, the action space has {dim} dims")
         if not (np.all(np.isfinite(self.lo)) and np.all(np.isfinite(self.hi))):
             raise ValueError("normalisation statistics contain NaN or inf")
+        mask = stats.get("mask")
+        self.mask = np.ones(dim, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        if self.mask.shape != (dim,):
+            raise ValueError(f"normalisation mask has shape {self.mask.shape}, the action space has {dim} dims")
         self.mode = mode
         self.span = self.hi - self.lo
-        self.constant = self.span < 1e-8
+        self.constant = (self.span < 1e-8) & self.mask
 
     def normalize(self, a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float64)
         span = np.where(self.constant, 1.0, self.span)
-        x = 2.0 * (np.asarray(a, dtype=np.float64) - self.lo) / span - 1.0
+        x = np.where(self.mask, 2.0 * (a - self.lo) / span - 1.0, a)
         return np.clip(np.where(self.constant, 0.0, x), -1.0, 1.0)
 
     def unnormalize(self, x: np.ndarray) -> np.ndarray:
         x = np.clip(np.asarray(x, dtype=np.float64), -1.0, 1.0)
-        return np.where(self.constant, self.lo, 0.5 * (x + 1.0) * self.span + self.lo)
+        return np.where(self.constant, self.lo, np.where(self.mask, 0.5 * (x + 1.0) * self.span + self.lo, x))
 
 
 class ActionTokenizer:

@@ -63,8 +63,10 @@ class PolicyConfig:
     normalization: Literal["q01_q99", "min_max"] = "min_max"
     max_prompt_len: int = 64
     dtype: Literal["float32", "bfloat16"] = "float32"
+    center_crop: float | None = None  # share of the image area kept, centred, before the resize (LIBERO: 0.9)
 
     def __post_init__(self) -> None:
+        require(self.center_crop is None or 0 < self.center_crop <= 1, "center_crop must lie in (0, 1]")
         require(self.llm.vocab_size >= self.n_bins, "llm.vocab_size must hold the n_bins action tokens")
         require(len(self.cameras) > 0, "policy.cameras must name at least one camera")
 
@@ -88,3 +90,7 @@ def check_policy_fits_env(policy: PolicyConfig, env, source: str = "policy") -> 
     )
     missing = [c for c in policy.cameras if c not in env.cameras]
     require(not missing, f"{source}: camera(s) {missing} are not rendered by env.cameras {list(env.cameras)}")
+    size = policy.vision.image_size
+    require(env.kind != "libero" or tuple(env.image_size) == (size, size),
+            f"{source}: LIBERO frames are resized to the policy's input, {size}x{size}; "
+            f"set env.image_size=[{size},{size}] (it is {list(env.image_size)})")

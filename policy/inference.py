@@ -40,7 +40,8 @@ class TorchPolicy:
 
     def inputs(self, observations: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         arrays = build_inputs(
-            observations, self.cfg.cameras, self.cfg.vision.image_size, self.tokenizer, self.proprio_norm
+            observations, self.cfg.cameras, self.cfg.vision.image_size, self.tokenizer, self.proprio_norm,
+            self.cfg.center_crop,
         )
         dtype = self.model.compute_dtype  # float inputs follow the model's compute dtype
         return {k: torch.from_numpy(v).to(self.device, dtype if v.dtype.kind == "f" else None)

@@ -116,7 +116,7 @@ def policy_config(config: dict, weights: dict[str, torch.Tensor], action_dim: in
                       vocab_size=weights["language_model.lm_head.weight"].shape[0],
                       max_positions=text.get("max_position_embeddings", 2048)),
         cameras=cameras, action_dim=action_dim, chunk_len=chunk_len, n_bins=config.get("n_action_bins", 256),
-        proprio_dim=proprio_dim, use_proprio=use_proprio, normalization="q01_q99",
+        proprio_dim=proprio_dim, use_proprio=use_proprio, normalization="q01_q99", center_crop=0.9,
     )
 
 

@@ -1,7 +1,9 @@
 """Observation pre-processing shared by training and the ONNX engine (numpy + OpenCV, and the
 Rust ``tokenizers`` library for a real checkpoint's tokenizer; never torch).
 
-Images: resize to the vision tower's square input (area interpolation), scale to [-1, 1]
+Images: optionally centre-cropped to a share of their area (``center_crop``, OpenVLA-OFT's
+LIBERO crop: 0.9, then resized bilinearly), resized to the vision tower's square input (area
+interpolation), scale to [-1, 1]
 (SigLIP's mean 0.5 / std 0.5), channels first, cameras stacked in the policy's camera order.
 Text: a byte-level tokenizer for the built-in presets, or a real checkpoint's own tokenizer;
 either is serialised into ``tokenizer.json`` and travels in checkpoints and bundles. The prompt
@@ -19,8 +21,19 @@ import numpy as np
 PROMPT = "In: What action should the robot take to {task}?\nOut:"
 
 
-def preprocess_images(images: Mapping[str, np.ndarray], cameras: Sequence[str], size: int) -> np.ndarray:
-    """uint8 (H, W, 3) per camera -> float32 (n_cameras, 3, size, size) in [-1, 1]."""
+def center_crop(img: np.ndarray, area: float) -> np.ndarray:
+    """The centred window holding ``area`` of the image (each side scaled by sqrt(area)); the
+    policy's resize then brings it to its input size bilinearly, as OpenVLA's ``crop_and_resize``."""
+    h, w = img.shape[:2]
+    ch, cw = round(h * area**0.5), round(w * area**0.5)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return img[top : top + ch, left : left + cw]
+
+
+def preprocess_images(images: Mapping[str, np.ndarray], cameras: Sequence[str], size: int,
+                      crop: float | None = None) -> np.ndarray:
+    """uint8 (H, W, 3) per camera -> float32 (n_cameras, 3, size, size) in [-1, 1]; ``crop``: the
+    area share ``center_crop`` keeps first."""
     missing = [c for c in cameras if c not in images]
     if missing:
         raise KeyError(f"observation lacks camera(s) {missing}; it has {sorted(images)}")
@@ -29,8 +42,10 @@ def preprocess_images(images: Mapping[str, np.ndarray], cameras: Sequence[str], 
         img = np.asarray(images[cam])
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"camera {cam!r}: expected uint8 (H, W, 3), got {img.dtype} {img.shape}")
+        if crop is not None:
+            img = center_crop(img, crop)
         if img.shape[:2] != (size, size):
-            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR if crop else cv2.INTER_AREA)
         out[i] = (img.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)
     return out
 
@@ -98,11 +113,12 @@ def build_inputs(
     image_size: int,
     tokenizer: ByteTokenizer | HFTokenizer,
     proprio_norm,
+    crop: float | None = None,
 ) -> dict[str, np.ndarray]:
     """A batch of observation dicts (``pushcut.spec`` keys) -> the model's numpy inputs."""
     from pushcut import spec
 
-    pixels = np.stack([preprocess_images(o[spec.IMAGES], cameras, image_size) for o in observations])
+    pixels = np.stack([preprocess_images(o[spec.IMAGES], cameras, image_size, crop) for o in observations])
     proprio = np.stack([proprio_norm.normalize(o[spec.PROPRIO]) for o in observations]).astype(np.float32)
     ids, mask = tokenizer.batch([o[spec.INSTRUCTION] for o in observations])
     return {"pixels": pixels, "proprio": proprio, "input_ids": ids, "text_mask": mask}

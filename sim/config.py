@@ -52,6 +52,11 @@ class EnvConfig:
     # before the current chunk's end, so the arm never stops between chunks
     execution: Literal["sync", "async"] = "sync"
     lead_steps: int = 2  # async: control steps the next inference overlaps (its latency, rounded up)
+    # LIBERO: which of each task's 50 fixed initial states a seed can draw (sim.libero.INIT_STATE_SPLIT):
+    # split: training seeds (0 on) the first 30, validation seeds (90000 on) the next 10, held-out
+    # seeds (100000 on) the last 10, never seen in training or validation; all: any seed any of the
+    # 50, as SimpleVLA-RL trains and evaluates (its figures are on states training also saw)
+    init_states: Literal["split", "all"] = "split"
 
     def __post_init__(self) -> None:
         if self.kind == "twin":

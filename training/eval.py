@@ -20,7 +20,8 @@ from pushcut.training.config import EvalConfig, check_bundle_fits_env, check_pol
 
 
 def run_episodes(policy, env_cfg: EnvConfig, seeds: list[int], num_envs: int = 1, progress: bool = True) -> list[dict]:
-    """Roll out ``policy`` greedily on each seed; one record per episode, in seed order."""
+    """Roll out ``policy`` greedily on each seed; one record per episode, in seed order, with the
+    task's milestones reached (``phases``) where the task has them."""
     from pushcut.sim.registry import make_env
     from pushcut.sim.vector import VectorEnv
 
@@ -37,6 +38,7 @@ def run_episodes(policy, env_cfg: EnvConfig, seeds: list[int], num_envs: int = 1
             active = [i < len(batch) for i in range(len(obs))]
             steps = [0] * len(obs)
             success = [False] * len(obs)
+            phases: list[list[str] | None] = [None] * len(obs)
             t0 = time.perf_counter()
             while any(active):
                 idx = [i for i, a in enumerate(active) if a]
@@ -47,10 +49,12 @@ def run_episodes(policy, env_cfg: EnvConfig, seeds: list[int], num_envs: int = 1
                 out = venv.step(actions) if venv else [env.step(actions[0])]
                 for i in idx:
                     obs[i], steps[i], success[i] = out[i].obs, out[i].steps, out[i].success
+                    phases[i] = out[i].info.get("phases")
                     active[i] = not out[i].done
             for i, seed in enumerate(batch):
                 results.append({"seed": seed, "success": bool(success[i]), "steps": steps[i],
-                                "seconds": (time.perf_counter() - t0) / len(batch)})
+                                "seconds": (time.perf_counter() - t0) / len(batch)}
+                               | ({"phases": phases[i]} if phases[i] is not None else {}))
             bar.update(len(batch))
     finally:
         bar.close()

@@ -87,9 +87,11 @@ def keep_metrics_before(run_dir: Path, step: int) -> list[dict]:
     return keep
 
 
-def plot_curves(metrics_path: str | Path, keys: list[str], out_png: str | Path, title: str = "") -> Path | None:
+def plot_curves(metrics_path: str | Path, keys: list[str], out_png: str | Path, title: str = "",
+                marks: dict[str, tuple[str, float]] | None = None) -> Path | None:
     """One panel per metric in ``keys`` against step, at most three to a row; skips keys never
-    logged. Steps are whole numbers on the axis, and a short run shows its points."""
+    logged. Steps are whole numbers on the axis, and a short run shows its points. ``marks``:
+    metric -> (label, value) drawn as a dashed level on its panel (e.g. the SFT start's success)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,6 +110,10 @@ def plot_curves(metrics_path: str | Path, keys: list[str], out_png: str | Path, 
     for ax, k in zip(axes.flat, keys):
         pts = [(r["step"], r[k]) for r in rows if k in r]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 50 else None)
+        if marks and k in marks:
+            label, value = marks[k]
+            ax.axhline(value, color="grey", linestyle="--", label=label)
+            ax.legend(fontsize="small")
         ax.set_title(k)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -30,7 +30,7 @@ from pushcut.policy.config import PolicyConfig
 from pushcut.policy.modeling import VLAPolicy
 from pushcut.policy.preprocess import ByteTokenizer, build_inputs, proprio_normalizer
 from pushcut.sim import demos
-from pushcut.sim.registry import robot_bounds
+from pushcut.sim.registry import action_mask, robot_bounds
 from pushcut.sim.twin.mirror import mirror_episode
 from pushcut.training.config import SFTConfig
 from pushcut.training.learner import load_optimizer_and_rng, load_weights, resume_tensors
@@ -73,9 +73,10 @@ def demo_sets(cfg: SFTConfig) -> list[demos.DemoSet]:
     return sets
 
 
-def norm_statistics(sets: list[demos.DemoSet], bounds: dict | None = None) -> dict:
+def norm_statistics(sets: list[demos.DemoSet], bounds: dict | None = None, mask: list[bool] | None = None) -> dict:
     """Normalisation statistics of the demos; ``bounds`` (``sim.registry.robot_bounds``) replace
-    their min/max and q01/q99 where given.
+    their min/max and q01/q99 where given; ``mask`` (``sim.registry.action_mask``): the action dims
+    normalised, the others left as they are.
 
     With a handful of demos the demos' own bounds are the trap: one click_bell demo moves one arm,
     so the other arm's bounds coincide (it can never move) and the moving arm is confined to that
@@ -87,6 +88,8 @@ def norm_statistics(sets: list[demos.DemoSet], bounds: dict | None = None) -> di
     stats = {"action": demos.array_stats(acts), "proprio": demos.array_stats(props)}
     for key, (lo, hi) in (bounds or {}).items():
         stats[key] |= {"min": list(lo), "max": list(hi), "q01": list(lo), "q99": list(hi)}
+    if mask is not None:
+        stats["action"]["mask"] = list(mask)
     return stats
 
 
@@ -111,7 +114,7 @@ def build_dataset(policy_cfg: PolicyConfig, sets: list[demos.DemoSet], norm_stat
                 })
                 targets.append(chunk_targets(e["actions"], int(step), policy_cfg.chunk_len))
     inputs = build_inputs(observations, policy_cfg.cameras, policy_cfg.vision.image_size, text,
-                          proprio_normalizer(norm_stats, policy_cfg.proprio_dim))
+                          proprio_normalizer(norm_stats, policy_cfg.proprio_dim), policy_cfg.center_crop)
     data = {k: torch.from_numpy(v) for k, v in inputs.items()}
     data["bins"] = torch.from_numpy(encode_chunks(np.stack(targets), tok, action_norm))
     return data, text
@@ -180,7 +183,7 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     sets = demo_sets(cfg)
     bounds = robot_bounds(cfg.env) if cfg.norm_bounds == "robot" else None
-    norm_stats = norm_statistics(sets, bounds)
+    norm_stats = norm_statistics(sets, bounds, action_mask(cfg.env))
     model = VLAPolicy(cfg.policy) if cfg.init_checkpoint is None else load_base(cfg, norm_stats)
     data, text_tok = build_dataset(cfg.policy, sets, norm_stats)
     n = len(data["bins"])

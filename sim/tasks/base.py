@@ -18,6 +18,7 @@ class Task(ABC):
     instruction: str
     max_steps: int
     graspable: tuple[str, ...] = ()
+    phases: tuple[str, ...] = ()  # milestones short of success, in order (``progress``)
 
     @abstractmethod
     def scene_objects(self) -> SceneObjects: ...
@@ -33,3 +34,7 @@ class Task(ABC):
     @abstractmethod
     def success(self, data: mujoco.MjData, gripper: dict[str, float]) -> bool:
         """RoboTwin 2.0's success check; ``gripper`` maps arm -> measured opening in [0, 1]."""
+
+    def progress(self, data: mujoco.MjData, held: set[str]) -> set[str]:
+        """The ``phases`` reached in the current state; ``held``: the graspable bodies a gripper holds."""
+        return set()

@@ -14,6 +14,9 @@ Grasping: a closed gripper whose two pads both touch the same graspable object t
 between the hand and the object (MuJoCo equality), and opening the gripper turns it off. This
 "grasp assist" stands in for finger friction, which a primitive-geometry twin does not model
 faithfully; contacts, collisions and nesting stay fully physical.
+
+A task's milestones short of success (``Task.phases``: grasped, lifted, placed for stacking) are
+checked after every control step and latch; each ``Step.info["phases"]`` lists those reached.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class TwinEnv:
         self.steps = 0
         self._physics = 0
         self.succeeded = False
+        self.reached: set[str] = set()
         self.layout: dict = {}
 
     # --- episode ------------------------------------------------------------------------------
@@ -105,6 +109,7 @@ class TwinEnv:
         self.steps = 0
         self._physics = 0
         self.succeeded = False
+        self.reached: set[str] = set()
         self._pending = np.zeros((0, self.action_dim))  # async: waypoints of the chunk not yet run
         self._pending_path = self._pending_velocity = np.zeros((0, self.action_dim))
         self._velocity = np.zeros(self.action_dim)  # the path's velocity at self.target
@@ -153,6 +158,8 @@ class TwinEnv:
             self.target = waypoints[k]
             self.steps += 1
             self._update_grasps(waypoints[k])
+            if self.task.phases:
+                self.reached |= self.task.progress(self.data, self.held())
             if self.done:
                 return k + 1
         return len(waypoints)
@@ -191,7 +198,8 @@ class TwinEnv:
 
     def _result(self) -> Step:
         return Step(obs=self.observe(), reward=float(self.succeeded), success=self.succeeded,
-                    done=self.done, steps=self.steps)
+                    done=self.done, steps=self.steps,
+                    info={"phases": [p for p in self.task.phases if p in self.reached]} if self.task.phases else {})
 
     def close(self) -> None:
         if self._renderer is not None:
@@ -203,6 +211,10 @@ class TwinEnv:
         """Measured opening per arm, normalised 0 closed .. 1 open."""
         q = self.data.qpos[self._finger_adr].tolist()  # plain floats: called every physics step
         return {a: min(max((q[2 * i] + q[2 * i + 1]) / 2 / FINGER_TRAVEL, 0.0), 1.0) for i, a in enumerate(spec.ARMS)}
+
+    def held(self) -> set[str]:
+        """The graspable bodies a gripper holds (its grasp weld on)."""
+        return {b for (_, b), eq in self._welds.items() if self.data.eq_active[eq]}
 
     def proprio(self) -> np.ndarray:
         q = self.data.qpos[self._arm_q]

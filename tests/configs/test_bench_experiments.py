@@ -19,6 +19,11 @@ def test_every_experiment_composes_and_names_its_result_file():
     scratch = _bench("experiment=rl_scratch", "setup.demos=3", "budget_s=600", "variants=[grpo]")
     assert scratch.setup.result_name == "rl_3demos_scratch_lr0.001_seed0_nolate_nohorizon_eval3"
     assert scratch.budget_s == 600 and scratch.variants == ("grpo",)
+    # another task: its file is rl_<task>.json, departures named from that task's own setup
+    assert results["rl_stack_bowls_two"] == "rl_stack_bowls_two"
+    assert _bench("experiment=rl_stack_bowls_two", "setup.seed=2").setup.result_name == "rl_stack_bowls_two_seed2"
+    with pytest.raises(ValueError, match="setup.base"):  # the base has seen stacking
+        _bench("experiment=rl_stack_bowls_two", "setup.base=true")
 
 
 @pytest.mark.parametrize("override,match", [("variants=[greedy]", "variants"), ("setup.lr=fast", "setup.lr"),

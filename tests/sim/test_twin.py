@@ -1,5 +1,7 @@
 """The twin: every task resets and steps, seeds are reproducible, success checks go both ways."""
 
+import itertools
+
 import mujoco
 import numpy as np
 import pytest
@@ -178,3 +180,32 @@ def test_randomization_changes_scene_and_restores():
     np.testing.assert_array_equal(a.images["head"], c.images["head"])  # seeded
     for e in (env, plain, env2):
         e.close()
+
+
+def test_stacking_phases_latch_in_order():
+    """The expert's episode reaches grasped, lifted and placed before success; the phases reported
+    after each chunk only grow; standing still reaches none; the layout names the moved bowl's side."""
+    from pushcut.sim.expert import run_expert
+
+    env = TwinEnv(EnvConfig(task="stack_bowls_two", image_size=(16, 16)))
+    seen = []
+    original = env.step
+
+    def step(chunk):
+        out = original(chunk)
+        seen.append(out.info["phases"])
+        return out
+
+    env.step = step
+    assert run_expert(env, 0, chunk_len=25)
+    assert seen[-1] == ["grasped", "lifted", "placed"]
+    assert all(set(a) <= set(b) for a, b in itertools.pairwise(seen))
+    assert seen[0] == []  # the first chunk only reaches for the bowl
+    assert env.layout["arm"] == ("left" if env.layout["bowls"][1][0] < 0 else "right")
+    env.reset(0)
+    assert original(np.tile(env.target, (25, 1))).info["phases"] == []
+    env.close()
+    bell = TwinEnv(EnvConfig(task="click_bell", image_size=(16, 16)))
+    bell.reset(0)
+    assert bell.step(np.tile(bell.target, (5, 1))).info == {}  # a task without phases reports none
+    bell.close()

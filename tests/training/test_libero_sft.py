@@ -1,9 +1,11 @@
-"""LIBERO end to end on a micro policy: expert demo -> SFT -> export -> engine eval (no torch)."""
+"""LIBERO end to end on a micro policy: expert demo -> SFT -> export -> engine eval (no torch),
+and GRPO from that SFT."""
 
 import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from pushcut.policy.config import LLMConfig, PolicyConfig, VisionConfig
 from pushcut.sim import demos
@@ -15,21 +17,29 @@ LIBERO_OBJECT_0 = EnvConfig(kind="libero", task="libero_object", task_ids=(0,), 
 MICRO_LIBERO = PolicyConfig(
     vision=VisionConfig(image_size=32, patch_size=16, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
     llm=LLMConfig(hidden_size=48, num_layers=1, num_heads=4, num_kv_heads=4, intermediate_size=96),
-    cameras=("agentview",), action_dim=7, chunk_len=8, proprio_dim=8, normalization="q01_q99",
+    cameras=("agentview",), action_dim=7, chunk_len=8, proprio_dim=8, normalization="q01_q99", center_crop=0.9,
 )
 
 
-def test_libero_expert_demo_sft_export_and_engine_eval(tmp_path):
+@pytest.fixture(scope="module")
+def libero_sft(tmp_path_factory):
+    """(checkpoint, demos folder root) of the micro policy SFT'd on one scripted libero_object demo."""
+    from pushcut.training import sft
+
+    root = tmp_path_factory.mktemp("libero")
+    cfg = SFTConfig(env=LIBERO_OBJECT_0, policy=MICRO_LIBERO, demos_dir=str(root / "demos"), demos_per_task=1,
+                    steps=40, batch_size=8, lr=1e-3, warmup_steps=4, log_every=10, wandb=WandbConfig(mode="disabled"))
+    return sft.train(cfg, root / "sft", progress=False), root
+
+
+def test_libero_expert_demo_sft_export_and_engine_eval(libero_sft, tmp_path):
     from pushcut.policy.export import ExportConfig, export
     from pushcut.sim.libero import LiberoEnv
     from pushcut.training import eval as evaluation
-    from pushcut.training import sft
 
-    cfg = SFTConfig(env=LIBERO_OBJECT_0, policy=MICRO_LIBERO, demos_dir=str(tmp_path / "demos"), demos_per_task=1,
-                    steps=40, batch_size=8, lr=1e-3, warmup_steps=4, log_every=10, wandb=WandbConfig(mode="disabled"))
-    ckpt = sft.train(cfg, tmp_path / "sft", progress=False)
+    ckpt, root = libero_sft
 
-    folder = tmp_path / "demos" / "libero_object_task0"
+    folder = root / "demos" / "libero_object_task0"
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["instruction"] == "pick up the alphabet soup and place it in the basket"
     ep = demos.load(folder).episodes[0]
@@ -41,9 +51,10 @@ def test_libero_expert_demo_sft_export_and_engine_eval(tmp_path):
     env.reset(int(ep["seed"]))
     assert env.step(ep["actions"]).success
     env.close()
-    # the checkpoint's action bins span LIBERO's [-1, 1] OSC box, not the one demo's range
+    # the checkpoint's action bins span the demo's own q01/q99 (the reference's), the gripper left alone
     stats = json.loads((ckpt / "norm_stats.json").read_text())
-    assert stats["action"]["q01"] == [-1.0] * 7 and stats["action"]["q99"] == [1.0] * 7
+    np.testing.assert_allclose(stats["action"]["q01"], np.quantile(ep["actions"], 0.01, axis=0), rtol=1e-5)
+    assert stats["action"]["mask"] == [True] * 6 + [False]
 
     bundle = export(ExportConfig(env=LIBERO_OBJECT_0, checkpoint=str(ckpt), out_dir=str(tmp_path / "bundle"),
                                  parity_env_samples=2, parity_random_samples=2, int8=False, fp16=False))
@@ -66,3 +77,41 @@ def test_libero_expert_takes_only_in_container_goals():
                  [["in", "a_1", "basket_1_contain_region"], ["in", "b_1", "basket_1_contain_region"]]):
         with pytest.raises(UnsupportedGoal, match="one \\(in <object> <container>\\) goal"):
             pick_place_goal({"goal_state": goal})
+
+
+def test_libero_grpo_iteration_on_a_micro_config(libero_sft, tmp_path):
+    """GRPO on LIBERO from the SFT: an iteration of the trainer (the micro policy never succeeds, so
+    its one group carries no gradient) and a checkpoint; then the learner's update on a LIBERO batch
+    whose group has one success: a finite loss and a non-zero gradient."""
+    import torch
+
+    from pushcut.policy import checkpoint
+    from pushcut.policy.inference import TorchPolicy
+    from pushcut.training import grpo
+    from pushcut.training.config import RolloutConfig, TrainConfig
+    from pushcut.training.rollout import Job, RolloutWorker
+    from pushcut.training.run_log import read_metrics
+
+    ckpt, _ = libero_sft
+    cfg = TrainConfig(env=replace(LIBERO_OBJECT_0, max_steps=16), policy=MICRO_LIBERO, init_checkpoint=str(ckpt),
+                      n_samples=2, groups_per_iter=1, max_draw_rounds=1, dynamic_sampling=False, iterations=1,
+                      eval_every=0, mini_batches=1, lr=1e-3,
+                      rollout=RolloutConfig(backend="local", num_workers=1, envs_per_worker=2),
+                      wandb=WandbConfig(mode="disabled"))
+    final = grpo.train(cfg, tmp_path / "run", progress=False)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert len(rows) == 1 and rows[0]["step"] == 1 and rows[0]["kept_groups"] == 1
+    assert rows[0]["chunks"] == 2 * 2  # two rollouts of two 8-action chunks each (16 steps)
+    assert rows[0]["reward"] == 0.0 and rows[0]["grad_norm"] == 0.0
+    assert json.loads((final / "meta.json").read_text())["trainer"]["env_steps"] == 2 * 16
+
+    model, stats, tok, _, _ = checkpoint.load(ckpt)
+    worker = RolloutWorker(cfg.env, cfg.policy, stats, tok.to_json(), n_envs=2)
+    worker.set_weights(model.state_dict())
+    trajs = worker.rollout([Job(0, 3, k, 10 + k) for k in range(2)], cfg.temperature)
+    trajs[0].success = True
+    adv = {(0, k): float(a) for k, a in enumerate(grpo.grpo_advantages(grpo.group_rewards(trajs)[0]))}
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    metrics = grpo.update(model, None, opt, TorchPolicy(model, stats, tok), grpo.flatten(trajs, adv), len(trajs), cfg,
+                          torch.Generator().manual_seed(0))
+    assert np.isfinite(metrics["pg_loss"]) and metrics["grad_norm"] > 0

@@ -1,6 +1,7 @@
 """SFT on one demo: normalisation bounds (the robot's limits) and soft bin targets."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -8,7 +9,7 @@ from pushcut import spec
 from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer
 from pushcut.sim.config import EnvConfig
 from pushcut.sim.demos import DemoSet
-from pushcut.sim.registry import robot_bounds
+from pushcut.sim.registry import action_mask, robot_bounds
 from pushcut.training.sft import norm_statistics, token_loss
 
 
@@ -49,9 +50,20 @@ def test_robot_bounds_span_the_limits_for_every_dimension():
     a = rng.uniform(lo, hi, size=(100, spec.DUAL_ARM_DIM))
     half_bin = (np.array(hi) - np.array(lo)) / 256 / 2
     assert np.all(np.abs(_round_trip(stats, a) - a) <= half_bin + 1e-12)
-    # LIBERO: only actions have natural bounds (the OSC box); its proprio keeps the demos' stats
-    libero = robot_bounds(EnvConfig(kind="libero", task="libero_spatial", cameras=("agentview",)))
-    assert libero == {"action": ([-1.0] * 7, [1.0] * 7)}
+    # LIBERO: no bounds of its own; the demos' q01/q99 normalise, the gripper left alone
+    libero = EnvConfig(kind="libero", task="libero_spatial", cameras=("agentview",))
+    assert robot_bounds(libero) == {} and action_mask(libero) == [True] * 6 + [False]
+
+
+def test_masked_dims_pass_through_and_the_others_use_q01_q99():
+    """OpenVLA's mask by hand: dim 0 spans q01 -0.2 .. q99 0.6, so 0.2 is its middle (0) and 0.6 its
+    top (1); the gripper (mask false) keeps its -1 / +1 and is only clipped, both ways."""
+    stats = {"q01": [-0.2, -1.0], "q99": [0.6, 1.0], "mask": [True, False]}
+    norm = Normalizer(stats, "q01_q99", 2)
+    np.testing.assert_allclose(norm.normalize([[0.2, -1.0], [0.6, 1.0], [1.4, 3.0]]), [[0, -1], [1, 1], [1, 1]])
+    np.testing.assert_allclose(norm.unnormalize([[0.0, -1.0], [-1.0, 0.3]]), [[0.2, -1.0], [-0.2, 0.3]])
+    with pytest.raises(ValueError, match="mask"):
+        Normalizer(stats | {"mask": [True]}, "q01_q99", 2)
 
 
 def _fit(target_bin: int, smoothing: float, steps: int = 600) -> np.ndarray:
