@@ -123,8 +123,8 @@ def interface(pcfg, default_instruction: str = "") -> dict:
             "normalization": pcfg.normalization,
             "names": dual_arm_names() if pcfg.action_dim == 14 else [f"a{i}" for i in range(pcfg.action_dim)],
         },
-        "cameras": [{"name": c, "image_size": pcfg.vision.image_size, "center_crop": pcfg.center_crop}
-                    for c in pcfg.cameras],
+        "cameras": [{"name": c, "image_size": pcfg.vision.image_size,
+                     **({"center_crop": pcfg.center_crop} if pcfg.center_crop else {})} for c in pcfg.cameras],
         "proprio": {"dim": pcfg.proprio_dim, "used": pcfg.use_proprio},
         "instruction": {"tokenizer": "tokenizer.json", "prompt": PROMPT, "default": default_instruction},
     }

@@ -148,7 +148,8 @@ def test_the_checkpoint_tokenizer_travels_to_the_torch_free_engine(tmp_path):
     ckpt = checkpoint.save(tmp_path / "ckpt", model, stats, tok)
     _, _, loaded, _, _ = checkpoint.load(ckpt)
     assert loaded.encode(task).tolist() == reference
-    libero = EnvConfig(kind="libero", task="libero_object", cameras=("agentview",))  # a 7-dim arm, as OFT's
+    libero = EnvConfig(kind="libero", task="libero_object", cameras=("agentview",),
+                       image_size=(IMAGE, IMAGE))  # a 7-dim arm, as OFT's
     bundle = export(ExportConfig(env=libero, checkpoint=str(ckpt), out_dir=str(tmp_path / "bundle"),
                                  parity_env_samples=0, parity_random_samples=4, int8=False, fp16=False))
     engine = Engine(bundle)

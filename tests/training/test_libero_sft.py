@@ -58,6 +58,14 @@ def test_libero_expert_demo_sft_export_and_engine_eval(libero_sft, tmp_path):
 
     bundle = export(ExportConfig(env=LIBERO_OBJECT_0, checkpoint=str(ckpt), out_dir=str(tmp_path / "bundle"),
                                  parity_env_samples=2, parity_random_samples=2, int8=False, fp16=False))
+    from pushcut.deploy.engine import Engine
+    from pushcut.policy.inference import TorchPolicy
+
+    engine, policy = Engine(bundle), TorchPolicy.from_checkpoint(ckpt)
+    assert engine.center_crop == policy.cfg.center_crop == 0.9  # the crop travels in the bundle
+    obs = [LiberoEnv(LIBERO_OBJECT_0).reset(int(ep["seed"])).as_dict()]
+    np.testing.assert_allclose(engine.logits(obs).reshape(-1), policy.logits(obs).float().numpy().reshape(-1),
+                               atol=1e-3)
     ev = EvalConfig(env=replace(LIBERO_OBJECT_0, max_steps=24), bundle=str(bundle),
                     episodes=1, num_envs=1)
     summary = evaluation.evaluate(ev, tmp_path / "eval", progress=False)
