@@ -48,7 +48,8 @@ class LLMConfig:
         require(self.num_heads % self.num_kv_heads == 0, "llm.num_heads must divide by num_kv_heads")
 
 
-@ranges(action_dim=">=1", chunk_len=">=1", n_bins=">=2", proprio_dim=">=1", max_prompt_len=">=1")
+@ranges(action_dim=">=1", chunk_len=">=1", n_bins=">=2", proprio_dim=">=1", max_prompt_len=">=1",
+        center_crop="(0,1]")
 @dataclass(frozen=True, kw_only=True)
 class PolicyConfig:
     name: str = "tiny"
@@ -66,7 +67,6 @@ class PolicyConfig:
     center_crop: float | None = None  # share of the image area kept, centred, before the resize (LIBERO: 0.9)
 
     def __post_init__(self) -> None:
-        require(self.center_crop is None or 0 < self.center_crop <= 1, "center_crop must lie in (0, 1]")
         require(self.llm.vocab_size >= self.n_bins, "llm.vocab_size must hold the n_bins action tokens")
         require(len(self.cameras) > 0, "policy.cameras must name at least one camera")
 
