@@ -234,13 +234,10 @@ def _measure(policy: TorchPolicy, cfg, initial: tuple[list[dict], list[str]]) ->
     for key in DIAGNOSIS_DECODERS.get(task, SHORT_DIAGNOSIS):
         name = f"sampled_T{cfg.temperature:g}" if key == "sampled" else key
         results = held_out_episodes(decoders[key], task, len(obs))
-        by_arm = {}
-        for arm in ("left", "right"):
-            ok = [r["success"] for r, a in zip(results, arms) if a == arm]
-            by_arm[arm] = sum(ok) / max(1, len(ok))
+        sides = {arm: [r for r, a in zip(results, arms) if a == arm] for arm in ("left", "right")}
+        by_arm = {arm: sum(r["success"] for r in rs) / max(1, len(rs)) for arm, rs in sides.items()}
         out[name] = success_summary(results) | {"by_arm": by_arm}
         if "phases" in results[0]:  # all episodes, then each side's
-            sides = {arm: [r for r, a in zip(results, arms) if a == arm] for arm in ("left", "right")}
             out[name]["by_phase"] = {"all": by_phase(results)} | {a: by_phase(rs) for a, rs in sides.items() if rs}
     out["image_sensitivity"] = image_sensitivity(policy, obs[:SENSITIVITY_SEEDS])
     out["peak_probability"] = peak_probability(policy, obs[:SENSITIVITY_SEEDS], (1.0, cfg.temperature))

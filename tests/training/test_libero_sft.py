@@ -63,7 +63,9 @@ def test_libero_expert_demo_sft_export_and_engine_eval(libero_sft, tmp_path):
 
     engine, policy = Engine(bundle), TorchPolicy.from_checkpoint(ckpt)
     assert engine.center_crop == policy.cfg.center_crop == 0.9  # the crop travels in the bundle
-    obs = [LiberoEnv(LIBERO_OBJECT_0).reset(int(ep["seed"])).as_dict()]
+    env = LiberoEnv(LIBERO_OBJECT_0)
+    obs = [env.reset(int(ep["seed"])).as_dict()]
+    env.close()
     np.testing.assert_allclose(engine.logits(obs).reshape(-1), policy.logits(obs).float().numpy().reshape(-1),
                                atol=1e-3)
     ev = EvalConfig(env=replace(LIBERO_OBJECT_0, max_steps=24), bundle=str(bundle),
