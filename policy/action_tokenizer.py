@@ -35,6 +35,8 @@ class Normalizer:
         if not (np.all(np.isfinite(self.lo)) and np.all(np.isfinite(self.hi))):
             raise ValueError("normalisation statistics contain NaN or inf")
         mask = stats.get("mask")
+        if mask is not None and not all(isinstance(m, bool | np.bool_) for m in np.ravel(np.asarray(mask, object))):
+            raise ValueError(f"normalisation mask must hold true/false per dim, not {list(np.ravel(mask))}")
         self.mask = np.ones(dim, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         if self.mask.shape != (dim,):
             raise ValueError(f"normalisation mask has shape {self.mask.shape}, the action space has {dim} dims")

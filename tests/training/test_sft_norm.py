@@ -64,6 +64,8 @@ def test_masked_dims_pass_through_and_the_others_use_q01_q99():
     np.testing.assert_allclose(norm.unnormalize([[0.0, -1.0], [-1.0, 0.3]]), [[0.2, -1.0], [-0.2, 0.3]])
     with pytest.raises(ValueError, match="mask"):
         Normalizer(stats | {"mask": [True]}, "q01_q99", 2)
+    with pytest.raises(ValueError, match="true/false"):  # "false" is truthy: never read as a mask
+        Normalizer(stats | {"mask": [True, "false"]}, "q01_q99", 2)
 
 
 def _fit(target_bin: int, smoothing: float, steps: int = 600) -> np.ndarray:
