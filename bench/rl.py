@@ -118,9 +118,9 @@ DIAGNOSIS_DECODERS = {"click_bell": ("greedy", "sampled", "sampled_T1", "expecte
 SHORT_DIAGNOSIS = ("greedy", "sampled")  # the other tasks
 SENSITIVITY_SEEDS = 20  # the first held-out seeds, whose first greedy chunks image_sensitivity compares
 # other tasks' defaults where they depart from click_bell's (configs/experiment/rl_<task>.yaml states them):
-# stack_bowls_two from scratch (the base is SFT'd on stacking) on 30 demos, the number whose SFT stacks
-# on some held-out seeds (10: 2% of 50; 30: 4%), at from-scratch lr, rollouts cut at 200 steps
-TASK_SETUPS = {"stack_bowls_two": {"demos": 30, "base": False, "lr": 1e-3, "horizon": 200}}
+# stack_bowls_two from scratch (the base is SFT'd on stacking) on 50 demos, 1500 SFT steps (10 and 30
+# demos at 1000 steps stack on 2% and 4% of 50 held-out seeds), lr 3e-4, rollouts cut at 200 steps
+TASK_SETUPS = {"stack_bowls_two": {"demos": 50, "base": False, "lr": 3e-4, "horizon": 200}}
 
 
 def _shares(rows: list[dict]) -> dict:
