@@ -131,14 +131,17 @@ def _twin_episode(env, seed: int, cfg: DemosConfig):
 
 
 def _libero_episode(env, seed: int, cfg: DemosConfig):
-    """LIBERO steps one action at a time, so the shifted chunk starts need no replay."""
+    """LIBERO steps one action at a time, so the shifted chunk starts need no replay; only the kept
+    observations are rendered."""
     from pushcut.sim.libero_expert import run_libero_expert
 
     frames: list = []
     actions: list = []
-    if not run_libero_expert(env, seed, on_step=lambda obs, a: (frames.append(obs), actions.append(a))):
+    starts = {0, *cfg.obs_offsets}  # step indices modulo chunk_len where a kept chunk starts
+    if not run_libero_expert(env, seed, on_step=lambda obs, a: (frames.append(obs), actions.append(a)),
+                             render_at=lambda t: t % cfg.chunk_len in starts):
         return None
-    keep = sorted({t for o in (0, *cfg.obs_offsets) for t in range(o, len(actions), cfg.chunk_len)})
+    keep = [t for t in range(len(actions)) if t % cfg.chunk_len in starts]
     return np.stack(actions).astype(np.float32), keep, [frames[t] for t in keep]
 
 

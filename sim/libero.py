@@ -130,7 +130,10 @@ class LiberoEnv:
         self._raw = raw
         return self._obs(raw)
 
-    def step(self, actions: np.ndarray) -> Step:
+    def step(self, actions: np.ndarray, render: bool = True) -> Step:
+        """Execute a chunk (or one action); ``render=False`` returns an observation without images
+        (proprio only), for callers that read the state but keep no frame there (the scripted expert
+        between the steps its demo keeps)."""
         if self.steps >= self.max_steps or self.succeeded:
             raise RuntimeError("episode is done; call reset() first")
         for a in binarize_gripper(as_chunk(actions, self.action_dim)[: self.max_steps - self.steps]):
@@ -140,7 +143,7 @@ class LiberoEnv:
                 self.succeeded = True
                 break
         return Step(
-            obs=self._obs(self._raw),
+            obs=self._obs(self._raw, render),
             reward=float(self.succeeded),
             success=self.succeeded,
             done=self.succeeded or self.steps >= self.max_steps,
@@ -157,11 +160,11 @@ class LiberoEnv:
         finally:
             observable.set_enabled(False)
 
-    def _obs(self, raw: dict) -> Obs:
+    def _obs(self, raw: dict, render: bool = True) -> Obs:
         proprio = np.concatenate(
             [raw["robot0_eef_pos"], _quat_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]
         ).astype(np.float32)
-        images = {c: reference_image(self._render(c), self.cfg.image_size) for c in self.cfg.cameras}
+        images = {c: reference_image(self._render(c), self.cfg.image_size) for c in self.cfg.cameras} if render else {}
         return Obs(images=images, proprio=proprio, instruction=self.instruction)
 
     def close(self) -> None:

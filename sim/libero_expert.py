@@ -39,10 +39,13 @@ def pick_place_goal(problem: dict) -> tuple[str, str]:
     return goal[0][1], goal[0][2][: -len("_contain_region")]
 
 
-def run_libero_expert(env, seed: int, on_step: Callable[[Obs, np.ndarray], None] | None = None) -> bool:
+def run_libero_expert(env, seed: int, on_step: Callable[[Obs, np.ndarray], None] | None = None,
+                      render_at: Callable[[int], bool] | None = None) -> bool:
     """Reset ``env`` (a ``LiberoEnv``) to ``seed`` and pick and place; returns success.
 
-    ``on_step(obs, action)`` sees every observation and the action taken from it.
+    ``on_step(obs, action)`` sees every observation and the action taken from it. ``render_at(t)``
+    says whether the observation after ``t`` actions needs its images (default: all; the others
+    carry proprio only, and rendering is most of a LIBERO step's cost).
     """
     obs = env.reset(seed)
     inner = env._env.env
@@ -59,7 +62,7 @@ def run_libero_expert(env, seed: int, on_step: Callable[[Obs, np.ndarray], None]
         a[6] = grip
         if on_step is not None:
             on_step(obs, a)
-        step = env.step(a)
+        step = env.step(a, render=render_at is None or render_at(env.steps + 1))
         obs = step.obs
         return step.done
 

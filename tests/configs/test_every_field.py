@@ -137,3 +137,43 @@ def test_an_entry_point_refuses_a_bad_value_before_any_work(tmp_path):
                         f"hydra.run.dir={run}"], check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "sft.grad_clip: -1.0 is out of range: must be > 0" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "demos").exists() and not (run / "checkpoint").exists()  # no demo recorded, nothing trained
+
+
+def _unspelled(cls, data, prefix="", nested=True):
+    """Dotted names of ``cls``'s fields (with ``nested``, nested dataclasses' too) that ``data`` does not
+    spell out."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            out.append(prefix + f.name)
+        elif nested and dataclasses.is_dataclass(hints[f.name]) and data[f.name] is not None:
+            out += _unspelled(hints[f.name], data[f.name], f"{prefix}{f.name}.")
+    return out
+
+
+@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+def test_every_field_is_in_the_yaml_so_the_command_line_can_set_it(name):
+    """Hydra refuses ``key=value`` for a key its YAML lacks ("not in struct"), so every field is spelled out."""
+    from omegaconf import OmegaConf
+
+    cls, overrides = ENTRY_POINTS[name]
+    missing = _unspelled(cls, OmegaConf.to_container(compose(name, overrides)))
+    assert not missing, f"{name}: fields not in the YAML: {missing}"
+
+
+@pytest.mark.parametrize("group", ["env", "policy"])
+def test_every_env_and_policy_option_spells_out_every_field(group):
+    """Top-level fields: a LIBERO env leaves the twin's randomisation block at ``enabled: false``."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from pushcut.policy.config import PolicyConfig
+    from pushcut.sim.config import EnvConfig
+
+    cls = {"env": EnvConfig, "policy": PolicyConfig}[group]
+    options = sorted((Path(__file__).parents[2] / "configs" / group).glob("*.yaml"))
+    assert options
+    missing = {p.stem: m for p in options if (m := _unspelled(cls, OmegaConf.to_container(OmegaConf.load(p)), nested=False))}
+    assert not missing, f"configs/{group}/ options lacking fields: {missing}"
