@@ -80,6 +80,7 @@ budget when iterations are short.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -100,7 +101,7 @@ from bench.common import (
     success_summary,
     write,
 )
-from pushcut.configs import compose, from_hydra, ranges
+from pushcut.configs import CONFIG_DIR, compose, from_hydra, ranges
 from pushcut.policy import checkpoint
 from pushcut.policy.export import ExportConfig, export
 from pushcut.policy.inference import TorchPolicy
@@ -117,10 +118,6 @@ VARIANTS = {
 DIAGNOSIS_DECODERS = {"click_bell": ("greedy", "sampled", "sampled_T1", "expected_T1", "median_T1")}
 SHORT_DIAGNOSIS = ("greedy", "sampled")  # the other tasks
 SENSITIVITY_SEEDS = 20  # the first held-out seeds, whose first greedy chunks image_sensitivity compares
-# other tasks' defaults where they depart from click_bell's (configs/experiment/rl_<task>.yaml states them):
-# stack_bowls_two from scratch (the base is SFT'd on stacking) on 50 demos, 1500 SFT steps (10 and 30
-# demos at 1000 steps stack on 2% and 4% of 50 held-out seeds), lr 3e-4, rollouts cut at 200 steps
-TASK_SETUPS = {"stack_bowls_two": {"demos": 50, "base": False, "lr": 3e-4, "horizon": 200}}
 
 
 def _shares(rows: list[dict]) -> dict:
@@ -244,6 +241,16 @@ def _measure(policy: TorchPolicy, cfg, initial: tuple[list[dict], list[str]]) ->
     return out
 
 
+@functools.cache
+def task_setup(task: str) -> Setup:
+    """A task's own defaults: the setup of ``configs/experiment/rl_<task>.yaml`` (click_bell's:
+    ``rl_recipe``); a task without one departs from nothing but the task."""
+    name = "rl_recipe" if task == "click_bell" else f"rl_{task}"
+    if not (CONFIG_DIR / "experiment" / f"{name}.yaml").exists():
+        return Setup(task=task)
+    return from_hydra(BenchRLConfig, compose("bench_rl", [f"experiment={name}"])).setup
+
+
 @ranges(demos=">=1", smoothing=">=0", lr=">0", warmup=">=0", seed=">=0", late_temperature=">0",
         late_fraction="(0,1]", horizon=">=1", eval_every=">=1")
 @dataclass(frozen=True)
@@ -268,9 +275,9 @@ class Setup:
 
     @property
     def result_name(self) -> str:
-        """rl.json for the defaults, rl_<task>.json for another task's (``TASK_SETUPS``); every other
+        """rl.json for the defaults, rl_<task>.json for another task's (``task_setup``); every other
         departure from them named in the file."""
-        d = Setup(task=self.task, **TASK_SETUPS.get(self.task, {}))
+        d = task_setup(self.task)
         late = (self.late_temperature, self.late_fraction if self.late_temperature else None)
         return ("rl" + (f"_{self.task}" if self.task != "click_bell" else "")
                 + (f"_{self.demos}demos" if self.demos != d.demos else "") + ("_mirror" if self.mirror else "")
