@@ -175,5 +175,6 @@ def test_every_env_and_policy_option_spells_out_every_field(group):
     cls = {"env": EnvConfig, "policy": PolicyConfig}[group]
     options = sorted((Path(__file__).parents[2] / "configs" / group).glob("*.yaml"))
     assert options
-    missing = {p.stem: m for p in options if (m := _unspelled(cls, OmegaConf.to_container(OmegaConf.load(p)), nested=False))}
+    missing = {p.stem: m for p in options
+               if (m := _unspelled(cls, OmegaConf.to_container(OmegaConf.load(p)), nested=False))}
     assert not missing, f"configs/{group}/ options lacking fields: {missing}"

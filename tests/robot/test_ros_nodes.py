@@ -345,3 +345,39 @@ def test_trial_node_starts_on_a_log_with_bad_lines(graph, tmp_path):
     trial = graph.add(TrialNode(context=graph.context, parameter_overrides=_params(
         record=False, log_dir=str(tmp_path), terminal_ui=False)))
     assert trial.trial == 5 and [n for n, _ in trial.log.skipped] == [2, 3]
+
+
+SHUTDOWN_PROBE = """
+import sys
+from rclpy._rclpy_pybind11 import RCLError
+from rclpy.node import Node
+from std_msgs.msg import String
+from pushcut.ros.conversions import spin_main
+
+class Probe(Node):
+    def __init__(self):
+        super().__init__("shutdown_probe")
+        self.pub = self.create_publisher(String, "probe", 1)
+        self.create_timer(0.01, self._tick)
+
+    def _tick(self):
+        if sys.argv[1] == "shutdown":
+            self.context.shutdown()  # as Ctrl-C's handler does, landing between a callback's lines
+            self.pub.publish(String(data="x"))
+        else:
+            raise RCLError("a publish failed while the context is fine")
+
+spin_main(Probe)
+print("clean exit")
+"""
+
+
+@pytest.mark.parametrize("case,rc", [("shutdown", 0), ("fail", 1)])
+def test_a_node_exits_cleanly_when_shutdown_lands_mid_publish_and_fails_loudly_otherwise(case, rc):
+    """Ctrl-C while a timer publishes leaves the publisher's context invalid: the node still exits 0
+    (``ros2 launch`` and the runner read a non-zero exit as a crash); the same error with the
+    context alive is a real failure and propagates."""
+    proc = subprocess.run([sys.executable, "-c", SHUTDOWN_PROBE, case], check=False, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == rc, proc.stderr[-2000:]
+    assert ("clean exit" in proc.stdout) == (rc == 0)
