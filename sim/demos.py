@@ -138,10 +138,14 @@ def _libero_episode(env, seed: int, cfg: DemosConfig):
     frames: list = []
     actions: list = []
     starts = {0, *cfg.obs_offsets}  # step indices modulo chunk_len where a kept chunk starts
+
+    def kept(t: int) -> bool:
+        return t % cfg.chunk_len in starts
+
     if not run_libero_expert(env, seed, on_step=lambda obs, a: (frames.append(obs), actions.append(a)),
-                             render_at=lambda t: t % cfg.chunk_len in starts):
+                             render_at=kept):
         return None
-    keep = [t for t in range(len(actions)) if t % cfg.chunk_len in starts]
+    keep = [t for t in range(len(actions)) if kept(t)]
     return np.stack(actions).astype(np.float32), keep, [frames[t] for t in keep]
 
 

@@ -10,7 +10,7 @@ import typing
 import pytest
 
 from pushcut.calibration.cli import CalibrateConfig
-from pushcut.configs import ConfigError, compose, to_dataclass, to_dict
+from pushcut.configs import CONFIG_DIR, ConfigError, compose, to_dataclass, to_dict
 from pushcut.deploy.serve import ServeConfig
 from pushcut.policy.export import ExportConfig
 from pushcut.sim.demos import DemosConfig
@@ -29,7 +29,7 @@ tried, refused = [], []
 
 
 def _defaults(name):
-    """The entry point's composed defaults, every field spelled out (the YAML may leave some out)."""
+    """The entry point's composed defaults, every field spelled out, as the loader fills them."""
     from omegaconf import OmegaConf
 
     cls, overrides = ENTRY_POINTS[name]
@@ -165,15 +165,13 @@ def test_every_field_is_in_the_yaml_so_the_command_line_can_set_it(name):
 @pytest.mark.parametrize("group", ["env", "policy"])
 def test_every_env_and_policy_option_spells_out_every_field(group):
     """Top-level fields: a LIBERO env leaves the twin's randomisation block at ``enabled: false``."""
-    from pathlib import Path
-
     from omegaconf import OmegaConf
 
     from pushcut.policy.config import PolicyConfig
     from pushcut.sim.config import EnvConfig
 
     cls = {"env": EnvConfig, "policy": PolicyConfig}[group]
-    options = sorted((Path(__file__).parents[2] / "configs" / group).glob("*.yaml"))
+    options = sorted((CONFIG_DIR / group).glob("*.yaml"))
     assert options
     missing = {p.stem: m for p in options
                if (m := _unspelled(cls, OmegaConf.to_container(OmegaConf.load(p)), nested=False))}
