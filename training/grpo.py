@@ -394,6 +394,13 @@ def no_signal_message(info: dict, iteration: int) -> str:
             "(watch approx_kl).")
 
 
+def budget_spent_message(eval_s: float, budget_s: float) -> str:
+    """Why a run whose first evaluation used up its time budget takes no update."""
+    return (f"grpo: the iteration-0 evaluation took {eval_s:.0f} s, the whole time budget of {budget_s:g} s "
+            "(time_budget_s counts evaluation), so no iteration runs and the checkpoint is the start. Raise "
+            "time_budget_s, or evaluate fewer episodes (eval_episodes) or less often (eval_every; 0: never).")
+
+
 def lr_at(cfg: TrainConfig, iteration: int) -> float:
     """The learning rate of update ``iteration`` (1-based): ``cfg.lr`` after a linear warmup over
     ``cfg.lr_warmup_iters`` iterations. Adam's first steps move every weight by about lr, whatever
@@ -522,6 +529,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                 logger.log(initial, 0)
             last_eval = initial["eval_success"]
             state["wall_s"] += initial["eval_s"]  # the time budget counts evaluation too
+            if is_main and cfg.time_budget_s is not None and state["wall_s"] >= cfg.time_budget_s:
+                tqdm.write(budget_spent_message(initial["eval_s"], cfg.time_budget_s), file=sys.stderr)
         while state["iteration"] < cfg.iterations:
             if cfg.time_budget_s is not None and state["wall_s"] >= cfg.time_budget_s:
                 break

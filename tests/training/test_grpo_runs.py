@@ -268,6 +268,17 @@ def test_two_iterations_through_ray_on_the_twin(sft_checkpoint, tmp_path, capfd)
         torch.testing.assert_close(v, same[k], rtol=0, atol=0, msg=k)
 
 
+def test_a_budget_spent_by_the_first_evaluation_says_so_and_runs_no_iteration(sft_checkpoint, tmp_path, capfd):
+    from pushcut.training import grpo
+    from pushcut.training.run_log import read_metrics
+
+    cfg = _train_cfg(sft_checkpoint, eval_every=1, eval_episodes=1, time_budget_s=1e-6)
+    out = grpo.train(cfg, tmp_path / "run", progress=False)
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0]
+    assert checkpoint.read_meta(out)["trainer"]["iteration"] == 0
+    assert "the iteration-0 evaluation took" in capfd.readouterr().err
+
+
 RUN_SCRIPT = """
 import sys, torch
 from pushcut.configs import to_dataclass
