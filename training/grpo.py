@@ -502,6 +502,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                           str(device)) if is_main else None
     # a time budget, when set, is what the bar counts (the default iterations cap is then far away)
     by_time = cfg.time_budget_s is not None
+
+    def out_of_time() -> bool:
+        return by_time and state["wall_s"] >= cfg.time_budget_s
+
     bar = tqdm(total=int(cfg.time_budget_s) if by_time else cfg.iterations, unit="s" if by_time else "it",
                initial=round(state["wall_s"]) if by_time else state["iteration"], desc="grpo",
                disable=not (progress and is_main))
@@ -529,10 +533,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                 logger.log(initial, 0)
             last_eval = initial["eval_success"]
             state["wall_s"] += initial["eval_s"]  # the time budget counts evaluation too
-            if is_main and cfg.time_budget_s is not None and state["wall_s"] >= cfg.time_budget_s:
+            if is_main and out_of_time():
                 tqdm.write(budget_spent_message(initial["eval_s"], cfg.time_budget_s), file=sys.stderr)
         while state["iteration"] < cfg.iterations:
-            if cfg.time_budget_s is not None and state["wall_s"] >= cfg.time_budget_s:
+            if out_of_time():
                 break
             t_iter = time.perf_counter()
             # 1-2. rollouts with dynamic sampling (rank 0), shared with every learner rank
