@@ -506,6 +506,14 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     def out_of_time() -> bool:
         return by_time and state["wall_s"] >= cfg.time_budget_s
 
+    def rank0_counters(state: dict) -> dict:
+        """Rank 0's counters (wall time for the budget, env steps), which every rank needs."""
+        if world == 1:
+            return state
+        payload = [state]
+        dist.broadcast_object_list(payload, src=0)
+        return payload[0]
+
     bar = tqdm(total=int(cfg.time_budget_s) if by_time else cfg.iterations, unit="s" if by_time else "it",
                initial=round(state["wall_s"]) if by_time else state["iteration"], desc="grpo",
                disable=not (progress and is_main))
@@ -527,14 +535,16 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
 
     try:
         weights = sync_weights()
-        if rolls and state["iteration"] == 0 and eval_due(cfg, 0):
-            initial = evaluate_and_keep_best(weights, 0)
+        if state["iteration"] == 0 and eval_due(cfg, 0):
+            if rolls:
+                initial = evaluate_and_keep_best(weights, 0)
+                last_eval = initial["eval_success"]
+                state["wall_s"] += initial["eval_s"]  # the time budget counts evaluation too
+            state = rank0_counters(state)  # so that every rank stops where rank 0's clock says
             if is_main:
                 logger.log(initial, 0)
-            last_eval = initial["eval_success"]
-            state["wall_s"] += initial["eval_s"]  # the time budget counts evaluation too
-            if is_main and out_of_time():
-                tqdm.write(budget_spent_message(initial["eval_s"], cfg.time_budget_s), file=sys.stderr)
+                if out_of_time():
+                    tqdm.write(budget_spent_message(initial["eval_s"], cfg.time_budget_s), file=sys.stderr)
         while state["iteration"] < cfg.iterations:
             if out_of_time():
                 break
@@ -606,10 +616,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                 bar.update(round(state["wall_s"]) - bar.n if by_time else 1)
                 bar.set_postfix(it=it, reward=f"{info['reward']:.2f}", kept=info["kept_groups"],
                                 eval="-" if last_eval is None else f"{last_eval:.2f}")
-            if world > 1:  # every rank needs rank 0's counters (wall time budget, env steps)
-                payload = [state]
-                dist.broadcast_object_list(payload, src=0)
-                state = payload[0]
+            state = rank0_counters(state)
             # 6. checkpoint
             if it % cfg.save_every == 0 or it == cfg.iterations:
                 save_state(run_dir, model, opt, policy, cfg, state, gen, weights)

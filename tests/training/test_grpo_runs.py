@@ -214,6 +214,36 @@ def _fsdp_train_worker(rank, world, ckpt, port, run, iterations):
     dist.destroy_process_group()
 
 
+def _budget_spent_worker(rank, world, ckpt, port, run):
+    import torch.distributed as dist
+
+    from pushcut.training import grpo
+    from pushcut.training.config import LearnerConfig
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    cfg = _train_cfg(ckpt, learner=LearnerConfig(fsdp=True, threads=1), eval_every=1, eval_episodes=1,
+                     time_budget_s=1e-6)
+    grpo.train(cfg, run, progress=False)
+    dist.destroy_process_group()
+
+
+def test_every_rank_stops_when_the_first_evaluation_spends_the_budget(sft_checkpoint, tmp_path):
+    """Only rank 0 evaluates (disaggregated): the ranks that do not must still see its clock and stop
+    with it, not wait in an iteration rank 0 never starts."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.spawn(_budget_spent_worker, args=(2, str(sft_checkpoint), 29623, str(tmp_path / "run")), nprocs=2,
+                   join=False)
+    deadline = time.time() + 120
+    while not ctx.join(timeout=1):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the ranks did not finish: one is waiting for a collective the other never joins")
+    assert checkpoint.read_meta(tmp_path / "run" / "checkpoint")["trainer"]["iteration"] == 0
+
+
 def test_fsdp_learner_trains_and_resumes_under_two_ranks(sft_checkpoint, tmp_path):
     """pushcut-train with learner.fsdp=true on 2 gloo ranks: gathers, checkpoints, resumes."""
     import torch.multiprocessing as mp
