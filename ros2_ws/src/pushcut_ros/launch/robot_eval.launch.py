@@ -11,7 +11,9 @@ nodes are lifecycle nodes: this file configures, then activates them once config
 ``piper_single_ctrl`` in namespaces ``left`` and ``right`` yourself); ``speed_percent`` is the
 speed both drivers run at. ``execution:=async`` overlaps inference with the running chunk
 (``pushcut.deploy.policy``); ``policy_source:=host:port`` uses a ``pushcut-serve`` server (a GPU box)
-instead of running the bundle on this PC.
+instead of running the bundle on this PC. ``heartbeat_topic:=/pedal`` makes that topic
+(``std_msgs/Bool`` true at a steady rate) the operator's deadman: the arms hold while it is silent
+for over ``heartbeat_timeout_s``.
 """
 
 import lifecycle_msgs.msg
@@ -27,7 +29,8 @@ from pushcut_ros.composition import robot_eval
 ARGS = {"task": "click_bell", "bundle": "", "num_trials": "10", "log_dir": "trials", "control_hz": "200",
         "head_device": "0", "left_wrist_device": "2", "right_wrist_device": "4", "left_can": "can_left",
         "right_can": "can_right", "calibration_dir": "", "sim": "hardware", "driver": "pushcut",
-        "speed_percent": "50", "execution": "sync", "policy_source": "local"}
+        "speed_percent": "50", "execution": "sync", "policy_source": "local", "heartbeat_topic": "",
+        "heartbeat_timeout_s": "0.5"}
 
 
 def _nodes(context):
@@ -36,7 +39,8 @@ def _nodes(context):
     specs = robot_eval(v["task"], v["bundle"], cameras, {"left": v["left_can"], "right": v["right_can"]},
                        int(v["num_trials"]), v["log_dir"], int(v["control_hz"]), v["sim"] == "emulated",
                        v["calibration_dir"], driver=v["driver"], speed_percent=int(v["speed_percent"]),
-                       policy={"execution": v["execution"], "policy_source": v["policy_source"]})
+                       policy={"execution": v["execution"], "policy_source": v["policy_source"]},
+                       heartbeat_topic=v["heartbeat_topic"], heartbeat_timeout_s=float(v["heartbeat_timeout_s"]))
     actions = []
     for s in specs:
         if not s.lifecycle:

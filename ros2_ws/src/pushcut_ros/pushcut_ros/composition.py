@@ -59,8 +59,12 @@ def piper_ros_remappings() -> tuple[tuple[str, str], ...]:
 def robot_eval(task: str, bundle: str, cameras: dict[str, str], can_ports: dict[str, str] | None = None,
                num_trials: int = 10, log_dir: str = "trials", control_hz: int = 200, emulate: bool = False,
                calibration_dir: str = "", terminal_ui: bool = True, driver: str = "pushcut",
-               speed_percent: int = 50, policy: dict | None = None) -> list[NodeSpec]:
+               speed_percent: int = 50, policy: dict | None = None, heartbeat_topic: str = "",
+               heartbeat_timeout_s: float = 0.5) -> list[NodeSpec]:
     """Cameras + policy + both Piper arm nodes + trial node (operator-judged).
+
+    ``heartbeat_topic`` (``std_msgs/Bool``, "" = off): the operator's deadman; the arm nodes and
+    the policy hold while it is silent for over ``heartbeat_timeout_s``.
 
     ``driver="piper_ros"`` leaves the arms to piper_ros's nodes (started by the user, one per arm
     in namespaces ``left`` and ``right``): no pushcut arm nodes, and the policy and trial nodes
@@ -79,18 +83,19 @@ def robot_eval(task: str, bundle: str, cameras: dict[str, str], can_ports: dict[
             "calibration_file": f"{calibration_dir}/camera_{name}.json" if calibration_dir else ""})
         for name, device in cameras.items()
     ]
+    deadman = {"heartbeat_topic": heartbeat_topic, "heartbeat_timeout_s": float(heartbeat_timeout_s)}
     if driver == "pushcut":
         specs += [
             NodeSpec("piper_arm_node", "piper_arm", namespace=arm, lifecycle=True,
                      parameters={"can_port": can_ports[arm], "emulate": emulate, "rate_hz": float(control_hz),
-                                 "speed_rate": speed_percent})
+                                 "speed_rate": speed_percent, **deadman})
             for arm in ARMS
         ]
     remap = piper_ros_remappings() if driver == "piper_ros" else ()
     specs += [
         NodeSpec("policy_node", "policy", remappings=remap, parameters={
             "bundle": bundle, "control_hz": control_hz, "step_hz": 25, "speed_percent": speed_percent,
-            **(policy or {})}),
+            **deadman, **(policy or {})}),
         NodeSpec("trial_node", "trial", remappings=remap, parameters={
             "task": task, "num_trials": num_trials, "log_dir": log_dir, "bundle": bundle, "mode": "operator",
             "cameras": list(cameras), "terminal_ui": terminal_ui}),

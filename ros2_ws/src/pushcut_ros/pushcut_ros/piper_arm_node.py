@@ -6,12 +6,16 @@ ignored; cleanup = cut motor power from a settled hold (never with a fault latch
 Piper falls), then close the bus. Publishes ``joint_states`` (joint1..joint6 rad, gripper m, as
 piper_ros) at ``rate_hz`` and ``arm_status``, takes ``joint_command``.
 
-E-stop: ``/estop`` true (latched) sends the vendor's damped stop; ``~/estop`` and the arm's own
+E-stop: ``/estop`` true, from a publisher of any QoS (:mod:`pushcut_ros.inputs`), sends the
+vendor's damped stop; ``~/estop`` and the arm's own
 stop button (reported in 0x2A1) do the same and raise ``/estop`` for the whole stack. ``/estop``
 false, the operator's release, resumes the arm (:meth:`PiperArm.resume`: it waits until the arm
 is at rest, then the vendor's reset cuts motor power before re-enabling). ``~/resume`` resumes this
 arm alone after a stop of its own, ``~/reinit`` (inactive only) recovers a lost bus; activate again
-to move. With ``emulate: true`` an emulated arm (``PiperEmulator``) answers on a virtual bus inside
+to move. With ``heartbeat_topic`` set, the arm holds its measured pose and ignores commands
+while that deadman is silent for over ``heartbeat_timeout_s`` (or says false). Publishers on
+``/estop`` and ``joint_command`` that this node cannot hear are reported on ``/diagnostics``.
+With ``emulate: true`` an emulated arm (``PiperEmulator``) answers on a virtual bus inside
 this process, for dry runs and tests.
 """
 
@@ -27,6 +31,7 @@ from pushcut.deploy.piper.driver import ArmFault, DriverConfig, PiperArm
 from pushcut.deploy.piper.safety import SafetyConfig
 
 from .conversions import ESTOP_TOPIC, LATCHED, arm_array, arm_state_msg, spin_main
+from .inputs import RELIABLE_VOLATILE, StateInput, TopicAudit, make_heartbeat
 
 
 class PiperArmNode(LifecycleNode):
@@ -41,6 +46,8 @@ class PiperArmNode(LifecycleNode):
         self.declare_parameter("max_gripper_step", 0.005)
         self.declare_parameter("watchdog_s", 0.2)
         self.declare_parameter("stale_s", 0.1)
+        self.declare_parameter("heartbeat_topic", "")  # the operator's deadman (std_msgs/Bool); "" = off
+        self.declare_parameter("heartbeat_timeout_s", 0.5)  # silence allowed before the arm holds
         self.arm: PiperArm | None = None
         self.emulator = None
         self.timer = None
@@ -48,8 +55,12 @@ class PiperArmNode(LifecycleNode):
         self.stack_estopped = False  # the last /estop heard
         self.raised_estop = False  # this node's own /estop publisher says true
         self.estop_pub = self.create_publisher(Bool, ESTOP_TOPIC, LATCHED)
-        self.create_subscription(Bool, ESTOP_TOPIC, self._on_estop, LATCHED)
-        self.create_subscription(JointState, "joint_command", self._on_command, 10)
+        self.audit = TopicAudit(self)
+        self.estop_input = StateInput(self, Bool, ESTOP_TOPIC, self._on_estop, audit=self.audit)
+        self.create_subscription(JointState, "joint_command", self._on_command, RELIABLE_VOLATILE)
+        self.audit.watch("joint_command", JointState, (RELIABLE_VOLATILE,))
+        self.heartbeat = make_heartbeat(self, self.audit)
+        self.heartbeat_lost = self.heartbeat is not None  # until the first beat
         self.create_service(Trigger, "~/estop", self._srv_estop)
         self.create_service(Trigger, "~/resume", self._srv_resume)
         self.create_service(Trigger, "~/reinit", self._srv_reinit)
@@ -128,7 +139,7 @@ class PiperArmNode(LifecycleNode):
 
     # --- runtime --------------------------------------------------------------------------------
     def _on_command(self, msg: JointState) -> None:
-        if not self.active or self.arm is None:
+        if not self.active or self.arm is None or self.heartbeat_lost:
             return
         try:
             target = arm_array(msg)
@@ -140,6 +151,7 @@ class PiperArmNode(LifecycleNode):
     def _tick(self) -> None:
         if self.arm is None:
             return
+        self._check_heartbeat()
         self.arm.tick()
         if self.arm.estopped and not self.stack_estopped and not self.raised_estop:
             self.get_logger().error(f"arm e-stopped ({self.arm.fault}): raising /estop for the whole stack")
@@ -150,6 +162,19 @@ class PiperArmNode(LifecycleNode):
         counts = ", ".join(f"{k}={v}" for k, v in sorted(self.arm.safety.counts.items()))
         status = f"enabled={self.arm.enabled} fault={self.arm.fault or 'none'} err=0x{fb.err_code:04x} {counts}"
         self.status_pub.publish(String(data=status))
+
+    def _check_heartbeat(self) -> None:
+        """With a heartbeat configured: when it goes silent, hold the measured pose and ignore
+        commands until it beats again (the step limit then ramps in from the hold)."""
+        if self.heartbeat is None or self.heartbeat.alive() != self.heartbeat_lost:
+            return
+        self.heartbeat_lost = not self.heartbeat_lost
+        if self.heartbeat_lost:
+            self.arm.hold()
+            self.get_logger().error(f"heartbeat on {self.heartbeat.topic} silent for over "
+                                    f"{self.heartbeat.timeout_s} s: holding, commands ignored")
+        else:
+            self.get_logger().warning(f"heartbeat on {self.heartbeat.topic}: taking commands again")
 
     def _on_estop(self, msg: Bool) -> None:
         self.stack_estopped = msg.data

@@ -15,9 +15,11 @@ inference latency), on the freshest frames and with the command the arm will hav
 takeover as its proprio, and splices the new chunk in there, so the commands never pause. The
 twin's ``execution: async`` runs chunks the same way in evaluation.
 
-``/estop`` true silences it within one control tick: the chunk and any inference in flight are
-dropped and nothing is published until ``/estop`` false, after which it acts only on frames taken
-after the release. A policy server that stops answering (closed, or no reply within
+``/estop`` true, from a publisher of any QoS (:mod:`pushcut_ros.inputs`), silences it within
+one control tick: the chunk and any inference in flight are dropped and nothing is published until
+``/estop`` false, after which it acts only on frames taken after the release. With
+``heartbeat_topic`` set, a deadman that is silent for over ``heartbeat_timeout_s`` (or says false)
+does the same until it beats again. A policy server that stops answering (closed, or no reply within
 ``server_timeout_s``) holds the arms the same way within one tick, and the node reconnects by
 itself (every second), then acts on frames taken after the reconnection. Commands carry the speed
 percentage ``speed_percent`` in ``velocity`` (all joints), which piper_ros reads as its speed (100 %
@@ -58,7 +60,6 @@ from pushcut.deploy.serve import LocalPolicy, PolicyClient, ServerLost
 from .conversions import (
     ESTOP_TOPIC,
     INSTRUCTION_TOPIC,
-    LATCHED,
     POLICY_TIMINGS,
     arm_array,
     arm_state_msg,
@@ -72,6 +73,7 @@ from .conversions import (
     split_action,
     stamp_to_s,
 )
+from .inputs import StateInput, TopicAudit, make_heartbeat
 
 WINDOW = 10_000  # per-tick diagnostics kept (about 50 s at 200 Hz)
 RECONNECT_S = 1.0
@@ -113,6 +115,8 @@ class PolicyNode(Node):
         self.declare_parameter("max_skew_s", 0.1)
         self.declare_parameter("instruction", "")
         self.declare_parameter("speed_percent", 50)  # the velocity field of each command (piper_ros: 1-100)
+        self.declare_parameter("heartbeat_topic", "")  # the operator's deadman (std_msgs/Bool); "" = off
+        self.declare_parameter("heartbeat_timeout_s", 0.5)  # silence allowed before the arms hold
         g = self.get_parameter
         self.execution = g("execution").value
         if self.execution not in EXECUTION_MODES:
@@ -148,8 +152,11 @@ class PolicyNode(Node):
             self.create_subscription(Image, camera_topic(cam), lambda m, c=cam: self._on_image(c, m), 5)
         for arm in spec.ARMS:
             self.create_subscription(JointState, joint_states_topic(arm), lambda m, a=arm: self._on_state(a, m), 10)
-        self.create_subscription(String, INSTRUCTION_TOPIC, self._on_instruction, LATCHED)
-        self.create_subscription(Bool, ESTOP_TOPIC, self._on_estop, LATCHED)
+        self.audit = TopicAudit(self)
+        self.instruction_input = StateInput(self, String, INSTRUCTION_TOPIC, self._on_instruction, audit=self.audit)
+        self.estop_input = StateInput(self, Bool, ESTOP_TOPIC, self._on_estop, audit=self.audit)
+        self.heartbeat = make_heartbeat(self, self.audit)
+        self.heartbeat_lost = self.heartbeat is not None  # until the first beat
         self.cmd_pubs = {a: self.create_publisher(JointState, joint_command_topic(a), 10) for a in spec.ARMS}
         self.timing_pubs = {k: self.create_publisher(Float64, policy_timing_topic(k), 10) for k in POLICY_TIMINGS}
         self.fresh_after = 0.0  # frames must be newer than this (node clock, s)
@@ -244,6 +251,25 @@ class PolicyNode(Node):
             self.get_logger().error("e-stop: commands stopped until /estop is released")
         else:
             self.get_logger().warning("e-stop released: acting on fresh frames")
+
+    def _deadman_holds(self) -> bool:
+        """With a heartbeat configured: True while it is silent (publish nothing, the arms hold);
+        the chunk is dropped when it goes silent, and after it returns only fresh frames count."""
+        if self.heartbeat is None:
+            return False
+        alive = self.heartbeat.alive()
+        if alive == (not self.heartbeat_lost):
+            return not alive
+        self.heartbeat_lost = not alive
+        with self._lock:
+            self._drop_chunk()
+            self.fresh_after = self._now()
+        if alive:
+            self.get_logger().warning(f"heartbeat on {self.heartbeat.topic}: acting on fresh frames")
+        else:
+            self.get_logger().error(f"heartbeat on {self.heartbeat.topic} silent for over "
+                                    f"{self.heartbeat.timeout_s} s: commands stopped, the arms hold")
+        return not alive
 
     def _drop_chunk(self) -> None:
         """Forget the chunk in progress and the result of any inference in flight (under the lock);
@@ -357,6 +383,8 @@ class PolicyNode(Node):
                 self._busy = True
                 threading.Thread(target=self._reconnect, daemon=True).start()
             return  # no server: publish nothing, the arms hold
+        if self._deadman_holds():
+            return
         with self._lock:
             if self.estopped or not self.instruction:
                 return  # stopped or idle: publish nothing, the arms hold
@@ -372,7 +400,7 @@ class PolicyNode(Node):
         if self._wants_inference():
             self._request(now)
         with self._lock:  # an e-stop that arrived since the top of this tick wins
-            if self.estopped or self.server_lost_at is not None:
+            if self.estopped or self.server_lost_at is not None or self.heartbeat_lost:
                 return
             if self.broker.remaining == 0:
                 if self._dry_since is None and self._chunks_this_episode:

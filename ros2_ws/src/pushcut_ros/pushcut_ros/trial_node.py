@@ -45,6 +45,7 @@ from .conversions import (
     joint_states_topic,
     policy_timing_topic,
 )
+from .inputs import StateInput, TopicAudit
 from .recorder import McapRecorder
 
 IDLE, RESETTING, RUNNING = "idle", "resetting", "running"
@@ -98,7 +99,8 @@ class TrialNode(Node):
         self.create_subscription(Int64, "/twin/ready", self._on_ready, 10)
         self.create_subscription(Bool, "/twin/success", self._on_success, 10)
         self.create_subscription(Bool, "/twin/done", self._on_done, 10)
-        self.create_subscription(Bool, ESTOP_TOPIC, self._on_estop, LATCHED)
+        self.audit = TopicAudit(self)
+        self.estop_input = StateInput(self, Bool, ESTOP_TOPIC, self._on_estop, audit=self.audit)
         self._timings = {k: deque(maxlen=10_000) for k in POLICY_TIMINGS}  # this trial's, per chunk
         for k in POLICY_TIMINGS:
             self.create_subscription(Float64, policy_timing_topic(k), lambda m, k=k: self._on_timing(k, m), 50)

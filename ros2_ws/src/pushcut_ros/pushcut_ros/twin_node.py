@@ -24,7 +24,6 @@ from pushcut.spec import ARMS
 
 from .conversions import (
     ESTOP_TOPIC,
-    LATCHED,
     arm_array,
     arm_state_msg,
     camera_topic,
@@ -36,6 +35,7 @@ from .conversions import (
     split_action,
     stamp_to_s,
 )
+from .inputs import StateInput, TopicAudit
 
 
 class TwinNode(Node):
@@ -72,7 +72,9 @@ class TwinNode(Node):
             self.create_subscription(JointState, joint_command_topic(arm), lambda m, a=arm: self._on_command(a, m), 10)
         self.create_subscription(Int64, "/twin/reset", self._on_reset, 10)
         self.estopped = False
-        self.create_subscription(Bool, ESTOP_TOPIC, lambda m: setattr(self, "estopped", m.data), LATCHED)
+        self.audit = TopicAudit(self)
+        self.estop_input = StateInput(self, Bool, ESTOP_TOPIC, lambda m: setattr(self, "estopped", m.data),
+                                      audit=self.audit)
         self.active = False
         self.timer = self.create_timer(1.0 / p["camera_hz"], lambda: self._sim.submit(self._publish, True).result())
 
