@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -73,12 +74,17 @@ def pretrained_base(demos_per_task: int = 50, steps: int = 3000) -> Path:
 
 def _sft(name: str, overrides: list[str]) -> Path:
     from pushcut.configs import compose, from_hydra
+    from pushcut.policy import checkpoint
     from pushcut.training import sft
     from pushcut.training.config import SFTConfig
 
     run = CACHE / name
+    checkpoint.recover(run / "checkpoint")
     if (run / "checkpoint" / "meta.json").exists():
-        return run / "checkpoint"
+        note = checkpoint.unfinished(checkpoint.read_meta(run / "checkpoint", verify=False))
+        if note is None:
+            return run / "checkpoint"
+        print(f"bench: the cached SFT start {run} was {note}: resuming it", file=sys.stderr)
     return sft.train(from_hydra(SFTConfig, compose("sft", [f"demos_dir={CACHE / 'demos'}", *overrides])), run)
 
 

@@ -1,14 +1,19 @@
 """Real-world trial logs: append-only JSONL with fsync, resumable numbering, Wilson intervals.
 
-Each finished trial is one JSON line ``{task, trial, outcome, success, duration_s, bundle_sha256,
-seed, notes, recording, started_at}`` (``bundle_sha256``: the bundle manifest's signature, which
-covers every file of the bundle), written with ``flush`` + ``fsync`` before the next trial
-starts, so a process killed at any point loses at most the trial in progress. Reading accepts
-only valid rows (a JSON object with a ``task`` string, a positive integer ``trial``, a known
-``outcome`` and a boolean ``success`` that agrees with it) and reports every other line with its
-number and reason: a torn line from a killed writer, bytes that are not UTF-8, a value that is not
-an object. Reading never creates or modifies a file. ``pushcut-trials summary LOG`` prints
-per-task success with Wilson 95% intervals and writes a plot (and uploads to wandb when asked).
+Each finished trial is one JSON line ``{version, task, trial, outcome, success, duration_s,
+bundle_sha256, seed, notes, recording, started_at}`` (``bundle_sha256``: the bundle manifest's
+signature, which covers every file of the bundle), written with ``flush`` + ``fsync`` before the
+next trial starts, so a process killed at any point loses at most the trial in progress.
+
+Row versions: 2 (``version: 2``) is what this pushcut writes; rows without ``version`` are version
+1, what every earlier pushcut wrote, and read as they are; a version-1 row without ``outcome``
+(``task``, ``trial``, ``success`` alone) reads as a success or a failure. Reading accepts only
+valid rows (a JSON object with a ``task`` string, a positive integer ``trial``, a known
+``outcome`` and a boolean ``success`` that agrees with it, of a known version) and reports every
+other line with its number and reason: a torn line from a killed writer, bytes that are not UTF-8,
+a value that is not an object. Reading never creates or modifies a file. ``pushcut-trials summary
+LOG`` prints per-task success with Wilson 95% intervals and writes a plot (and uploads to wandb
+when asked).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 OUTCOMES = ("success", "failure", "timeout", "aborted")
+TRIAL_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: rows without a version field (every row written before version 2)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -35,10 +42,23 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def upgrade_row(row):
+    """A row of any readable version as the current version reads it: a version-1 row without
+    ``outcome`` gets the one its ``success`` says. Anything else comes back as it is."""
+    if not isinstance(row, dict) or "version" in row:
+        return row
+    row = {**row, "version": 1}
+    if "outcome" not in row and isinstance(row.get("success"), bool):
+        row["outcome"] = "success" if row["success"] else "failure"
+    return row
+
+
 def check_row(row) -> str | None:
     """Why ``row`` is not a valid trial record (None when it is)."""
     if not isinstance(row, dict):
         return f"a JSON {type(row).__name__}, not an object"
+    if row.get("version") not in READABLE_VERSIONS:
+        return f"row version {row.get('version')!r}; this pushcut reads {list(READABLE_VERSIONS)}"
     if not isinstance(row.get("task"), str) or not row["task"]:
         return "no task name"
     trial = row.get("trial")
@@ -72,6 +92,7 @@ class TrialLog:
             except json.JSONDecodeError:
                 reason = "not JSON (a torn write, or garbage)"
             else:
+                row = upgrade_row(row)
                 reason = check_row(row)
                 if reason is None:
                     rows.append(row)
@@ -87,7 +108,7 @@ class TrialLog:
     def append(self, record: dict) -> dict:
         if record.get("outcome") not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}, got {record.get('outcome')!r}")
-        record = {**record, "success": record["outcome"] == "success"}
+        record = {"version": TRIAL_VERSION, **record, "success": record["outcome"] == "success"}
         reason = check_row(record)
         if reason:
             raise ValueError(f"not a valid trial record: {reason}")

@@ -2,7 +2,8 @@
 
 Layout of a checkpoint directory::
 
-    meta.json           {"format": "pushcut-checkpoint", "version": 2, "files": {name: sha256}, ...extra}
+    meta.json           {"format": "pushcut-checkpoint", "version": 3, "complete": bool, "progress": str,
+                         "files": {name: sha256}, ...extra}
     config.json         the resolved PolicyConfig (and the run's full config under "run")
     norm_stats.json     {"action": {min,max,q01,q99,...}, "proprio": {...}}
     tokenizer.json      the prompt tokenizer
@@ -15,6 +16,11 @@ which ``recover`` puts back. Loading checks format, version, the sha256 of every
 ``meta.json`` (a flipped byte, a truncated or missing file is refused naming the file), that the
 weights match the config, and (if given) that the config matches the one the caller expects,
 naming every mismatching field. Version 1 checkpoints (no hashes) still load, with a warning.
+
+``complete`` says whether the run that wrote the checkpoint had finished (``progress``: how far it
+got, e.g. ``step 500 of 1500``); :func:`completion` reads it from every version (versions 1-2
+carry no flag: an SFT checkpoint's steps tell, anything else is unknown), so that a cache never
+passes an interrupted run on as a finished one and eval and export name a mid-run checkpoint.
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ from pushcut.policy.modeling import VLAPolicy
 from pushcut.policy.preprocess import ByteTokenizer, HFTokenizer, load_tokenizer
 
 CKPT_FORMAT = "pushcut-checkpoint"
-CKPT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: written before checkpoints carried file hashes
+CKPT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # 1: no file hashes; 2: no "complete" flag
 log = logging.getLogger(__name__)
 
 
@@ -62,11 +68,15 @@ def save(
     extra: dict | None = None,
     extra_tensors: dict[str, torch.Tensor] | None = None,
     weights: dict[str, torch.Tensor] | None = None,
+    complete: bool = True,
+    progress: str = "",
 ) -> Path:
     """Write a checkpoint atomically; ``extra_tensors`` (e.g. optimizer state) go beside the weights.
 
     ``weights`` replaces ``model.state_dict()`` where the model is sharded (FSDP's full state dict).
+    ``complete``: whether the run that writes it has finished (``progress``: how far it got).
     """
+    extra = {**(extra or {}), "complete": bool(complete), "progress": progress}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
@@ -140,9 +150,28 @@ def read_meta(path: str | Path, verify: bool = True) -> dict:
         hint = f"; a previous checkpoint sits at {old} (a save was interrupted)" if (old / "meta.json").exists() else ""
         raise CheckpointError(f"{path} is not a pushcut checkpoint (no meta.json){hint}")
     meta = read_versioned(meta_path, CKPT_FORMAT, READABLE_VERSIONS, CheckpointError, "checkpoint")
+    if meta["version"] >= 3 and not isinstance(meta.get("complete"), bool):
+        raise CheckpointError(f"{meta_path}: 'complete' {meta.get('complete')!r} is not true or false")
     if verify:
         verify_files(path, meta)
     return meta
+
+
+def completion(meta: dict) -> tuple[bool | None, str]:
+    """Whether the run that wrote a checkpoint had finished (None: unknown), and how far it got."""
+    if "complete" in meta:
+        return meta["complete"], meta.get("progress", "")
+    if "step" in meta and "steps" in meta:  # an SFT checkpoint of version 1-2
+        return int(meta["step"]) >= int(meta["steps"]), f"step {meta['step']} of {meta['steps']}"
+    return None, f"unknown (a version-{meta.get('version')} checkpoint does not say whether its run finished)"
+
+
+def unfinished(meta: dict) -> str | None:
+    """What to tell a user about a checkpoint whose run had not finished (None when it had)."""
+    complete, progress = completion(meta)
+    if complete:
+        return None
+    return f"taken mid-run ({progress})" if complete is False else progress
 
 
 def verify_files(path: Path, meta: dict) -> None:

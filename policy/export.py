@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,9 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
     ckpt = Path(cfg.checkpoint)
     model, stats, tokenizer, meta, _ = checkpoint.load(ckpt)
     check_policy_fits_env(model.cfg, cfg.env, source=f"checkpoint {ckpt}")
+    complete, run_progress = checkpoint.completion(meta)
+    if note := checkpoint.unfinished(meta):
+        print(f"pushcut-export: {ckpt}: {note}", file=sys.stderr)
     model.eval()
     model.compute_dtype = torch.float32  # the graph is fp32 whatever the run computed in; fp16/int8 derive from it
     pcfg = model.cfg
@@ -200,7 +204,8 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
         **interface(pcfg, obs[0]["instruction"] if obs else ""),
         "norm_stats": stats,
         "policy_config": to_dict(pcfg),
-        "source_checkpoint": {"path": str(ckpt.resolve()), "meta": meta},
+        "source_checkpoint": {"path": str(ckpt.resolve()), "meta": meta, "complete": complete,
+                              "progress": run_progress},
         "parity": parity,
         "export_seconds": time.perf_counter() - t0,
     }

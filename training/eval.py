@@ -2,12 +2,14 @@
 
 Works with anything that has ``infer_batch(observations) -> (B, chunk_len, action_dim)``: the
 torch policy (a checkpoint) or the ONNX engine (a bundle). Seeds start at 100000 by default,
-disjoint from the demo seeds.
+disjoint from the demo seeds. A checkpoint taken mid-run (or a bundle exported from one) is named
+as such on stderr and under ``source`` in ``eval.json``.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -85,10 +87,28 @@ def load_policy(cfg: EvalConfig):
     return engine
 
 
+def policy_source(cfg: EvalConfig, policy) -> dict:
+    """Where the evaluated policy comes from and whether its training run had finished
+    (``complete``: None when the checkpoint does not say)."""
+    from pushcut.policy.checkpoint import completion, read_meta, unfinished
+
+    if cfg.checkpoint:
+        path, meta = cfg.checkpoint, read_meta(cfg.checkpoint, verify=False)
+    else:  # a bundle: the checkpoint it was exported from
+        source = policy.manifest.get("source_checkpoint", {})
+        path, meta = f"{cfg.bundle} (from {source.get('path')})", source.get("meta", {})
+    complete, progress = completion(meta)
+    if note := unfinished(meta):
+        print(f"pushcut-eval: {path}: {note}", file=sys.stderr)
+    return {"path": str(path), "complete": complete, "progress": progress}
+
+
 def evaluate(cfg: EvalConfig, run_dir: str | Path, progress: bool = True) -> dict:
     policy = load_policy(cfg)
+    source = policy_source(cfg, policy)
     seeds = list(range(cfg.seed_start, cfg.seed_start + cfg.episodes))
     summary = summarize(run_episodes(policy, cfg.env, seeds, cfg.num_envs, progress), cfg.env.task)
+    summary["source"] = source
     summary["config"] = to_dict(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -178,8 +178,13 @@ def save_state(run_dir: Path, model, opt, policy: TorchPolicy, cfg: TrainConfig,
     extra = resume_tensors(model, opt, gen)
     if dist.is_initialized() and dist.get_rank() != 0:
         return
+    budget = cfg.time_budget_s
+    done = state["iteration"] >= cfg.iterations or (budget is not None and state["wall_s"] >= budget)
+    progress = f"iteration {state['iteration']} of {cfg.iterations}" + (
+        f", {state['wall_s']:.0f} s of a {budget:g} s budget" if budget is not None else "")
     checkpoint.save(run_dir / "checkpoint", model, policy.norm_stats, policy.tokenizer, run_config=to_dict(cfg),
-                    extra={"job": "grpo", "trainer": state}, extra_tensors=extra, weights=weights)
+                    extra={"job": "grpo", "trainer": state}, extra_tensors=extra, weights=weights,
+                    complete=done, progress=progress)
 
 
 def save_best(run_dir: Path, model, policy: TorchPolicy, cfg: TrainConfig, weights: dict[str, torch.Tensor],
@@ -187,7 +192,8 @@ def save_best(run_dir: Path, model, policy: TorchPolicy, cfg: TrainConfig, weigh
     """The policy alone (no optimizer state) at its best periodic evaluation so far, to
     ``<run>/best``; its meta names the iteration and the greedy success on the evaluation seeds."""
     checkpoint.save(run_dir / "best", model, policy.norm_stats, policy.tokenizer, run_config=to_dict(cfg),
-                    extra={"job": "grpo-best", "iteration": iteration, "eval_success": eval_success}, weights=weights)
+                    extra={"job": "grpo-best", "iteration": iteration, "eval_success": eval_success}, weights=weights,
+                    complete=False, progress=f"the best evaluation so far, at iteration {iteration}")
 
 
 def resume_tensors(model, opt, gen: torch.Generator) -> dict[str, torch.Tensor]:

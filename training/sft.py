@@ -201,7 +201,8 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
         extra_tensors = None if final else resume_tensors(model, opt, gen)
         return checkpoint.save(ckpt, model, norm_stats, text_tok, run_config=to_dict(cfg), extra_tensors=extra_tensors,
                                extra={"job": "sft", "tasks": tasks, "demos_per_task": cfg.demos_per_task,
-                                      "samples": n, "steps": cfg.steps, "step": step})
+                                      "samples": n, "steps": cfg.steps, "step": step},
+                               complete=final, progress=f"step {step} of {cfg.steps}")
 
     bar = tqdm(range(start, cfg.steps), desc=f"sft {'+'.join(tasks)} ({n} samples)", disable=not progress)
     model.train()

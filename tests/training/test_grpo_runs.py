@@ -305,7 +305,8 @@ def test_a_budget_spent_by_the_first_evaluation_says_so_and_runs_no_iteration(sf
     cfg = _train_cfg(sft_checkpoint, eval_every=1, eval_episodes=1, time_budget_s=1e-6)
     out = grpo.train(cfg, tmp_path / "run", progress=False)
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0]
-    assert checkpoint.read_meta(out)["trainer"]["iteration"] == 0
+    meta = checkpoint.read_meta(out)
+    assert meta["trainer"]["iteration"] == 0 and meta["complete"]  # the budget is spent: the run is finished
     assert "the iteration-0 evaluation took" in capfd.readouterr().err
 
 
@@ -343,15 +344,17 @@ def test_kill_and_resume_continues_from_the_checkpoint(sft_checkpoint, tmp_path)
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = json.loads(meta.read_text())["trainer"]["iteration"]
-    assert killed_at < 4
+    killed = json.loads(meta.read_text())
+    killed_at = killed["trainer"]["iteration"]
+    assert killed_at < 4 and not killed["complete"] and killed["progress"] == f"iteration {killed_at} of 4"
     with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
         f.write('{"step": 9, "rew')  # a row torn by the kill: dropped with a message, not a JSON error
     out = subprocess.run(cmd + [str(tmp_path / "run")], check=True, env=env, timeout=300, capture_output=True,
                          text=True)
     assert f"grpo: resuming from iteration {killed_at}" in out.stdout
     assert "metrics.jsonl: dropping line" in out.stderr
-    assert json.loads(meta.read_text())["trainer"]["iteration"] == 4
+    done = json.loads(meta.read_text())
+    assert done["trainer"]["iteration"] == 4 and done["complete"]
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     # optimiser, RNG and counters were restored: the resumed run ends where the uninterrupted one did
