@@ -16,7 +16,12 @@ Protocol (websocket, binary msgpack frames; numpy arrays as maps ``{"__ndarray__
   "total_ms"}}``: queue is the wait for the engine (clients are served one inference at a time),
   total is from the request's arrival to the reply.
 - ``{"check_instruction": str}`` -> ``{"problem": str | None}`` (the tokenizer is the server's).
-- A request the server refuses gets ``{"error": message}``; the connection stays open.
+- A request the server refuses gets ``{"error": message}``, a short message naming the field and
+  what was expected (``proprio: expected float32 (14,), got (3,)``); the connection stays open.
+  Each request is checked before the engine sees it: a msgpack map with ``obs`` or
+  ``check_instruction``; every camera of the manifest as uint8 (H, W, 3); proprio as finite floats
+  of the manifest's size; an instruction the policy can read whole (the policy node's check,
+  :func:`pushcut.policy.preprocess.instruction_problem`).
 
 Websocket + msgpack rather than gRPC (LeRobot's async inference): no schema compiler, one
 dependency each way, arrays travel as raw bytes, and it is what openpi's clients speak. The robot
@@ -50,6 +55,10 @@ TOKEN_ENV = "PUSHCUT_SERVE_TOKEN"
 MAX_MESSAGE = 64 * 2**20
 
 
+class RequestError(ValueError):
+    """A request the server refuses; the message names the field and what was expected."""
+
+
 # --- wire format ----------------------------------------------------------------------------------
 def _encode(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
@@ -61,10 +70,18 @@ def _encode(obj: Any) -> Any:
 
 def _decode(obj: dict) -> Any:
     if obj.get("__ndarray__") is True:
-        dtype = np.dtype(obj["dtype"])
-        if dtype.hasobject:
-            raise ValueError("object arrays are not accepted")
-        return np.frombuffer(obj["data"], dtype=dtype).reshape(obj["shape"])
+        try:
+            dtype = np.dtype(obj["dtype"])
+            shape = tuple(int(n) for n in obj["shape"])
+            data = obj["data"]
+        except (KeyError, TypeError, ValueError):
+            raise RequestError("array: expected a map with dtype (a numpy type string), shape (a list of "
+                               "integers) and data (bytes)") from None
+        if dtype.hasobject or not isinstance(data, bytes):
+            raise RequestError(f"array: expected raw bytes of a numeric dtype, got dtype {dtype.str}")
+        if min(shape, default=1) < 0 or len(data) != dtype.itemsize * int(np.prod(shape)):
+            raise RequestError(f"array: {len(data)} bytes do not hold shape {list(shape)} of {dtype.str}")
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
     return obj
 
 
@@ -73,7 +90,60 @@ def pack(obj: Any) -> bytes:
 
 
 def unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, object_hook=_decode, raw=False)
+    """A msgpack frame; RequestError (not a decoder's exception) when it is not one pushcut reads."""
+    try:
+        return msgpack.unpackb(data, object_hook=_decode, raw=False)
+    except RequestError:
+        raise
+    except Exception:  # noqa: BLE001 - ExtraData, FormatError, StackError, UnicodeDecodeError, ...
+        raise RequestError("request: not a msgpack message (truncated, nested too deeply, or a string that is "
+                           "not UTF-8)") from None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} {tuple(value.shape)}"
+    return {dict: "a map", list: "a list", str: "a string", bytes: "bytes"}.get(type(value), type(value).__name__)
+
+
+def check_request(request: Any, manifest: Mapping, instruction_problem) -> tuple[str, Any]:
+    """``("obs", observation)`` or ``("check_instruction", text)`` from a decoded request;
+    RequestError naming the field otherwise. ``instruction_problem(text)``: the policy's own check."""
+    if not isinstance(request, dict) or len({"obs", "check_instruction"} & set(request)) != 1:
+        raise RequestError(f"request: expected a map with one of 'obs' or 'check_instruction', got {_kind(request)}"
+                           + (f" with keys {sorted(map(str, request))[:8]}" if isinstance(request, dict) else ""))
+    if "check_instruction" in request:
+        text = request["check_instruction"]
+        if not isinstance(text, str):
+            raise RequestError(f"check_instruction: expected a string, got {_kind(text)}")
+        return "check_instruction", text
+    obs = request["obs"]
+    if not isinstance(obs, dict):
+        raise RequestError(f"obs: expected a map of images, proprio and instruction, got {_kind(obs)}")
+    images = obs.get("images")
+    cameras = [c["name"] for c in manifest["cameras"]]
+    if not isinstance(images, dict):
+        raise RequestError(f"obs.images: expected a map of {cameras} to uint8 (H, W, 3), got {_kind(images)}")
+    for cam in cameras:
+        img = images.get(cam)
+        if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+                and min(img.shape) >= 1):
+            got = "nothing" if img is None else _kind(img)
+            raise RequestError(f"obs.images.{cam}: expected uint8 (H, W, 3), got {got}")
+    dim = manifest["proprio"]["dim"]
+    proprio = obs.get("proprio")
+    if not (isinstance(proprio, np.ndarray) and proprio.dtype.kind == "f" and proprio.shape == (dim,)):
+        raise RequestError(f"proprio: expected float32 ({dim},), got {_kind(proprio)}")
+    if not np.all(np.isfinite(proprio)):
+        raise RequestError("proprio: expected finite values, got NaN or infinity")
+    text = obs.get("instruction")
+    if not isinstance(text, str):
+        raise RequestError(f"obs.instruction: expected a string, got {_kind(text)}")
+    problem = instruction_problem(text)
+    if problem:
+        raise RequestError(f"obs.instruction: {problem}")
+    return "obs", {"images": {c: images[c] for c in cameras}, "proprio": proprio.astype(np.float32),
+                   "instruction": text}
 
 
 def is_loopback(host: str) -> bool:
@@ -254,19 +324,25 @@ class PolicyServer:
             for message in connection:
                 t0 = time.perf_counter()
                 try:
+                    if isinstance(message, str):
+                        raise RequestError("request: expected a binary msgpack frame, got a text frame")
                     reply = self._answer(unpack(message), t0)
-                except Exception as exc:  # noqa: BLE001 - a bad request is refused, the server stays up
-                    reply = {"error": f"{type(exc).__name__}: {exc}"}
+                except RequestError as exc:  # a bad request is refused, the server stays up
+                    reply = {"error": str(exc)}
+                except Exception:  # the engine failed: said in the log, not in Python's words
+                    log.exception("inference failed")
+                    reply = {"error": "obs: the policy could not answer this observation (see the server's log)"}
                 connection.send(pack(reply))
         except ConnectionClosed:
             pass
 
-    def _answer(self, request: dict, t0: float) -> dict:
-        if "check_instruction" in request:
-            return {"problem": self.policy.instruction_problem(str(request["check_instruction"]))}
+    def _answer(self, request: Any, t0: float) -> dict:
+        kind, value = check_request(request, self.engine.manifest, self.policy.instruction_problem)
+        if kind == "check_instruction":
+            return {"problem": self.policy.instruction_problem(value)}
         with self._engine_lock:
             t1 = time.perf_counter()
-            actions, timing = self.policy.infer(request["obs"])
+            actions, timing = self.policy.infer(value)
         return {"actions": np.asarray(actions),
                 "server_timing": {"queue_ms": (t1 - t0) * 1000, "infer_ms": timing["infer_ms"],
                                   "total_ms": (time.perf_counter() - t0) * 1000}}

@@ -8,7 +8,16 @@ import pytest
 
 from pushcut.deploy.engine import Engine
 from pushcut.deploy.policy import ActionChunkBroker, spline
-from pushcut.deploy.serve import CheckpointEngine, LocalPolicy, PolicyClient, PolicyServer, ServeConfig, ServerLost
+from pushcut.deploy.serve import (
+    CheckpointEngine,
+    LocalPolicy,
+    PolicyClient,
+    PolicyServer,
+    ServeConfig,
+    ServerLost,
+    pack,
+    unpack,
+)
 from pushcut.policy.inference import TorchPolicy
 from pushcut.sim.config import EnvConfig
 from pushcut.sim.twin.env import TwinEnv
@@ -205,5 +214,58 @@ def test_server_beyond_loopback_needs_a_token(bundle):
             with pytest.raises(ServerLost, match="401"):
                 PolicyClient(f"127.0.0.1:{server.port}", token=wrong or "")
         assert PolicyClient(f"127.0.0.1:{server.port}", token="s3cret").manifest == engine.manifest
+    finally:
+        server.shutdown()
+
+
+def test_server_refuses_each_bad_request_with_a_message_naming_the_field(bundle):
+    import msgpack
+    from websockets.sync.client import connect
+
+    engine = Engine(bundle)
+    server = PolicyServer(engine, port=0).start()
+    size, cams = engine.image_size, engine.cameras
+    good = {"images": {c: np.zeros((size, size, 3), np.uint8) for c in cams},
+            "proprio": np.zeros(D, np.float32), "instruction": "click the bell"}
+
+    def array(**kw):
+        return {"__ndarray__": True, "dtype": "<f4", "shape": [D], "data": b"\0" * 4 * D, **kw}
+
+    frames = {  # each hostile frame, and what its reply must say
+        b"\xc1": "request: not a msgpack message",
+        msgpack.packb({"obs": {"proprio": b"\xff\xfe"}}, use_bin_type=False): "request: not a msgpack message",
+        b"\x91" * 10_000 + b"\x00": "request: not a msgpack message",  # nested past the decoder's limit
+        pack([1, 2]): "request: expected a map with one of 'obs' or 'check_instruction', got a list",
+        pack(b"x" + b"\0" * 10): "request: expected a map with one of 'obs' or 'check_instruction', got bytes",
+        pack({"obs": good, "check_instruction": "x"}): "request: expected a map with one of",
+        pack({"check_instruction": ["a"]}): "check_instruction: expected a string, got a list",
+        pack({"obs": [1]}): "obs: expected a map of images, proprio and instruction, got a list",
+        pack({"obs": {**good, "images": None}}): "obs.images: expected a map of",
+        pack({"obs": {**good, "images": {}}}): f"obs.images.{cams[0]}: expected uint8 (H, W, 3), got nothing",
+        pack({"obs": {**good, "images": {c: np.zeros((size, size), np.uint8) for c in cams}}}):
+            f"obs.images.{cams[0]}: expected uint8 (H, W, 3), got uint8 ({size}, {size})",
+        pack({"obs": {**good, "proprio": np.zeros(3, np.float32)}}):
+            f"proprio: expected float32 ({D},), got float32 (3,)",
+        pack({"obs": {**good, "proprio": [0.0] * D}}): f"proprio: expected float32 ({D},), got a list",
+        pack({"obs": {**good, "proprio": np.full(D, np.nan, np.float32)}}): "proprio: expected finite values",
+        pack({"obs": {**good, "proprio": array(data=b"\0")}}): f"array: 1 bytes do not hold shape [{D}] of <f4",
+        pack({"obs": {**good, "proprio": array(dtype="|O")}}): "array: expected raw bytes of a numeric dtype",
+        pack({"obs": {**good, "proprio": array(dtype="nonsense")}}): "array: expected a map with dtype",
+        pack({"obs": {**good, "instruction": 7}}): "obs.instruction: expected a string, got int",
+        pack({"obs": {**good, "instruction": "x" * 2**20}}): "obs.instruction: instruction 'xxxx",
+        pack({"obs": {**good, "instruction": "ring\x07"}}): "holds control characters",
+    }
+    try:
+        with connect(f"ws://127.0.0.1:{server.port}", max_size=None) as ws:
+            assert unpack(ws.recv())["protocol"] == 1
+            for frame, expected in frames.items():
+                ws.send(frame)
+                error = unpack(ws.recv())["error"]
+                assert expected in error, (frame[:40], error)
+                assert "Error" not in error and "Traceback" not in error, error  # never Python's words
+            ws.send("a text frame")
+            assert "expected a binary msgpack frame" in unpack(ws.recv())["error"]
+            ws.send(pack({"obs": good}))  # the connection and the server are still up
+            assert unpack(ws.recv())["actions"].shape == (engine.chunk_len, D)
     finally:
         server.shutdown()
