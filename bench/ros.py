@@ -2,7 +2,8 @@
 
 - the dry run in one process: camera-frame-to-command latency, control-tick jitter, success;
 - the same dry run with one process per node, as ``ros2 launch`` runs it: success and latency;
-- e-stop: time from publishing ``/estop`` to the last command anyone receives (repeated);
+- e-stop: time from publishing ``/estop`` to the last command anyone receives (repeated), for each
+  QoS a sender may have (ROS 2's default, best-effort, transient-local);
 - staleness: when the cameras stop, time from the last fresh frame to the last command (repeated);
 - chunk execution: sync vs async (``execution``), the engine in the node vs a ``pushcut-serve``
   server over loopback (its own process), and both modes with 150 ms added to every inference:
@@ -26,7 +27,8 @@ from std_msgs.msg import Bool
 from bench.common import CACHE, env_int, percentiles, sft_checkpoint, write
 from pushcut.policy.export import ExportConfig, export
 from pushcut.ros.composition import NodeSpec, twin_eval
-from pushcut.ros.conversions import ESTOP_TOPIC, LATCHED, arm_state_msg, image_msg, stamp_to_s
+from pushcut.ros.conversions import ESTOP_TOPIC, arm_state_msg, image_msg, stamp_to_s
+from pushcut.ros.inputs import SENDER_QOS
 from pushcut.ros.runner import dry_run, started
 from pushcut.sim.config import EnvConfig
 
@@ -65,9 +67,10 @@ def _probe(context, name: str):
     return node, executor, received
 
 
-def estop_to_last_command(bundle: str, log_dir: str) -> list[float]:
-    """The twin dry run; once commands flow, ``/estop`` true; the time from its publication to the
-    last command received after it (0 when none), then release and wait for the next trial's."""
+def estop_to_last_command(bundle: str, log_dir: str, qos) -> list[float]:
+    """The twin dry run; once commands flow, ``/estop`` true from a sender with ``qos``; the time
+    from its publication to the last command received after it (0 when none), then release and
+    wait for the next trial's."""
     specs = twin_eval("click_bell", bundle, 1000, log_dir, control_hz=CONTROL_HZ, record=False)
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -75,7 +78,9 @@ def estop_to_last_command(bundle: str, log_dir: str) -> list[float]:
     try:
         with started(specs, context):
             node, executor, received = _probe(context, "bench_operator")
-            estop = node.create_publisher(Bool, ESTOP_TOPIC, LATCHED)
+            estop = node.create_publisher(Bool, ESTOP_TOPIC, qos)
+            if not _until(executor, lambda: estop.get_subscription_count() >= len(specs), 10):
+                raise TimeoutError("the stack's /estop subscriptions were not discovered within 10 s")
             for _ in range(REPEATS):
                 n = len(received)
                 if not _until(executor, lambda n=n: len(received) > n + 5, 60):
@@ -199,7 +204,8 @@ def main() -> None:
     processes = dry_run("click_bell", str(bundle), trials, _fresh("ros_trials_processes"), processes=True)
     ticks = np.array(in_process["tick_intervals_ms"])
     nominal = 1000 / CONTROL_HZ
-    estop = estop_to_last_command(str(bundle), _fresh("ros_trials_estop"))
+    estop = {name: estop_to_last_command(str(bundle), _fresh(f"ros_trials_estop_{name}"), qos)
+             for name, qos in SENDER_QOS.items()}
     stale = last_frame_to_last_command(str(bundle))
     execution = chunk_execution(str(bundle), trials, in_process)
     write("ros", {
@@ -212,7 +218,7 @@ def main() -> None:
         "inferences": in_process["inferences"],
         "one_process_per_node": {"trials": processes["summary"],
                                  "frame_to_command_latency_ms": percentiles(processes["latencies_ms"])},
-        "estop_to_last_command_ms": {"each": estop, "max": max(estop)},
+        "estop_to_last_command_ms": {name: {"each": gaps, "max": max(gaps)} for name, gaps in estop.items()},
         "last_fresh_frame_to_last_command_ms": {"each": stale, "max": max(stale), "max_age_ms": 250.0},
         "chunk_execution": execution,
     })

@@ -15,17 +15,10 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
 from pushcut.ros.conversions import ESTOP_TOPIC, LATCHED, arm_state_msg, stamp_to_s
-from pushcut.ros.inputs import StateInput
+from pushcut.ros.inputs import SENDER_QOS, StateInput
 from pushcut.ros.piper_arm_node import PiperArmNode
 from pushcut.ros.policy_node import PolicyNode
 from tests.robot.test_ros_nodes import _call, _params, _policy_rig, every, rclpy_node
-
-SENDER_QOS = {
-    "default": QoSProfile(depth=10),  # reliable + volatile: what a pedal bridge or a GUI has
-    "best_effort": QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT),
-    "transient_local": LATCHED,
-}
-
 
 _ports = itertools.count()
 

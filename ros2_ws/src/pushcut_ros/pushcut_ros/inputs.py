@@ -46,6 +46,12 @@ RELIABLE_VOLATILE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
 BEST_EFFORT_VOLATILE = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT,
                                   durability=DurabilityPolicy.VOLATILE)
 STATE_PROFILES = (LATCHED, RELIABLE_VOLATILE, BEST_EFFORT_VOLATILE)
+# the QoS a sender of /estop may have, each of which the stack hears (tests and bench-ros send with each)
+SENDER_QOS = {
+    "default": QoSProfile(depth=10),  # reliable + volatile: ROS 2's default (a pedal bridge, a GUI, a PLC gateway)
+    "best_effort": QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT),
+    "transient_local": LATCHED,  # pushcut-estop's and the arm nodes'
+}
 STREAM_PROFILES = (RELIABLE_VOLATILE, BEST_EFFORT_VOLATILE)  # no latched value: a beat must be live
 DIAGNOSTICS_TOPIC = "/diagnostics"
 AUDIT_PERIOD_S = 1.0
