@@ -9,7 +9,8 @@ and every byte of every file. :func:`load_manifest` refuses unknown versions, an
 files that are missing, changed or not listed; :func:`check_compatible` refuses a bundle whose
 action space, proprio, cameras, chunk length or bins do not match what it is about to drive,
 naming both sides. The signature detects edits and corruption; it is not an authentication (no
-key): anyone able to rewrite the bundle can re-sign it.
+key): anyone able to rewrite the bundle can re-sign it. A manifest written before manifests were
+signed is refused with the command that re-exports it: nothing would check its statistics.
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ def load_manifest(bundle: str | Path, verify: bool = True) -> dict:
     if not path.exists():
         raise BundleError(f"{bundle} is not a pushcut bundle (no {MANIFEST})")
     manifest = read_versioned(path, BUNDLE_FORMAT, (BUNDLE_VERSION,), BundleError, "bundle")
+    if "signature" not in manifest:  # NOTE: readable, but its content cannot be checked: it does not run
+        source = manifest.get("source_checkpoint", {}).get("path", "<its checkpoint>")
+        raise BundleError(f"{path} was written before bundles were signed (pushcut before 2026-12-04): its "
+                          f"manifest (statistics, cameras, files) cannot be checked, so it is not run; re-export "
+                          f"it: pushcut-export checkpoint={source}")
     if manifest.get("signature") != signature(manifest):
         raise BundleError(f"{path} was edited after export: its content does not match its signature "
                           "(re-export the checkpoint instead of editing the manifest)")

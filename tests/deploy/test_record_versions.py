@@ -34,3 +34,40 @@ def test_trial_rows_that_really_are_invalid_are_still_skipped_with_the_reason(tm
     reasons = [why for _, why in log.skipped]
     assert "outcome None" in reasons[0] and "row version 9; this pushcut reads [1, 2]" in reasons[1]
     assert "outcome None" in reasons[2]
+
+
+def test_checkpoints_of_every_version_load(caplog):
+    from pushcut.policy import checkpoint
+
+    for name, version in (("checkpoint_v1_9504940", 1), ("checkpoint_v2_29e828d", 2)):
+        model, *_, meta, _ = checkpoint.load(FIXTURES / name)
+        assert meta["version"] == version and model.cfg.chunk_len == 4
+        assert checkpoint.completion(meta) == (True, "step 8 of 8")  # an SFT run's steps tell
+    assert "carries no file hashes" in caplog.text  # version 1 loads, and says what it cannot check
+
+
+def test_a_signed_bundle_runs_and_one_written_before_signatures_is_refused_with_the_remedy():
+    import numpy as np
+    import pytest
+
+    from pushcut.deploy.bundle import BundleError
+    from pushcut.deploy.engine import Engine
+
+    engine = Engine(FIXTURES / "bundle_v1_29e828d")
+    obs = {"images": {c: np.zeros((32, 32, 3), np.uint8) for c in engine.cameras},
+           "proprio": np.zeros(14, np.float32), "instruction": "click the bell"}
+    assert engine.infer(obs).shape == (4, 14)
+    with pytest.raises(BundleError, match="written before bundles were signed .* re-export it: pushcut-export "
+                                          "checkpoint=.*checkpoint_v2_29e828d"):
+        Engine(FIXTURES / "bundle_v1_unsigned_a3d729f")
+
+
+def test_calibration_files_and_demos_of_version_1_load():
+    from pushcut.calibration.files import load_arm, load_intrinsics
+    from pushcut.sim import demos
+
+    cam = load_intrinsics(FIXTURES / "camera_head_v1_2c6ff94.json")
+    assert cam.camera == "head" and cam.K[0][0] == 600.0 and round(cam.fovy_deg, 1) == 43.6
+    assert load_arm(FIXTURES / "arm_left_v1_2c6ff94.json").gripper_range_m == [0.0, 0.07]
+    d = demos.load(FIXTURES / "demos_v1_29e828d" / "click_bell")
+    assert d.meta["version"] == 1 and len(d.episodes) == 2 and d.episodes[0]["actions"].shape[1] == 14
