@@ -88,6 +88,24 @@ def _sft(name: str, overrides: list[str]) -> Path:
     return sft.train(from_hydra(SFTConfig, compose("sft", [f"demos_dir={CACHE / 'demos'}", *overrides])), run)
 
 
+def cached_bundle(ckpt: Path, name: str, env) -> Path:
+    """``ckpt`` exported to bench/cache/<name>, re-exported unless the cached bundle came from this
+    very checkpoint (its weights' hash): a bundle from an earlier, interrupted run is never reused."""
+    from pushcut.deploy.bundle import BundleError, load_manifest
+    from pushcut.policy import checkpoint
+    from pushcut.policy.export import ExportConfig, export
+
+    bundle = CACHE / name
+    weights = checkpoint.read_meta(ckpt, verify=False)["files"]["model.safetensors"]
+    try:
+        source = load_manifest(bundle, verify=False)["source_checkpoint"]["meta"]["files"]["model.safetensors"]
+    except (BundleError, KeyError):
+        source = None
+    if source != weights:
+        export(ExportConfig(env=env, checkpoint=str(ckpt), out_dir=str(bundle)))
+    return bundle
+
+
 def held_out_seeds(episodes: int) -> list[int]:
     """The first ``episodes`` held-out seeds: 100000 on, disjoint from the demos' seeds (0 on)."""
     return list(range(100_000, 100_000 + episodes))

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -24,8 +25,7 @@ import rclpy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 
-from bench.common import CACHE, env_int, percentiles, sft_checkpoint, write
-from pushcut.policy.export import ExportConfig, export
+from bench.common import CACHE, cached_bundle, env_int, percentiles, sft_checkpoint, write
 from pushcut.ros.composition import NodeSpec, twin_eval
 from pushcut.ros.conversions import ESTOP_TOPIC, arm_state_msg, image_msg, stamp_to_s
 from pushcut.ros.inputs import SENDER_QOS
@@ -67,10 +67,11 @@ def _probe(context, name: str):
     return node, executor, received
 
 
-def estop_to_last_command(bundle: str, log_dir: str, qos) -> list[float]:
+def estop_to_last_command(bundle: str, log_dir: str, qos) -> dict:
     """The twin dry run; once commands flow, ``/estop`` true from a sender with ``qos``; the time
-    from its publication to the last command received after it (0 when none), then release and
-    wait for the next trial's."""
+    from its publication to the last command received after it (0 when none; about the 1 s
+    listened when the stop went unheard), then release and wait for the next trial's. Also the
+    stack's subscriptions that matched the sender."""
     specs = twin_eval("click_bell", bundle, 1000, log_dir, control_hz=CONTROL_HZ, record=False)
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -79,8 +80,9 @@ def estop_to_last_command(bundle: str, log_dir: str, qos) -> list[float]:
         with started(specs, context):
             node, executor, received = _probe(context, "bench_operator")
             estop = node.create_publisher(Bool, ESTOP_TOPIC, qos)
-            if not _until(executor, lambda: estop.get_subscription_count() >= len(specs), 10):
-                raise TimeoutError("the stack's /estop subscriptions were not discovered within 10 s")
+            # discovery: each node's subscriptions that match this sender (none: the stack cannot hear it)
+            _until(executor, lambda: estop.get_subscription_count() >= len(specs), 10)
+            matched = estop.get_subscription_count()
             for _ in range(REPEATS):
                 n = len(received)
                 if not _until(executor, lambda n=n: len(received) > n + 5, 60):
@@ -95,7 +97,7 @@ def estop_to_last_command(bundle: str, log_dir: str, qos) -> list[float]:
             node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
-    return gaps
+    return {"each": gaps, "max": max(gaps), "matched_subscriptions": matched}
 
 
 def last_frame_to_last_command(bundle: str) -> list[float]:
@@ -194,18 +196,23 @@ def chunk_execution(bundle: str, trials: int, sync_local: dict) -> dict:
             "added_latency_s": ADDED_LATENCY_S, "control_tick_ms": 1000 / CONTROL_HZ}
 
 
-def main() -> None:
-    ckpt = sft_checkpoint(50, env_int("PUSHCUT_BENCH_SFT_STEPS", 1500))
-    bundle = CACHE / "bundle_50demos"
-    if not (bundle / "manifest.json").exists():
-        export(ExportConfig(env=EnvConfig(task="click_bell"), checkpoint=str(ckpt), out_dir=str(bundle)))
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="bench-ros", description=__doc__.splitlines()[0])
+    ap.add_argument("--estop-only", action="store_true", help="measure the e-stop alone (writes ros_estop.json)")
+    args = ap.parse_args(argv)
+    steps = env_int("PUSHCUT_BENCH_SFT_STEPS", 1500)
+    bundle = cached_bundle(sft_checkpoint(50, steps), "bundle_50demos" if steps == 1500 else
+                           f"bundle_50demos_{steps}steps", EnvConfig(task="click_bell"))
+    estop = {name: estop_to_last_command(str(bundle), _fresh(f"ros_trials_estop_{name}"), qos)
+             for name, qos in SENDER_QOS.items()}
+    if args.estop_only:
+        write("ros_estop", {"estop_to_last_command_ms": estop, "bundle": bundle.name})
+        return
     trials = env_int("PUSHCUT_BENCH_ROS_TRIALS", 10)
     in_process = dry_run("click_bell", str(bundle), trials, _fresh("ros_trials"))
     processes = dry_run("click_bell", str(bundle), trials, _fresh("ros_trials_processes"), processes=True)
     ticks = np.array(in_process["tick_intervals_ms"])
     nominal = 1000 / CONTROL_HZ
-    estop = {name: estop_to_last_command(str(bundle), _fresh(f"ros_trials_estop_{name}"), qos)
-             for name, qos in SENDER_QOS.items()}
     stale = last_frame_to_last_command(str(bundle))
     execution = chunk_execution(str(bundle), trials, in_process)
     write("ros", {
@@ -218,7 +225,7 @@ def main() -> None:
         "inferences": in_process["inferences"],
         "one_process_per_node": {"trials": processes["summary"],
                                  "frame_to_command_latency_ms": percentiles(processes["latencies_ms"])},
-        "estop_to_last_command_ms": {name: {"each": gaps, "max": max(gaps)} for name, gaps in estop.items()},
+        "estop_to_last_command_ms": estop,
         "last_fresh_frame_to_last_command_ms": {"each": stale, "max": max(stale), "max_age_ms": 250.0},
         "chunk_execution": execution,
     })
