@@ -32,6 +32,7 @@ import torch
 
 from bench.common import write
 from pushcut.configs import compose, from_hydra
+from pushcut.devices import torch_dtype
 from pushcut.policy.config import PolicyConfig
 from pushcut.sim.config import EnvConfig
 from pushcut.training.learner import GIB
@@ -166,7 +167,7 @@ def _receive(port: int, pcfg: PolicyConfig, device: str, n: int) -> None:
     from pushcut.training.weight_sync import WeightReceiver
 
     with torch.device(device):
-        model = VLAPolicy(pcfg).to(getattr(torch, pcfg.dtype))
+        model = VLAPolicy(pcfg).to(torch_dtype(pcfg.dtype))
     receiver = WeightReceiver("127.0.0.1", port, 1, 2, "gloo", device)
     for _ in range(n):
         receiver.receive(model)
@@ -181,7 +182,7 @@ def sync_cost(pcfg: PolicyConfig, device: str, repeats: int = 2) -> dict:
 
     with torch.device(device):
         weights = VLAPolicy(pcfg).state_dict()
-    sender = WeightSender(1, "gloo", getattr(torch, pcfg.dtype), device, host="127.0.0.1")
+    sender = WeightSender(1, "gloo", torch_dtype(pcfg.dtype), device, host="127.0.0.1")
     proc = mp.get_context("spawn").Process(target=_receive, args=(sender.port, pcfg, device, repeats))
     proc.start()
     sender.connect()

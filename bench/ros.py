@@ -27,9 +27,10 @@ from std_msgs.msg import Bool
 
 from bench.common import CACHE, cached_bundle, env_int, percentiles, sft_checkpoint, write
 from pushcut.ros.composition import NodeSpec, twin_eval
-from pushcut.ros.conversions import ESTOP_TOPIC, arm_state_msg, image_msg, stamp_to_s
+from pushcut.ros.conversions import arm_state_msg, image_msg, stamp_to_s
 from pushcut.ros.inputs import SENDER_QOS
 from pushcut.ros.runner import dry_run, started
+from pushcut.ros.topics import ESTOP_TOPIC
 from pushcut.sim.config import EnvConfig
 
 CONTROL_HZ = 50
@@ -103,7 +104,7 @@ def estop_to_last_command(bundle: str, log_dir: str, qos) -> dict:
 def last_frame_to_last_command(bundle: str) -> list[float]:
     """The policy node alone, fed 25 Hz frames and joint states by a probe; once commands flow the
     frames stop (joint states go on): the time from the last frame's stamp to the last command's."""
-    spec = NodeSpec("policy_node", "policy", parameters={"bundle": bundle, "control_hz": CONTROL_HZ, "step_hz": 25})
+    spec = NodeSpec("policy_node", "policy", parameters={"bundle": bundle, "control_hz": CONTROL_HZ})
     context = rclpy.Context()
     rclpy.init(context=context)
     gaps = []

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from pushcut.calibration.board import Board
-from pushcut.calibration.files import CalibrationError, load_intrinsics, save_arm, save_intrinsics
+from pushcut.calibration_files import CalibrationError, load_intrinsics, save_arm, save_intrinsics
 from pushcut.configs import hydra_entry, ranges, require
 from pushcut.spec import TWIN_CAMERAS
 
@@ -147,8 +147,8 @@ def handeye(cfg: CalibrateConfig, board: Board) -> Path:
 
 
 def zeroing(cfg: CalibrateConfig) -> Path:
-    from pushcut.calibration.files import load_arm
     from pushcut.calibration.procedures import gripper_zero, joint_zero
+    from pushcut.calibration_files import load_arm
     from pushcut.deploy.piper.driver import DriverConfig, PiperArm
 
     emulator = None

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from pushcut.calibration.board import Board
-from pushcut.calibration.files import CalibrationError
+from pushcut.calibration_files import CalibrationError
 
 MIN_POSES = 5
 MIN_ROTATION_DEG = 10.0

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from pushcut.calibration.board import Board
-from pushcut.calibration.files import CalibrationError, CameraCalibration
+from pushcut.calibration_files import CalibrationError, CameraCalibration
 
 MIN_VIEWS = 8
 MIN_COVERAGE = 0.35  # fraction of the image's cells (4x4 grid) that hold corners

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from pushcut.calibration.files import ArmCalibration, CalibrationError
+from pushcut.calibration_files import ArmCalibration, CalibrationError
 from pushcut.deploy.piper.driver import PiperArm
 
 ZERO_TOL = 0.002  # rad

@@ -15,67 +15,30 @@ signed is refused with the command that re-exports it: nothing would check its s
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-BUNDLE_FORMAT = "pushcut-bundle"
-BUNDLE_VERSION = 1
-MANIFEST = "manifest.json"
+from pushcut.artefacts import (
+    BUNDLE_FORMAT,
+    BUNDLE_MANIFEST,
+    BUNDLE_VERSION,
+    read_versioned,
+    signature,
+    verify_listed,
+)
 
 
 class BundleError(ValueError):
     """A bundle is missing, tampered with, of an unknown version, or does not fit the robot."""
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_versioned(path: Path, fmt: str, versions: Sequence[int], error: type[ValueError], what: str) -> dict:
-    """The JSON object at ``path``, refused with ``error`` (naming the file) unless it is an object
-    whose ``format`` is ``fmt`` and whose ``version`` is one of ``versions``."""
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise error(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != fmt:
-        got = data.get("format") if isinstance(data, dict) else data
-        raise error(f"{path}: format {got!r}, expected {fmt!r}")
-    if data.get("version") not in versions:
-        raise error(f"{path}: {what} version {data.get('version')!r}; this pushcut reads {list(versions)}")
-    return data
-
-
-def signature(manifest: dict) -> str:
-    """sha256 of the manifest's content without its ``signature`` field, as canonical JSON."""
-    body = {k: v for k, v in manifest.items() if k != "signature"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def write_manifest(bundle: Path, manifest: dict) -> Path:
-    """Hash every file in ``bundle`` (but the manifest) into ``manifest['files']``, sign, write."""
-    files = sorted(p for p in bundle.iterdir() if p.is_file() and p.name != MANIFEST)
-    manifest = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, **manifest,
-                "files": {p.name: sha256(p) for p in files}}
-    manifest["signature"] = signature(manifest)
-    path = bundle / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2))
-    return path
-
-
 def load_manifest(bundle: str | Path, verify: bool = True) -> dict:
     """The bundle's manifest, its signature checked; with ``verify``, every file's hash too, and no
     file in the bundle left unlisted."""
     bundle = Path(bundle)
-    path = bundle / MANIFEST
+    path = bundle / BUNDLE_MANIFEST
     if not path.exists():
-        raise BundleError(f"{bundle} is not a pushcut bundle (no {MANIFEST})")
+        raise BundleError(f"{bundle} is not a pushcut bundle (no {BUNDLE_MANIFEST})")
     manifest = read_versioned(path, BUNDLE_FORMAT, (BUNDLE_VERSION,), BundleError, "bundle")
     if "signature" not in manifest:  # NOTE: readable, but its content cannot be checked: it does not run
         source = manifest.get("source_checkpoint", {}).get("path", "<its checkpoint>")
@@ -90,16 +53,7 @@ def load_manifest(bundle: str | Path, verify: bool = True) -> dict:
     if missing_entries:
         raise BundleError(f"{path}: model file(s) {missing_entries} are not among the hashed files")
     if verify:
-        for name, digest in listed.items():
-            f = bundle / name
-            if not f.exists():
-                raise BundleError(f"{bundle}: {name} listed in the manifest is missing")
-            actual = sha256(f)
-            if actual != digest:
-                raise BundleError(f"{bundle}: sha256 of {name} is {actual[:12]}..., the manifest says {digest[:12]}...")
-        unlisted = sorted(p.name for p in bundle.iterdir() if p.name != MANIFEST and p.name not in listed)
-        if unlisted:
-            raise BundleError(f"{bundle}: {unlisted} not listed in the manifest (a bundle holds only what it hashed)")
+        verify_listed(bundle, listed, BUNDLE_MANIFEST, BundleError)
     return manifest
 
 

@@ -17,8 +17,9 @@ import numpy as np
 import onnxruntime as ort
 
 from pushcut.deploy.bundle import BundleError, load_manifest
+from pushcut.interface import Policy
 from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer, decode_chunks
-from pushcut.policy.preprocess import build_inputs, load_tokenizer, proprio_normalizer
+from pushcut.policy.preprocess import build_inputs, instruction_problem, load_tokenizer, proprio_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-class Engine:
-    """A bundle behind the ``Policy`` protocol (``infer``/``reset``) plus batch inference."""
+class Engine(Policy):
+    """A bundle behind the one ``Policy`` interface, plus batch inference and sampling."""
 
     def __init__(
         self,
@@ -68,6 +69,7 @@ class Engine:
             raise BundleError(f"none of the providers {list(providers)} is available; onnxruntime has {available}")
         self.session = ort.InferenceSession(str(self.path / models[variant]), sess_options=opts, providers=wanted)
         self.providers = self.session.get_providers()
+        self.source = self.providers[0]
         if self.providers[0] != wanted[0]:
             log.warning("asked for %s, onnxruntime runs on %s", wanted[0], self.providers[0])
         if variant == "fp16" and self.providers[0] == "CPUExecutionProvider":
@@ -138,5 +140,5 @@ class Engine:
     def infer(self, obs: Mapping) -> np.ndarray:
         return self.infer_batch([obs])[0]
 
-    def reset(self) -> None:
-        pass
+    def instruction_problem(self, text: str) -> str | None:
+        return instruction_problem(self.tokenizer, text)

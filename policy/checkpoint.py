@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from pushcut.artefacts import fsync_dir, read_versioned, sha256, verify_listed
 from pushcut.configs import to_dataclass, to_dict
-from pushcut.deploy.bundle import read_versioned, sha256
 from pushcut.policy.config import ARCHITECTURE_FIELDS, PolicyConfig
 from pushcut.policy.modeling import VLAPolicy
 from pushcut.policy.preprocess import ByteTokenizer, HFTokenizer, load_tokenizer
@@ -49,14 +49,6 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(ValueError):
     pass
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save(
@@ -96,7 +88,7 @@ def save(
             shutil.rmtree(old)
         os.replace(path, old)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     if old.exists():
         shutil.rmtree(old)
     return path
@@ -137,7 +129,7 @@ def recover(path: str | Path) -> bool:
     if path.exists():  # not a checkpoint (no meta.json): nothing of ours
         raise CheckpointError(f"{path} exists but is not a checkpoint; the previous one is at {old}")
     os.replace(old, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return True
 
 
@@ -181,15 +173,7 @@ def verify_files(path: Path, meta: dict) -> None:
         log.warning("%s: a version-%s checkpoint carries no file hashes: its files are not verified",
                     path, meta.get("version"))
         return
-    for name, digest in listed.items():
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"{path}: {name} listed in meta.json is missing")
-        if sha256(f) != digest:
-            raise CheckpointError(f"{path}: {name} does not match its sha256 in meta.json (corrupted or edited)")
-    unlisted = sorted(f.name for f in path.iterdir() if f.name not in listed and f.name != "meta.json")
-    if unlisted:
-        raise CheckpointError(f"{path}: {unlisted} not listed in meta.json")
+    verify_listed(path, listed, "meta.json", CheckpointError)
 
 
 def config_mismatch(a: PolicyConfig, b: PolicyConfig) -> list[str]:

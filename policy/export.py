@@ -5,6 +5,9 @@ onnxruntime's logits must lie within ``parity_atol`` of torch's (fp32) and the g
 must be identical; otherwise the export fails and says by how much. The optional dynamically
 quantised int8 model and the fp16 model (for GPU providers) get their own reports (greedy
 agreement, logit error) instead of a gate.
+
+Export lives beside the model, not in ``deploy/``: it loads checkpoints and traces the model with
+torch, and ``deploy/`` is the torch-free side that reads only what export writes (the bundle).
 """
 
 from __future__ import annotations
@@ -19,14 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pushcut.artefacts import BUNDLE_FORMAT, BUNDLE_MANIFEST, BUNDLE_VERSION, write_signed_manifest
 from pushcut.configs import hydra_entry, ranges, require, to_dict
-from pushcut.deploy.bundle import write_manifest
 from pushcut.policy import checkpoint
 from pushcut.policy.config import check_policy_fits_env
-from pushcut.policy.inference import TorchPolicy
-from pushcut.policy.preprocess import PROMPT
+from pushcut.policy.inference import TorchPolicy, interface
 from pushcut.sim.config import EnvConfig
-from pushcut.spec import dual_arm_names
 
 INPUTS = ("pixels", "proprio", "input_ids", "text_mask")
 
@@ -112,23 +113,40 @@ def compare(policy: TorchPolicy, session, observations: list[dict]) -> dict:
     }
 
 
-def interface(pcfg, default_instruction: str = "") -> dict:
-    """What a robot needs to know of a policy (the manifest's action space, cameras, proprio and
-    instruction): written into every bundle, and sent by ``pushcut-serve`` for a checkpoint."""
-    return {
-        "action_space": {
-            "dim": pcfg.action_dim,
-            "chunk_len": pcfg.chunk_len,
-            "n_bins": pcfg.n_bins,
-            "vocab_size": pcfg.llm.vocab_size,
-            "normalization": pcfg.normalization,
-            "names": dual_arm_names() if pcfg.action_dim == 14 else [f"a{i}" for i in range(pcfg.action_dim)],
-        },
-        "cameras": [{"name": c, "image_size": pcfg.vision.image_size,
-                     **({"center_crop": pcfg.center_crop} if pcfg.center_crop else {})} for c in pcfg.cameras],
-        "proprio": {"dim": pcfg.proprio_dim, "used": pcfg.use_proprio},
-        "instruction": {"tokenizer": "tokenizer.json", "prompt": PROMPT, "default": default_instruction},
-    }
+def _variants(tmp: Path, reference: TorchPolicy, obs: list, cfg: ExportConfig, parity: dict) -> dict[str, str]:
+    """The int8 and fp16 models derived from ``model.onnx`` (as ``cfg`` asks), their parity against
+    ``reference`` recorded in ``parity``; returns their entries for the manifest."""
+    import onnxruntime as ort
+
+    models = {}
+    if cfg.int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8)
+        q = ort.InferenceSession(str(tmp / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+        parity["int8"] = compare(reference, q, obs)
+        models["int8"] = "model.int8.onnx"
+    if cfg.fp16:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
+        half = convert_float_to_float16(onnx.load(str(tmp / "model.onnx")), keep_io_types=True)
+        OnnxModel(half).topological_sort(is_deterministic=True)  # the converter appends its casts out of order
+        onnx.save(half, str(tmp / "model.fp16.onnx"), save_as_external_data=half.ByteSize() > 1_500_000_000)
+        onnx.checker.check_model(str(tmp / "model.fp16.onnx"), full_check=True)
+        models["fp16"] = "model.fp16.onnx"
+        try:  # measured on CPU here; the variant is meant for CUDA/TensorRT
+            parity["fp16"] = compare(reference, ort.InferenceSession(str(tmp / "model.fp16.onnx"),
+                                                                  providers=["CPUExecutionProvider"]), obs)
+        except Exception as exc:  # noqa: BLE001 - an op without a CPU fp16 kernel: report, do not fail the export
+            parity["fp16"] = {"error": f"not measurable on CPU: {exc}"}
+    return models
+
+
+def write_manifest(bundle: Path, manifest: dict) -> Path:
+    """The bundle's signed manifest (``pushcut.deploy.bundle`` reads and verifies it)."""
+    return write_signed_manifest(bundle, manifest, BUNDLE_FORMAT, BUNDLE_VERSION, BUNDLE_MANIFEST)
 
 
 def export(cfg: ExportConfig, progress: bool = True) -> Path:
@@ -172,29 +190,7 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
                 f"export parity failed on {name} inputs: max |logit diff| {p['max_abs_logit_diff']:.3g} "
                 f"(allowed {cfg.parity_atol:g}), greedy agreement {p['greedy_agreement']:.2%} (need 100%)"
             )
-    models = {"fp32": "model.onnx"}
-    if cfg.int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8)
-        q = ort.InferenceSession(str(tmp / "model.int8.onnx"), providers=["CPUExecutionProvider"])
-        parity["int8"] = compare(reference, q, obs)
-        models["int8"] = "model.int8.onnx"
-    if cfg.fp16:
-        import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-        from onnxruntime.transformers.onnx_model import OnnxModel
-
-        half = convert_float_to_float16(onnx.load(str(tmp / "model.onnx")), keep_io_types=True)
-        OnnxModel(half).topological_sort(is_deterministic=True)  # the converter appends its casts out of order
-        onnx.save(half, str(tmp / "model.fp16.onnx"), save_as_external_data=half.ByteSize() > 1_500_000_000)
-        onnx.checker.check_model(str(tmp / "model.fp16.onnx"), full_check=True)
-        models["fp16"] = "model.fp16.onnx"
-        try:  # measured on CPU here; the variant is meant for CUDA/TensorRT
-            parity["fp16"] = compare(reference, ort.InferenceSession(str(tmp / "model.fp16.onnx"),
-                                                                  providers=["CPUExecutionProvider"]), obs)
-        except Exception as exc:  # noqa: BLE001 - an op without a CPU fp16 kernel: report, do not fail the export
-            parity["fp16"] = {"error": f"not measurable on CPU: {exc}"}
+    models = {"fp32": "model.onnx", **_variants(tmp, reference, obs, cfg, parity)}
     (tmp / "tokenizer.json").write_text(tokenizer.to_json())
     manifest = {
         "models": models,

@@ -1,4 +1,4 @@
-"""TorchPolicy: a VLAPolicy with its statistics and tokenizer behind the ``Policy`` protocol.
+"""TorchPolicy: a VLAPolicy with its statistics and tokenizer behind the one ``Policy`` interface.
 
 ``infer(obs) -> actions (chunk_len, action_dim)`` decodes greedily (evaluation); ``act_batch``
 samples at a temperature for RL rollouts and also returns the tokens and their log-probs.
@@ -11,13 +11,43 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from pushcut.interface import Policy
 from pushcut.policy import sampling
 from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer, decode_chunks
 from pushcut.policy.modeling import VLAPolicy
-from pushcut.policy.preprocess import ByteTokenizer, HFTokenizer, build_inputs, proprio_normalizer
+from pushcut.policy.preprocess import (
+    PROMPT,
+    ByteTokenizer,
+    HFTokenizer,
+    build_inputs,
+    instruction_problem,
+    proprio_normalizer,
+)
+from pushcut.spec import dual_arm_names
 
 
-class TorchPolicy:
+def interface(pcfg, default_instruction: str = "") -> dict:
+    """What a robot needs to know of a policy (the manifest's action space, cameras, proprio and
+    instruction): written into every bundle, and sent by ``pushcut-serve`` for a checkpoint."""
+    return {
+        "action_space": {
+            "dim": pcfg.action_dim,
+            "chunk_len": pcfg.chunk_len,
+            "n_bins": pcfg.n_bins,
+            "vocab_size": pcfg.llm.vocab_size,
+            "normalization": pcfg.normalization,
+            "names": dual_arm_names() if pcfg.action_dim == 14 else [f"a{i}" for i in range(pcfg.action_dim)],
+        },
+        "cameras": [{"name": c, "image_size": pcfg.vision.image_size,
+                     **({"center_crop": pcfg.center_crop} if pcfg.center_crop else {})} for c in pcfg.cameras],
+        "proprio": {"dim": pcfg.proprio_dim, "used": pcfg.use_proprio},
+        "instruction": {"tokenizer": "tokenizer.json", "prompt": PROMPT, "default": default_instruction},
+    }
+
+
+class TorchPolicy(Policy):
+    """A checkpoint's model on ``device``; ``from_checkpoint`` loads and verifies one."""
+
     def __init__(self, model: VLAPolicy, norm_stats: Mapping, tokenizer: ByteTokenizer | HFTokenizer,
                  device: str = "cpu"):
         self.model = model.to(device).eval()
@@ -30,6 +60,8 @@ class TorchPolicy:
         self.action_norm = Normalizer(norm_stats["action"], self.cfg.normalization, self.cfg.action_dim)
         self.proprio_norm = proprio_normalizer(norm_stats, self.cfg.proprio_dim)
         self.action_tokenizer = ActionTokenizer(self.cfg.n_bins, self.cfg.llm.vocab_size)
+        self.manifest = interface(self.cfg)
+        self.source = f"torch {device}"
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "cpu") -> TorchPolicy:
@@ -80,5 +112,5 @@ class TorchPolicy:
         """Greedy action chunk (chunk_len, action_dim) for one observation dict."""
         return self.act_batch([obs], temperature=0.0)[0][0]
 
-    def reset(self) -> None:
-        pass
+    def instruction_problem(self, text: str) -> str | None:
+        return instruction_problem(self.tokenizer, text)

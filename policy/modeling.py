@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisionModel
 
+from pushcut.devices import torch_dtype
 from pushcut.policy.config import PolicyConfig
 
 
@@ -65,7 +66,7 @@ class VLAPolicy(nn.Module):
         self.llm = LlamaModel(llama_config(cfg))
         self.action_queries = nn.Parameter(torch.randn(cfg.n_action_tokens, d) * 0.02)
         self.lm_head = nn.Linear(d, cfg.llm.vocab_size, bias=False)
-        self.compute_dtype = getattr(torch, cfg.dtype)  # export traces in float32 (policy.export)
+        self.compute_dtype = torch_dtype(cfg.dtype)  # export traces in float32 (policy.export)
 
     def forward(
         self,

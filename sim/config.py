@@ -46,7 +46,7 @@ class EnvConfig:
     num_wait_steps: int = 10  # LIBERO: no-op steps after reset
     head_calibration: str | None = None  # twin: camera_head.json from pushcut-calibrate (sim-to-real)
     randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
-    # twin: how chunks are executed, as the robot's policy node does (pushcut.deploy.policy).
+    # twin: how chunks are executed, as the robot's policy node does (pushcut.motion).
     # sync: each chunk to its end, at rest; async: the next chunk is inferred lead_steps before it
     # takes over (on the frame then, with the proprio at the takeover) and spliced in one step
     # before the current chunk's end, so the arm never stops between chunks

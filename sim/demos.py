@@ -23,13 +23,13 @@ actions. Files are written atomically; npz is read with ``allow_pickle=False``.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pushcut.artefacts import read_versioned, write_json_atomic
 from pushcut.configs import hydra_entry, ranges, require, to_dict
 from pushcut.sim.config import EnvConfig
 
@@ -78,15 +78,6 @@ def array_stats(x: np.ndarray) -> dict[str, list[float]]:
         "mean": x.mean(0).tolist(),
         "std": x.std(0).tolist(),
     }
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _save_npz_atomic(path: Path, **arrays) -> None:
@@ -229,12 +220,7 @@ def load(path: str | Path, max_episodes: int | None = None) -> DemoSet:
     meta_path = path / "meta.json"
     if not meta_path.exists():
         raise FileNotFoundError(f"{path} holds no demos (no meta.json); record them with pushcut-demos")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != DEMO_FORMAT or meta.get("version") != DEMO_VERSION:
-        raise ValueError(
-            f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')!r} is not "
-            f"{DEMO_FORMAT!r} version {DEMO_VERSION}"
-        )
+    meta = read_versioned(meta_path, DEMO_FORMAT, (DEMO_VERSION,), ValueError, "demos")
     entries = meta["episodes"][:max_episodes] if max_episodes else meta["episodes"]
     episodes = []
     for e in entries:

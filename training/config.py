@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pushcut.configs import ranges, require
+from pushcut.devices import check_device, check_providers
 from pushcut.policy.config import PolicyConfig, check_policy_fits_env
 from pushcut.sim.config import EnvConfig
 from pushcut.sim.twin.mirror import MIRRORABLE_CAMERAS
@@ -17,27 +17,6 @@ class WandbConfig:
     mode: Literal["offline", "online", "disabled"] = "offline"
     project: str = "pushcut"
     entity: str | None = None
-
-
-def check_device(device: str, name: str) -> None:
-    """A torch device this machine has: ``cpu``, or ``cuda`` / ``cuda:N`` with that GPU present."""
-    m = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
-    require(m is not None, f"{name}: {device!r} is not a device: expected cpu, cuda or cuda:N")
-    if device.startswith("cuda"):
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(m.group(1) or 0)
-        require(index < count, f"{name}: {device!r} asked for, but this machine has {count} CUDA device(s)")
-
-
-def check_providers(providers: tuple[str, ...], name: str) -> None:
-    """onnxruntime execution provider names (the engine reports which of them it actually got)."""
-    import onnxruntime as ort
-
-    known = ort.get_all_providers()
-    bad = [p for p in providers if p not in known]
-    require(providers and not bad, f"{name}: {bad or 'none'} not onnxruntime provider names; known: {known}")
 
 
 def check_bundle_fits_env(manifest: dict, env: EnvConfig) -> None:

@@ -17,6 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from pushcut.configs import hydra_entry, to_dict
+from pushcut.deploy import load as deploy_load
+from pushcut.interface import Policy
 from pushcut.sim.config import EnvConfig
 from pushcut.training.config import EvalConfig, check_bundle_fits_env, check_policy_fits_env
 
@@ -72,19 +74,15 @@ def summarize(results: list[dict], task: str) -> dict:
     return {"success_rate": rate, "episodes": len(results), "per_task": {task: rate}, "results": results}
 
 
-def load_policy(cfg: EvalConfig):
+def load_policy(cfg: EvalConfig) -> Policy:
     """The checkpoint's or bundle's policy, refused before any env step unless it fits ``cfg.env``."""
+    policy = deploy_load.load_policy(cfg.checkpoint or cfg.bundle, kind="checkpoint" if cfg.checkpoint else "bundle",
+                                     device=cfg.device, providers=cfg.providers)
     if cfg.checkpoint:
-        from pushcut.policy.inference import TorchPolicy
-
-        policy = TorchPolicy.from_checkpoint(cfg.checkpoint, device=cfg.device)
         check_policy_fits_env(policy.cfg, cfg.env, source=f"checkpoint {cfg.checkpoint}")
-        return policy
-    from pushcut.deploy.engine import Engine
-
-    engine = Engine(cfg.bundle, providers=cfg.providers)
-    check_bundle_fits_env(engine.manifest, cfg.env)
-    return engine
+    else:
+        check_bundle_fits_env(policy.manifest, cfg.env)
+    return policy
 
 
 def policy_source(cfg: EvalConfig, policy) -> dict:

@@ -24,19 +24,19 @@ every rank gets the same batch, computes its shard, and gradients are summed acr
 any world size gives the update of one process on the whole batch. With ``learner.fsdp`` the
 weights, gradients and optimizer state are sharded too (FSDP2 ``fully_shard`` per transformer
 layer), which the 7B preset needs; rank 0 gathers the full weights for the rollout workers and
-the checkpoint. That plumbing, and the resumable state, live in ``training/learner.py``.
+the checkpoint. That plumbing and the resumable state live in ``training/learner.py``; the run around
+the algorithm (loading, resuming, ranks, time budget, evaluation and best-keeping, logging) in
+``training/grpo_run.py``.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from pushcut import spec
 from pushcut.configs import hydra_entry
@@ -44,22 +44,15 @@ from pushcut.policy import checkpoint, sampling
 from pushcut.policy.action_tokenizer import encode_chunks
 from pushcut.policy.inference import TorchPolicy
 from pushcut.sim.twin.mirror import mirror_dual_arm, mirror_image
+from pushcut.training import grpo_run
 from pushcut.training.config import TrainConfig
+from pushcut.training.grpo_run import Run, say
 from pushcut.training.learner import (
-    check_learner_fits,
-    checkpoint_activations,
-    full_weights,
-    init_distributed,
     is_sharded,
-    learner_device,
-    load_optimizer_and_rng,
-    load_weights,
-    save_best,
     save_state,
-    shard,
 )
 from pushcut.training.rollout import ColocatedPool, Job, Trajectory, WorkerPool
-from pushcut.training.run_log import RunLogger, keep_metrics_before, plot_curves
+from pushcut.training.run_log import plot_curves
 
 EPS = 1e-6
 
@@ -394,13 +387,6 @@ def no_signal_message(info: dict, iteration: int) -> str:
             "(watch approx_kl).")
 
 
-def budget_spent_message(eval_s: float, budget_s: float) -> str:
-    """Why a run whose first evaluation used up its time budget takes no update."""
-    return (f"grpo: the iteration-0 evaluation took {eval_s:.0f} s, the whole time budget of {budget_s:g} s "
-            "(time_budget_s counts evaluation), so no iteration runs and the checkpoint is the start. Raise "
-            "time_budget_s, or evaluate fewer episodes (eval_episodes) or less often (eval_every; 0: never).")
-
-
 def lr_at(cfg: TrainConfig, iteration: int) -> float:
     """The learning rate of update ``iteration`` (1-based): ``cfg.lr`` after a linear warmup over
     ``cfg.lr_warmup_iters`` iterations. Adam's first steps move every weight by about lr, whatever
@@ -427,212 +413,90 @@ def eval_due(cfg: TrainConfig, iteration: int) -> bool:
     return bool(cfg.eval_every and cfg.eval_episodes) and iteration % cfg.eval_every == 0
 
 
-def evaluate(pool: WorkerPool | ColocatedPool, cfg: TrainConfig, weights: dict[str, torch.Tensor] | None
-             ) -> dict[str, float]:
-    """Greedy success of ``weights`` (colocated: the learner's model) on the evaluation seeds, and the
-    seconds it took."""
+def rollouts(run: Run, weights, temperature: float) -> tuple[list[Trajectory], dict]:
+    """1-2. Groups rolled out at ``temperature`` with dynamic sampling (rank 0's workers, or every
+    rank colocated), the same kept trajectories on every learner rank."""
+    payload = [None]
+    if run.rolls:
+        t0 = time.perf_counter()
+        run.pool.set_weights(weights)
+        sync_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        kept, info = collect(run.pool, run.cfg, run.state, temperature)
+        info.update(rollout_s=time.perf_counter() - t0, sync_s=sync_s)
+        payload = [(kept, info, run.state["next_group"])]
+    if run.world > 1 and not run.colocated:  # colocated ranks gathered the same trajectories already
+        dist.broadcast_object_list(payload, src=0)
+    kept, info, run.state["next_group"] = payload[0]
+    return kept, info
+
+
+def advantages(run: Run, kept: list[Trajectory], info: dict, temperature: float) -> tuple[dict, int]:
+    """3. Group-normalised advantages, broadcast over each trajectory's tokens (with
+    ``kl_penalty=reward_k1``, from rewards less ``kl_coef`` times each trajectory's k1 estimate
+    against the reference); 3b. with ``mirror_augment``, each kept trajectory's mirror image with
+    the same advantage. Returns the chunk batch and its number of trajectories."""
+    cfg = run.cfg
+    penalties = None
+    if run.ref_policy is not None and cfg.kl_penalty == "reward_k1" and kept:
+        ref_lp = reference_log_probs(run.ref_policy, kept, temperature)
+        kl = [k1_penalties(t.logp, r, t.token_mask) for t, r in zip(kept, ref_lp)]
+        penalties = [cfg.kl_coef * k for k in kl]
+        info["kl_reward"] = float(np.mean(kl))
+    adv = {(g, k): float(a) for g, r in group_rewards(kept, penalties).items()
+           for k, a in enumerate(grpo_advantages(r))}
+    batch = flatten(kept, adv)
+    n_traj = len(kept)
+    if cfg.mirror_augment and kept:
+        batch = add_mirror_images(batch, run.policy, temperature, carries_gradient(batch["adv"], cfg))
+        n_traj *= 2
+    if run.is_main and not any(adv.values()):  # say why nothing changes instead of spinning silently
+        say(no_signal_message(info, run.state["iteration"] + 1))
+    return batch, n_traj
+
+
+def learn(run: Run, batch: dict, n_traj: int, temperature: float) -> dict[str, float]:
+    """4. The update at this iteration's learning rate."""
+    opt = run.opt
+    for group in opt.param_groups:
+        group["lr"] = lr_at(run.cfg, run.state["iteration"] + 1)
     t0 = time.perf_counter()
-    pool.set_weights(weights)
-    seeds = range(cfg.eval_seed_start, cfg.eval_seed_start + cfg.eval_episodes)
-    trajs = pool.rollout([Job(i, s, 0, 0) for i, s in enumerate(seeds)], temperature=0.0)
-    return {"eval_success": float(np.mean([t.success for t in trajs])), "eval_s": time.perf_counter() - t0}
-
-
-def is_new_best(cfg: TrainConfig, state: dict, eval_success: float) -> bool:
-    """Whether an evaluation beats every earlier one of the run (the first one always does);
-    records it in ``state``, which checkpoints carry, so a resumed run compares with the same best."""
-    best = state.get("best_eval")
-    if not cfg.keep_best or (best is not None and eval_success <= best):
-        return False
-    state["best_eval"] = eval_success
-    return True
+    metrics = (update(run.model, run.ref_model, opt, run.policy, batch, n_traj, run.cfg, run.gen,
+                      temperature=temperature) if n_traj else {})
+    return {**metrics, "update_s": time.perf_counter() - t0, "lr": opt.param_groups[0]["lr"],
+            "temperature": temperature}
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     """Run (or resume) GRPO in ``run_dir``; returns the checkpoint path."""
-    run_dir = Path(run_dir)
-    rank, world = init_distributed(cfg)
-    torch.set_num_threads(cfg.learner.threads)
-    if cfg.init_checkpoint is None:
-        raise ValueError("init_checkpoint is required: GRPO starts from an SFT checkpoint")
-    check_learner_fits(cfg, learner_device(cfg.learner.device), world)  # before the weights are loaded
-    model, norm_stats, tokenizer, _, _ = checkpoint.load(cfg.init_checkpoint, expected=cfg.policy)
-    ref_model = None
-    if cfg.kl_coef > 0:
-        ref_model, *_ = checkpoint.load(cfg.init_checkpoint, expected=cfg.policy)
-        ref_model.eval().requires_grad_(False)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    if rank == 0:  # a run killed mid-save left the previous checkpoint (or best) aside: put it back
-        for name in ("checkpoint", "best"):
-            checkpoint.recover(run_dir / name)
-    if world > 1:
-        dist.barrier()
-    resume = (run_dir / "checkpoint" / "meta.json").exists()
-    state = {"iteration": 0, "next_group": 0, "wall_s": 0.0, "env_steps": 0}
-    if resume:
-        meta, extra = load_weights(run_dir / "checkpoint", model, "grpo")
-        state = meta["trainer"]
-    device = learner_device(cfg.learner.device)
-    model.to(device)
-    if ref_model is not None:
-        ref_model.to(device)
-    if cfg.learner.activation_checkpointing:
-        checkpoint_activations(model)
-    if cfg.learner.fsdp:
-        shard(model, device.type, cfg.learner.cpu_offload)
-    policy = TorchPolicy(model, norm_stats, tokenizer, device=str(device))
-    ref_policy = TorchPolicy(ref_model, norm_stats, tokenizer, device=str(device)) if ref_model is not None else None
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    if resume:
-        load_optimizer_and_rng(model, opt, gen, extra)
-    is_main = rank == 0
-    last_eval = None  # the latest greedy success, shown by the progress bar
-    if resume and is_main:  # rows logged after the last checkpoint are redone: drop them
-        print(f"grpo: resuming from iteration {state['iteration']} in {run_dir}")
-        keep = keep_metrics_before(run_dir, state["iteration"] + 1)
-        last_eval = next((r["eval_success"] for r in reversed(keep) if "eval_success" in r), None)
-    logger = RunLogger(run_dir, cfg, cfg.wandb, job="grpo", resume=resume) if is_main else None
-    # colocated: every learner rank rolls out with its own model; disaggregated: rank 0 drives workers
-    colocated = cfg.rollout.placement == "colocated"
-    rolls = is_main or colocated
-    if colocated:
-        pool = ColocatedPool(cfg.rollout, cfg.env, policy, sharded=is_sharded(model))
-    else:
-        pool = WorkerPool(cfg.rollout, cfg.env, cfg.policy, norm_stats, tokenizer.to_json(),
-                          str(device)) if is_main else None
-    # a time budget, when set, is what the bar counts (the default iterations cap is then far away)
-    by_time = cfg.time_budget_s is not None
-
-    def out_of_time() -> bool:
-        return by_time and state["wall_s"] >= cfg.time_budget_s
-
-    def rank0_counters(state: dict) -> dict:
-        """Rank 0's counters (wall time for the budget, env steps), which every rank needs."""
-        if world == 1:
-            return state
-        payload = [state]
-        dist.broadcast_object_list(payload, src=0)
-        return payload[0]
-
-    bar = tqdm(total=int(cfg.time_budget_s) if by_time else cfg.iterations, unit="s" if by_time else "it",
-               initial=round(state["wall_s"]) if by_time else state["iteration"], desc="grpo",
-               disable=not (progress and is_main))
-
-    def evaluate_and_keep_best(weights: dict[str, torch.Tensor] | None, it: int) -> dict[str, float]:
-        """5. greedy evaluation (the ranks that roll out); the policy at the best one so far also goes
-        to <run>/best."""
-        result = evaluate(pool, cfg, weights)
-        if is_new_best(cfg, state, result["eval_success"]):
-            weights = full_weights(model) if weights is None else weights  # colocated: gathered now
-            if is_main:
-                save_best(run_dir, model, policy, cfg, weights, it, result["eval_success"])
-        return result
-
-    def sync_weights() -> dict[str, torch.Tensor] | None:
-        """The full weights the rollout workers need (a collective under FSDP: every rank takes part);
-        colocated, none: the rollouts use the learner's own model."""
-        return None if colocated else full_weights(model)
-
+    run = grpo_run.start(cfg, Path(run_dir), progress)
     try:
-        weights = sync_weights()
-        if state["iteration"] == 0 and eval_due(cfg, 0):
-            if rolls:
-                initial = evaluate_and_keep_best(weights, 0)
-                last_eval = initial["eval_success"]
-                state["wall_s"] += initial["eval_s"]  # the time budget counts evaluation too
-            state = rank0_counters(state)  # so that every rank stops where rank 0's clock says
-            if is_main:
-                logger.log(initial, 0)
-                if out_of_time():
-                    tqdm.write(budget_spent_message(initial["eval_s"], cfg.time_budget_s), file=sys.stderr)
-        while state["iteration"] < cfg.iterations:
-            if out_of_time():
-                break
+        weights = run.sync_weights()
+        if run.state["iteration"] == 0 and eval_due(cfg, 0):
+            grpo_run.evaluate_start(run, weights)
+        while run.state["iteration"] < cfg.iterations and not run.out_of_time():
             t_iter = time.perf_counter()
-            # 1-2. rollouts with dynamic sampling (rank 0), shared with every learner rank
-            payload = [None]
-            temperature = rollout_temperature(cfg, state["iteration"] + 1, state["wall_s"])
-            if rolls:
-                t0 = time.perf_counter()
-                pool.set_weights(weights)
-                sync_s = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                kept, info = collect(pool, cfg, state, temperature)
-                info["rollout_s"] = time.perf_counter() - t0
-                info["sync_s"] = sync_s
-                payload = [(kept, info, state["next_group"])]
-            if world > 1 and not colocated:  # colocated ranks gathered the same trajectories already
-                dist.broadcast_object_list(payload, src=0)
-            kept, info, state["next_group"] = payload[0]
-            # 3. advantages, broadcast over each trajectory's tokens (with kl_penalty=reward_k1, from
-            # rewards less kl_coef times each trajectory's k1 estimate against the reference)
-            penalties = None
-            if ref_policy is not None and cfg.kl_penalty == "reward_k1" and kept:
-                ref_lp = reference_log_probs(ref_policy, kept, temperature)
-                kl = [k1_penalties(t.logp, r, t.token_mask) for t, r in zip(kept, ref_lp)]
-                penalties = [cfg.kl_coef * k for k in kl]
-                info["kl_reward"] = float(np.mean(kl))
-            adv = {}
-            for g, r in group_rewards(kept, penalties).items():
-                for k, a in enumerate(grpo_advantages(r)):
-                    adv[(g, k)] = float(a)
-            batch = flatten(kept, adv)
-            n_traj = len(kept)
-            if cfg.mirror_augment and kept:  # 3b. each kept trajectory's mirror image, same advantage
-                batch = add_mirror_images(batch, policy, temperature, carries_gradient(batch["adv"], cfg))
-                n_traj *= 2
-            if is_main and not any(adv.values()):  # say why nothing changes instead of spinning silently
-                tqdm.write(no_signal_message(info, state["iteration"] + 1), file=sys.stderr)
-            # 4. the update
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, state["iteration"] + 1)
-            t0 = time.perf_counter()
-            metrics = (update(model, ref_model, opt, policy, batch, n_traj, cfg, gen, temperature=temperature)
-                       if kept else {})
-            metrics["update_s"] = time.perf_counter() - t0
-            metrics["lr"] = opt.param_groups[0]["lr"]
-            metrics["temperature"] = temperature
-            weights = sync_weights()
-            state["iteration"] += 1
-            it = state["iteration"]
-            if rolls:
-                timing = pool.take_timing()
-                # 5. evaluation
-                if eval_due(cfg, it):
-                    metrics.update(evaluate_and_keep_best(weights, it))
-                    last_eval = metrics["eval_success"]
-            if is_main:
-                state["env_steps"] += timing["env_steps"]
-                iter_s = time.perf_counter() - t_iter
-                state["wall_s"] += iter_s
-                metrics.update(info)
-                metrics.update(
-                    success=info["reward"],
-                    env_steps_per_s=timing["env_steps"] / max(info["rollout_s"], 1e-9),
-                    sim_s=timing["sim_s"], inference_s=timing["inference_s"], iter_s=iter_s,
-                    wall_s=state["wall_s"], chunks=len(batch["bins"]),
-                )
-                logger.log(metrics, it)
-                bar.update(round(state["wall_s"]) - bar.n if by_time else 1)
-                bar.set_postfix(it=it, reward=f"{info['reward']:.2f}", kept=info["kept_groups"],
-                                eval="-" if last_eval is None else f"{last_eval:.2f}")
-            state = rank0_counters(state)
-            # 6. checkpoint
-            if it % cfg.save_every == 0 or it == cfg.iterations:
-                save_state(run_dir, model, opt, policy, cfg, state, gen, weights)
-            if world > 1:
+            temperature = rollout_temperature(cfg, run.state["iteration"] + 1, run.state["wall_s"])
+            kept, info = rollouts(run, weights, temperature)  # 1-2
+            batch, n_traj = advantages(run, kept, info, temperature)  # 3
+            metrics = learn(run, batch, n_traj, temperature)  # 4
+            weights = run.sync_weights()
+            run.state["iteration"] += 1
+            it = run.state["iteration"]
+            if run.rolls and eval_due(cfg, it):  # 5
+                metrics.update(run.evaluate_and_keep_best(weights, it))
+            grpo_run.log_iteration(run, metrics, info, len(batch["bins"]), t_iter)
+            if it % cfg.save_every == 0 or it == cfg.iterations:  # 6
+                save_state(run.run_dir, run.model, run.opt, run.policy, cfg, run.state, run.gen, weights)
+            if run.world > 1:
                 dist.barrier()
-        save_state(run_dir, model, opt, policy, cfg, state, gen, weights)
-        if is_main:
-            plot_curves(logger.path, ["eval_success", "reward", "kept_groups", "clipfrac", "approx_kl", "entropy"],
-                        run_dir / "learning_curve.png", "GRPO")
+        save_state(run.run_dir, run.model, run.opt, run.policy, cfg, run.state, run.gen, weights)
+        if run.is_main:
+            plot_curves(run.logger.path, ["eval_success", "reward", "kept_groups", "clipfrac", "approx_kl", "entropy"],
+                        run.run_dir / "learning_curve.png", "GRPO")
     finally:
-        bar.close()
-        if logger:
-            logger.close()
-        if pool:
-            pool.close()
-    return run_dir / "checkpoint"
+        run.close()
+    return run.run_dir / "checkpoint"
 
 
 def _main(cfg: TrainConfig, run_dir: Path) -> None:

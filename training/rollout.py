@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pushcut.devices import torch_dtype
 from pushcut.policy import sampling
 from pushcut.policy.config import PolicyConfig
 from pushcut.policy.inference import TorchPolicy
@@ -106,7 +107,7 @@ class RolloutWorker:
             # its weights in the compute dtype (half the memory, and half the bytes to sync, in bf16)
             with torch.device(device):
                 model = VLAPolicy(policy_cfg)
-            model.to(getattr(torch, policy_cfg.dtype))
+            model.to(torch_dtype(policy_cfg.dtype))
             policy = TorchPolicy(model, norm_stats, load_tokenizer(tokenizer_json), device=device)
         self.cfg = policy_cfg
         self.policy = policy
@@ -308,7 +309,7 @@ class WorkerPool:
             actor = ray.remote(num_cpus=1, num_gpus=gpus)(RolloutWorker)
             self.workers = [actor.remote(*args) for _ in range(rollout_cfg.num_workers)]
             backend = sync_backend(rollout_cfg.device, learner_device)
-            self.sender = WeightSender(len(self.workers), backend, getattr(torch, policy_cfg.dtype), learner_device)
+            self.sender = WeightSender(len(self.workers), backend, torch_dtype(policy_cfg.dtype), learner_device)
             joined = [w.join_weight_group.remote(self.sender.host, self.sender.port, i + 1, self.sender.world, backend)
                       for i, w in enumerate(self.workers)]
             self.sender.connect()

@@ -25,7 +25,7 @@ import mujoco
 import numpy as np
 
 from pushcut import spec
-from pushcut.deploy.policy import smooth_path, spline
+from pushcut.motion import smooth_path, spline
 from pushcut.sim.config import EnvConfig
 from pushcut.sim.core import Obs, Step, as_chunk
 from pushcut.sim.tasks import TASKS
@@ -52,7 +52,7 @@ class TwinEnv:
         self.instruction = self.task.instruction
         self.max_steps = cfg.max_steps or self.task.max_steps
         if head is None and cfg.head_calibration:
-            from pushcut.calibration.files import load_intrinsics
+            from pushcut.calibration_files import load_intrinsics
 
             head = HeadCamera.from_calibration(load_intrinsics(cfg.head_calibration))
         h, w = cfg.image_size

@@ -98,7 +98,7 @@ class HeadCamera:
 
     @classmethod
     def from_calibration(cls, cal) -> HeadCamera:
-        """From a ``pushcut.calibration.files.CameraCalibration`` with world-frame extrinsics."""
+        """From a ``pushcut.calibration_files.CameraCalibration`` with world-frame extrinsics."""
         if cal.T_base_camera is None or cal.frame != "world":
             raise ValueError(f"calibration of {cal.camera!r} has no world-frame extrinsics (run hand-eye first)")
         T = np.asarray(cal.T_base_camera, dtype=float)

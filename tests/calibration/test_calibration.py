@@ -10,16 +10,16 @@ import pytest
 
 from pushcut.calibration import cli
 from pushcut.calibration.board import Board
-from pushcut.calibration.files import (
+from pushcut.calibration.handeye import _inv, calibrate_hand_eye, pose_error
+from pushcut.calibration.intrinsics import calibrate_intrinsics
+from pushcut.calibration.synthetic import CalibrationScene, pose, random_board_poses_in_front
+from pushcut.calibration_files import (
     CalibrationError,
     CameraCalibration,
     load_arm,
     load_intrinsics,
     save_intrinsics,
 )
-from pushcut.calibration.handeye import _inv, calibrate_hand_eye, pose_error
-from pushcut.calibration.intrinsics import calibrate_intrinsics
-from pushcut.calibration.synthetic import CalibrationScene, pose, random_board_poses_in_front
 
 BOARD = Board()
 
@@ -135,7 +135,7 @@ def test_joint_and_gripper_zero_through_the_sdk_on_the_emulator(tmp_path):
 
         cal = gripper_zero(arm, cal, prompt=gripper_operator)
         assert cal.gripper_range_m == pytest.approx([0.0, 0.066], abs=1e-5)
-        from pushcut.calibration.files import save_arm
+        from pushcut.calibration_files import save_arm
 
         save_arm(tmp_path / "arm_left.json", cal)
         assert load_arm(tmp_path / "arm_left.json").gripper_range_m == cal.gripper_range_m

@@ -6,18 +6,14 @@ import dataclasses
 import numpy as np
 import pytest
 
+from pushcut.deploy.broker import ActionChunkBroker
+from pushcut.deploy.client import PolicyClient, ServerLost
 from pushcut.deploy.engine import Engine
-from pushcut.deploy.policy import ActionChunkBroker, spline
-from pushcut.deploy.serve import (
-    CheckpointEngine,
-    LocalPolicy,
-    PolicyClient,
-    PolicyServer,
-    ServeConfig,
-    ServerLost,
-    pack,
-    unpack,
-)
+from pushcut.deploy.load import load_policy
+from pushcut.deploy.serve import PolicyServer, ServeConfig
+from pushcut.deploy.wire import pack, unpack
+from pushcut.interface import Policy
+from pushcut.motion import spline
 from pushcut.policy.inference import TorchPolicy
 from pushcut.sim.config import EnvConfig
 from pushcut.sim.twin.env import TwinEnv
@@ -155,28 +151,29 @@ def test_server_over_loopback_gives_the_local_engines_actions(bundle):
     engine = Engine(bundle)
     server = PolicyServer(engine, port=0).start()
     try:
-        client = PolicyClient(f"127.0.0.1:{server.port}")
-        local = LocalPolicy(engine)
+        client = load_policy(f"127.0.0.1:{server.port}")
+        assert isinstance(client, PolicyClient) and isinstance(engine, Policy)
         rng = np.random.default_rng(0)
         size = engine.image_size
         for _ in range(5):
             obs = {"images": {c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in engine.cameras},
                    "proprio": rng.normal(0, 0.3, D).astype(np.float32), "instruction": "click the bell"}
-            remote, timing = client.infer(obs)
-            np.testing.assert_array_equal(remote, local.infer(obs)[0])
+            np.testing.assert_array_equal(client.infer(obs), engine.infer(obs))
+            timing = client.timing
             assert set(timing) == {"queue_ms", "infer_ms", "transport_ms"} and timing["infer_ms"] > 0
         assert client.instruction_problem("x" * 4000) and client.instruction_problem("click the bell") is None
         with pytest.raises(ValueError, match="refused"):  # a bad request is answered, the server stays up
             client.infer({"images": {}, "proprio": np.zeros(D, np.float32), "instruction": "x"})
-        assert client.infer(obs)[0].shape == (engine.chunk_len, D)
+        assert client.infer(obs).shape == (engine.chunk_len, D)
         # a reply that does not fit the manifest is refused where it enters, before any broker
         for bad in (np.zeros((engine.chunk_len, 3)), np.full((engine.chunk_len, D), np.nan),
                     np.zeros((engine.chunk_len, D), dtype=np.int64)):
-            server.policy.engine = type("Bad", (), {"infer": lambda self, o, bad=bad: bad,
-                                                    "tokenizer": engine.tokenizer})()
+            server.policy = type("Bad", (Policy,), {"infer": lambda self, o, bad=bad: bad,
+                                                    "manifest": engine.manifest,
+                                                    "instruction_problem": engine.instruction_problem})()
             with pytest.raises(ValueError, match="manifest says finite floats"):
                 client.infer(obs)
-        server.policy.engine = engine
+        server.policy = engine
         server.shutdown()
         with pytest.raises(ServerLost):
             client.infer(obs)
@@ -186,7 +183,8 @@ def test_server_over_loopback_gives_the_local_engines_actions(bundle):
 
 
 def test_server_serves_a_torch_checkpoint_as_the_checkpoint_acts_locally(sft_checkpoint):
-    served = CheckpointEngine(str(sft_checkpoint))
+    served = load_policy(sft_checkpoint)
+    assert isinstance(served, TorchPolicy)
     server = PolicyServer(served, port=0).start()
     try:
         client = PolicyClient(f"127.0.0.1:{server.port}")
@@ -197,7 +195,7 @@ def test_server_serves_a_torch_checkpoint_as_the_checkpoint_acts_locally(sft_che
         rng = np.random.default_rng(1)
         obs = {"images": {c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in local.cfg.cameras},
                "proprio": rng.normal(0, 0.3, D).astype(np.float32), "instruction": "click the bell"}
-        np.testing.assert_array_equal(client.infer(obs)[0], local.infer(obs))
+        np.testing.assert_array_equal(client.infer(obs), local.infer(obs))
     finally:
         server.shutdown()
     with pytest.raises(ValueError, match="exactly one"):
@@ -269,3 +267,14 @@ def test_server_refuses_each_bad_request_with_a_message_naming_the_field(bundle)
             assert unpack(ws.recv())["actions"].shape == (engine.chunk_len, D)
     finally:
         server.shutdown()
+
+
+def test_load_policy_knows_a_bundle_a_checkpoint_and_a_server_apart(bundle, sft_checkpoint, tmp_path):
+    assert isinstance(load_policy(bundle), Engine) and isinstance(load_policy(sft_checkpoint), TorchPolicy)
+    for nothing in (tmp_path, "no-such-folder"):
+        with pytest.raises(ValueError, match="neither a bundle .* nor host:port"):
+            load_policy(nothing)
+    with pytest.raises(ServerLost, match="cannot reach"):
+        load_policy("127.0.0.1:9", timeout_s=0.2)
+    with pytest.raises(Exception, match="manifest.json"):  # told it is a bundle: the bundle's own error
+        load_policy(sft_checkpoint, kind="bundle")

@@ -78,7 +78,7 @@ def test_unknown_version_and_missing_files_are_rejected(bundle, tmp_path):
         Engine(b)
     b2 = _copy(bundle, tmp_path / "x")
     (b2 / "tokenizer.json").unlink()
-    with pytest.raises(BundleError, match="tokenizer.json listed in the manifest is missing"):
+    with pytest.raises(BundleError, match="tokenizer.json listed in manifest.json is missing"):
         load_manifest(b2)
     with pytest.raises(BundleError, match="no manifest.json"):
         load_manifest(tmp_path)
@@ -100,7 +100,7 @@ def test_bundle_that_does_not_fit_the_robot_is_rejected(bundle):
 
 
 def _edit_manifest(b, edit, resign=False):
-    from pushcut.deploy.bundle import signature
+    from pushcut.artefacts import signature
 
     m = json.loads((b / "manifest.json").read_text())
     edit(m)
@@ -217,7 +217,7 @@ def test_a_corrupted_checkpoint_is_never_exported(sft_checkpoint, tmp_path):
 
 def test_engine_imports_without_torch():
     code = (
-        "import sys, pushcut.deploy.engine, pushcut.deploy.bundle, pushcut.deploy.policy;"
+        "import sys, pushcut.deploy.engine, pushcut.deploy.bundle, pushcut.deploy.broker;"
         "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')];"
         "assert not bad, bad"
     )

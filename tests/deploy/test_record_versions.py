@@ -63,7 +63,7 @@ def test_a_signed_bundle_runs_and_one_written_before_signatures_is_refused_with_
 
 
 def test_calibration_files_and_demos_of_version_1_load():
-    from pushcut.calibration.files import load_arm, load_intrinsics
+    from pushcut.calibration_files import load_arm, load_intrinsics
     from pushcut.sim import demos
 
     cam = load_intrinsics(FIXTURES / "camera_head_v1_2c6ff94.json")

@@ -179,7 +179,7 @@ def test_checkpoint_mismatch_is_a_clear_error(micro_cfg, tmp_path):
 
 
 def _restamp(path):
-    from pushcut.deploy.bundle import sha256
+    from pushcut.artefacts import sha256
 
     meta = json.loads((path / "meta.json").read_text())
     meta["files"] = {name: sha256(path / name) for name in meta["files"]}

@@ -17,8 +17,12 @@ LAUNCH = Path(__file__).resolve().parents[2] / "ros2_ws/src/pushcut_ros/launch"
 def _launch_args(path: Path) -> dict:
     tree = ast.parse(path.read_text())
     for node in tree.body:
-        if isinstance(node, ast.Assign) and node.targets[0].id == "ARGS":
-            return ast.literal_eval(node.value)
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "ARGS":
+            from pushcut.ros.inputs import HEARTBEAT_TIMEOUT_S  # the names the launch files take defaults from
+
+            names = {"COMMAND_HZ": composition.COMMAND_HZ, "SPEED_PERCENT": composition.SPEED_PERCENT,
+                     "HEARTBEAT_TIMEOUT_S": HEARTBEAT_TIMEOUT_S, "str": str}
+            return eval(compile(ast.Expression(node.value), str(path), "eval"), {"__builtins__": {}}, names)
     raise AssertionError(f"{path.name} declares no ARGS")
 
 
@@ -28,7 +32,9 @@ def test_launch_files_compile_and_use_the_shared_composition(name, fn):
     path = LAUNCH / name
     src = path.read_text()
     compile(src, str(path), "exec")
-    assert "def generate_launch_description" in src and f"from pushcut_ros.composition import {fn.__name__}" in src
+    imported = {a.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)
+                and n.module == "pushcut_ros.composition" for a in n.names}
+    assert "def generate_launch_description" in src and fn.__name__ in imported
     args = _launch_args(path)
     assert {"task", "bundle", "num_trials", "log_dir"} <= set(args)
     if fn is composition.robot_eval:
@@ -62,9 +68,16 @@ def test_compositions_name_real_nodes(bundle):
     with pytest.raises(ValueError, match="unknown camera"):
         composition.robot_eval("click_bell", str(bundle), {"belly": "0"})
     # every node parameter in the compositions is one the node declares
-    for spec in robot + twin:
-        from pushcut.ros.runner import _node_class
+    from pushcut.ros.params import defaults
+    from pushcut.ros.piper_arm_node import ArmNodeParams
+    from pushcut.ros.policy_node import PolicyNodeParams
+    from pushcut.ros.runner import _node_class
 
+    dataclass_params = {"piper_arm_node": ArmNodeParams, "policy_node": PolicyNodeParams}
+    for spec in robot + twin:
+        if spec.executable in dataclass_params:
+            assert set(spec.parameters) <= set(defaults(dataclass_params[spec.executable])), spec
+            continue
         src = inspect.getsource(_node_class(spec.executable))
         for key in spec.parameters:
             assert f'"{key}"' in src, (spec.executable, key)
@@ -175,15 +188,43 @@ def test_colcon_builds_the_workspace_and_an_installed_node_joins_the_graph(tmp_p
 def test_params_file_states_every_node_parameter_and_its_default():
     import yaml
 
+    from pushcut.ros.params import defaults
+    from pushcut.ros.piper_arm_node import ArmNodeParams
+    from pushcut.ros.policy_node import PolicyNodeParams
+
     pkg = LAUNCH.parent
     params = yaml.safe_load((pkg / "config/params.yaml").read_text())
     for node, module in [("camera", "camera_node"), ("policy", "policy_node"), ("piper_arm", "piper_arm_node"),
                          ("trial", "trial_node"), ("twin", "twin_node")]:
-        declared = {}
+        declared = {}  # nodes that declare parameters one by one
         for call in ast.walk(ast.parse((pkg / "pushcut_ros" / f"{module}.py").read_text())):
             if isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "declare_parameter":
                 declared[call.args[0].value] = ast.literal_eval(call.args[1])
+        declared |= defaults({"policy": PolicyNodeParams, "piper_arm": ArmNodeParams}[node]) if not declared else {}
         stated = params[node]["ros__parameters"]
         assert set(stated) <= set(declared), f"{node}: params.yaml names unknown {set(stated) - set(declared)}"
         assert {k: declared[k] for k in stated} == stated, f"{node}: params.yaml disagrees with the node's defaults"
         assert set(stated) == set(declared), f"{node}: params.yaml leaves out {set(declared) - set(stated)}"
+
+
+def test_each_default_is_declared_once():
+    """The arm node's limits and rates are the driver's and the safety layer's; the policy node's
+    command rate and speed are the driver's, its action period the twin's; the launch file states
+    none of them again."""
+    from pushcut.deploy.piper.driver import DriverConfig
+    from pushcut.deploy.piper.safety import SafetyConfig
+    from pushcut.ros.composition import COMMAND_HZ, SPEED_PERCENT
+    from pushcut.ros.piper_arm_node import ArmNodeParams
+    from pushcut.ros.policy_node import PolicyNodeParams
+    from pushcut.sim.config import EnvConfig
+
+    arm, policy = ArmNodeParams(), PolicyNodeParams()
+    assert (arm.max_relative_target, arm.rate_hz, arm.speed_rate) == (
+        SafetyConfig().max_relative_target, DriverConfig().rate_hz, DriverConfig().speed_rate)
+    assert (policy.control_hz, policy.speed_percent, policy.step_hz) == (COMMAND_HZ, SPEED_PERCENT,
+                                                                         EnvConfig().control_hz)
+    launch = ast.parse((LAUNCH / "robot_eval.launch.py").read_text())
+    args = next(n.value for n in ast.walk(launch)
+                if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "ARGS")
+    literal = {k.value: v.value for k, v in zip(args.keys, args.values) if isinstance(v, ast.Constant)}
+    assert not {"control_hz", "speed_percent", "heartbeat_timeout_s"} & set(literal)  # taken from the code

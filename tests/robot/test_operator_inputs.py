@@ -14,10 +14,11 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
-from pushcut.ros.conversions import ESTOP_TOPIC, LATCHED, arm_state_msg, stamp_to_s
+from pushcut.ros.conversions import arm_state_msg, stamp_to_s
 from pushcut.ros.inputs import SENDER_QOS, StateInput
 from pushcut.ros.piper_arm_node import PiperArmNode
 from pushcut.ros.policy_node import PolicyNode
+from pushcut.ros.topics import ESTOP_TOPIC, LATCHED
 from tests.robot.test_ros_nodes import _call, _params, _policy_rig, every, rclpy_node
 
 _ports = itertools.count()

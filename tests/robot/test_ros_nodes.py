@@ -16,12 +16,14 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
-from pushcut.deploy.policy import ActionChunkBroker, smooth_path
+from pushcut.deploy.broker import ActionChunkBroker
 from pushcut.deploy.trials import TrialLog, wilson_interval
+from pushcut.motion import smooth_path
 from pushcut.ros.camera_node import CameraNode
-from pushcut.ros.conversions import LATCHED, arm_state_msg, image_msg
+from pushcut.ros.conversions import arm_state_msg, image_msg
 from pushcut.ros.piper_arm_node import PiperArmNode
 from pushcut.ros.policy_node import PolicyNode
+from pushcut.ros.topics import LATCHED
 from pushcut.ros.trial_node import TrialNode
 from pushcut.ros.twin_node import TwinNode
 from tests.training.conftest import MICRO_ENV
@@ -352,7 +354,7 @@ import sys
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.node import Node
 from std_msgs.msg import String
-from pushcut.ros.conversions import spin_main
+from pushcut.ros.spin import spin_main
 
 class Probe(Node):
     def __init__(self):

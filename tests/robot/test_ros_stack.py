@@ -10,8 +10,9 @@ from std_msgs.msg import Bool
 
 from pushcut.deploy.trials import TrialLog
 from pushcut.ros.composition import robot_eval, twin_eval
-from pushcut.ros.conversions import ESTOP_TOPIC, LATCHED, arm_state_msg, image_msg, stamp_to_s
+from pushcut.ros.conversions import arm_state_msg, image_msg, stamp_to_s
 from pushcut.ros.runner import dry_run, instantiate
+from pushcut.ros.topics import ESTOP_TOPIC, LATCHED
 from tests.robot.test_ros_nodes import _policy_rig, every, rclpy_node
 from tests.training.conftest import MICRO_ENV
 

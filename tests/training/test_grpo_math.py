@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pushcut.training import grpo
+from pushcut.training import grpo, grpo_run
 from pushcut.training.rollout import Trajectory, executed_token_mask
 
 
@@ -129,11 +129,11 @@ def test_dynamic_sampling_gives_up_after_max_rounds_and_off_keeps_all():
 
 def test_best_evaluation_is_the_first_that_no_later_one_beats():
     state = {}
-    flags = [grpo.is_new_best(_cfg(), state, s) for s in (0.1, 0.3, 0.3, 0.2, 0.5, 0.0)]
+    flags = [grpo_run.is_new_best(_cfg(), state, s) for s in (0.1, 0.3, 0.3, 0.2, 0.5, 0.0)]
     assert flags == [True, True, False, False, True, False] and state["best_eval"] == 0.5
     resumed = {"best_eval": 0.5}  # a resumed run compares with the best its checkpoint carries
-    assert not grpo.is_new_best(_cfg(), resumed, 0.4) and grpo.is_new_best(_cfg(), resumed, 0.6)
-    assert not grpo.is_new_best(_cfg(keep_best=False), {}, 1.0)
+    assert not grpo_run.is_new_best(_cfg(), resumed, 0.4) and grpo_run.is_new_best(_cfg(), resumed, 0.6)
+    assert not grpo_run.is_new_best(_cfg(keep_best=False), {}, 1.0)
 
 
 def test_lr_warms_up_linearly_then_holds():

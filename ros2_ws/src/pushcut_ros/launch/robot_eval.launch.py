@@ -10,7 +10,7 @@ nodes are lifecycle nodes: this file configures, then activates them once config
 ``/<arm>/joint_states_single`` and ``/<arm>/joint_ctrl_single`` (run piper_ros's
 ``piper_single_ctrl`` in namespaces ``left`` and ``right`` yourself); ``speed_percent`` is the
 speed both drivers run at. ``execution:=async`` overlaps inference with the running chunk
-(``pushcut.deploy.policy``); ``policy_source:=host:port`` uses a ``pushcut-serve`` server (a GPU box)
+(``pushcut.motion``); ``policy_source:=host:port`` uses a ``pushcut-serve`` server (a GPU box)
 instead of running the bundle on this PC. ``heartbeat_topic:=/pedal`` makes that topic
 (``std_msgs/Bool`` true at a steady rate) the operator's deadman: the arms hold while it is silent
 for over ``heartbeat_timeout_s``.
@@ -24,13 +24,14 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
-from pushcut_ros.composition import robot_eval
+from pushcut_ros.composition import COMMAND_HZ, SPEED_PERCENT, robot_eval
+from pushcut_ros.inputs import HEARTBEAT_TIMEOUT_S
 
-ARGS = {"task": "click_bell", "bundle": "", "num_trials": "10", "log_dir": "trials", "control_hz": "200",
+ARGS = {"task": "click_bell", "bundle": "", "num_trials": "10", "log_dir": "trials", "control_hz": str(COMMAND_HZ),
         "head_device": "0", "left_wrist_device": "2", "right_wrist_device": "4", "left_can": "can_left",
         "right_can": "can_right", "calibration_dir": "", "sim": "hardware", "driver": "pushcut",
-        "speed_percent": "50", "execution": "sync", "policy_source": "local", "heartbeat_topic": "",
-        "heartbeat_timeout_s": "0.5"}
+        "speed_percent": str(SPEED_PERCENT), "execution": "sync", "policy_source": "local", "heartbeat_topic": "",
+        "heartbeat_timeout_s": str(HEARTBEAT_TIMEOUT_S)}
 
 
 def _nodes(context):

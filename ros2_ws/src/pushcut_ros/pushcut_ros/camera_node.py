@@ -11,9 +11,11 @@ import cv2
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from pushcut.calibration.files import load_intrinsics
+from pushcut.calibration_files import load_intrinsics
 
-from .conversions import camera_topic, image_msg, spin_main
+from .conversions import image_msg
+from .spin import spin_main
+from .topics import camera_topic
 
 
 class CameraNode(Node):

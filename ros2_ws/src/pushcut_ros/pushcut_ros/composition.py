@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pushcut.deploy.piper.driver import DriverConfig
 from pushcut.spec import ARMS, TWIN_CAMERAS
+
+COMMAND_HZ = int(DriverConfig.rate_hz)  # commands per second to the arms, the driver's control rate
+SPEED_PERCENT = DriverConfig.speed_rate  # the arms' speed percentage
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,7 @@ def twin_eval(task: str, bundle: str, num_trials: int = 10, log_dir: str = "tria
         NodeSpec("twin_node", "twin", parameters={"task": task, "cameras": cams, "image_height": image_size,
                                                   "image_width": image_size, "control_hz": control_hz,
                                                   "camera_hz": 25, "max_steps": max_steps}),
-        NodeSpec("policy_node", "policy", parameters={"bundle": bundle, "control_hz": control_hz, "step_hz": 25,
-                                                      **(policy or {})}),
+        NodeSpec("policy_node", "policy", parameters={"bundle": bundle, "control_hz": control_hz, **(policy or {})}),
         NodeSpec("trial_node", "trial", parameters={"task": task, "num_trials": num_trials, "log_dir": log_dir,
                                                     "bundle": bundle, "mode": "twin", "seed_start": seed_start,
                                                     "cameras": cams, "record": record}),
@@ -57,9 +60,9 @@ def piper_ros_remappings() -> tuple[tuple[str, str], ...]:
 
 
 def robot_eval(task: str, bundle: str, cameras: dict[str, str], can_ports: dict[str, str] | None = None,
-               num_trials: int = 10, log_dir: str = "trials", control_hz: int = 200, emulate: bool = False,
+               num_trials: int = 10, log_dir: str = "trials", control_hz: int = COMMAND_HZ, emulate: bool = False,
                calibration_dir: str = "", terminal_ui: bool = True, driver: str = "pushcut",
-               speed_percent: int = 50, policy: dict | None = None, heartbeat_topic: str = "",
+               speed_percent: int = SPEED_PERCENT, policy: dict | None = None, heartbeat_topic: str = "",
                heartbeat_timeout_s: float = 0.5) -> list[NodeSpec]:
     """Cameras + policy + both Piper arm nodes + trial node (operator-judged).
 
@@ -94,7 +97,7 @@ def robot_eval(task: str, bundle: str, cameras: dict[str, str], can_ports: dict[
     remap = piper_ros_remappings() if driver == "piper_ros" else ()
     specs += [
         NodeSpec("policy_node", "policy", remappings=remap, parameters={
-            "bundle": bundle, "control_hz": control_hz, "step_hz": 25, "speed_percent": speed_percent,
+            "bundle": bundle, "control_hz": control_hz, "speed_percent": speed_percent,
             **deadman, **(policy or {})}),
         NodeSpec("trial_node", "trial", remappings=remap, parameters={
             "task": task, "num_trials": num_trials, "log_dir": log_dir, "bundle": bundle, "mode": "operator",

@@ -1,40 +1,15 @@
-"""numpy <-> ROS message conversions, topic names and the standard ``main``, shared by the nodes."""
+"""numpy <-> ROS message conversions shared by the nodes (images, joint states, the 14-dim action)."""
 
 from __future__ import annotations
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 
 from pushcut.deploy.piper import units
 from pushcut.spec import ARM_JOINTS, ARMS, DOF_PER_ARM, GRIPPER
 
 JOINT_NAMES = [*ARM_JOINTS, GRIPPER]  # piper_ros: joint1..joint6 (rad) + gripper (m)
-
-ESTOP_TOPIC = "/estop"  # std_msgs/Bool: true stops the whole stack, false is the operator's resume
-INSTRUCTION_TOPIC = "/instruction"  # std_msgs/String: the task to do; "" = idle, the arms hold
-# std_msgs/Float64 on /policy/<name>_ms, one per chunk (policy_node's docstring defines each)
-POLICY_TIMINGS = ("frame_age", "queue", "inference", "transport", "broker", "latency", "wait")
-# Latched (the last value reaches nodes that join later) and reliable: a node started during an
-# e-stop starts stopped, a policy started mid-trial gets the trial's instruction.
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-def policy_timing_topic(name: str) -> str:
-    return f"/policy/{name}_ms"
-
-
-def camera_topic(name: str) -> str:
-    return f"/cameras/{name}/image_raw"
-
-
-def joint_states_topic(arm: str) -> str:
-    return f"/{arm}/joint_states"
-
-
-def joint_command_topic(arm: str) -> str:
-    return f"/{arm}/joint_command"
 
 
 def stamp_to_s(stamp: Time) -> float:
@@ -104,25 +79,3 @@ def join_state(per_arm: dict[str, np.ndarray]) -> np.ndarray:
         a[6] = units.gripper_m_to_normalised(a[6])
         parts.append(a)
     return np.concatenate(parts)
-
-
-def spin_main(node_cls, args=None, executor_cls=None) -> None:
-    """The ROS 2 demos' ``main``: rclpy.init as a context, spin, a clean exit on Ctrl-C (also when
-    the shutdown lands while a timer callback publishes: its publisher's context or handle is then
-    invalid)."""
-    import rclpy
-    from rclpy._rclpy_pybind11 import InvalidHandle, RCLError
-
-    with rclpy.init(args=args):
-        node = node_cls()
-        executor = executor_cls() if executor_cls else rclpy.executors.SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-            pass
-        except (RCLError, InvalidHandle):
-            if rclpy.ok():  # a real failure, not a callback that Ctrl-C's shutdown caught mid-publish
-                raise
-        finally:
-            node.destroy_node()

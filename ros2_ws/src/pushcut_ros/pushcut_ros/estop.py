@@ -18,7 +18,7 @@ import time
 import rclpy
 from std_msgs.msg import Bool
 
-from .conversions import ESTOP_TOPIC, LATCHED
+from .topics import ESTOP_TOPIC, LATCHED
 
 
 def send(engage: bool, discovery_s: float = 5.0, context=None) -> int:

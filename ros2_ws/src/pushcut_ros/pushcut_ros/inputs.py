@@ -39,7 +39,7 @@ from rclpy.qos import (
     qos_check_compatible,
 )
 
-from .conversions import LATCHED
+from .topics import LATCHED
 
 RELIABLE_VOLATILE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                                durability=DurabilityPolicy.VOLATILE)
@@ -55,6 +55,7 @@ SENDER_QOS = {
 STREAM_PROFILES = (RELIABLE_VOLATILE, BEST_EFFORT_VOLATILE)  # no latched value: a beat must be live
 DIAGNOSTICS_TOPIC = "/diagnostics"
 AUDIT_PERIOD_S = 1.0
+HEARTBEAT_TIMEOUT_S = 0.5  # silence allowed before the arms hold (nodes' heartbeat_timeout_s)
 MAX_PUBLISHERS = 256  # publishers remembered per input (the oldest forgotten first)
 
 
@@ -175,10 +176,7 @@ class Heartbeat:
         return self._last is not None and now - self._last <= self.timeout_s
 
 
-def make_heartbeat(node, audit: TopicAudit | None = None, callback_group=None) -> Heartbeat | None:
-    """The node's heartbeat from its ``heartbeat_topic`` / ``heartbeat_timeout_s`` parameters (None
-    when the topic is empty: off)."""
-    topic = node.get_parameter("heartbeat_topic").value
-    if not topic:
-        return None
-    return Heartbeat(node, topic, float(node.get_parameter("heartbeat_timeout_s").value), audit, callback_group)
+def make_heartbeat(node, topic: str, timeout_s: float, audit: TopicAudit | None = None,
+                   callback_group=None) -> Heartbeat | None:
+    """The node's heartbeat on ``topic`` (None when the topic is empty: off)."""
+    return Heartbeat(node, topic, timeout_s, audit, callback_group) if topic else None

@@ -21,33 +21,48 @@ this process, for dry runs and tests.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
+from pushcut.configs import ranges
 from pushcut.deploy.piper.driver import ArmFault, DriverConfig, PiperArm
 from pushcut.deploy.piper.safety import SafetyConfig
 
-from .conversions import ESTOP_TOPIC, LATCHED, arm_array, arm_state_msg, spin_main
-from .inputs import RELIABLE_VOLATILE, StateInput, TopicAudit, make_heartbeat
+from .conversions import arm_array, arm_state_msg
+from .inputs import HEARTBEAT_TIMEOUT_S, RELIABLE_VOLATILE, StateInput, TopicAudit, make_heartbeat
+from .params import declare
+from .spin import spin_main
+from .topics import ESTOP_TOPIC, LATCHED
+
+
+@ranges(rate_hz=">0", speed_rate="[1,100]", gripper_effort=">=0", max_relative_target=">0", max_gripper_step=">0",
+        watchdog_s=">0", stale_s=">0", heartbeat_timeout_s=">0")
+@dataclass(frozen=True)
+class ArmNodeParams:
+    """The arm node's ROS parameters; the defaults are the driver's and the safety layer's."""
+
+    can_port: str = DriverConfig.can_port
+    emulate: bool = False
+    rate_hz: float = DriverConfig.rate_hz
+    speed_rate: int = DriverConfig.speed_rate
+    gripper_effort: float = DriverConfig.gripper_effort
+    max_relative_target: float = SafetyConfig.max_relative_target
+    max_gripper_step: float = SafetyConfig.max_gripper_step
+    watchdog_s: float = SafetyConfig.watchdog_s
+    stale_s: float = DriverConfig.stale_s
+    heartbeat_topic: str = ""  # the operator's deadman (std_msgs/Bool); "" = off
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
 
 
 class PiperArmNode(LifecycleNode):
     def __init__(self, name: str = "piper_arm", **kwargs):
         super().__init__(name, **kwargs)
-        self.declare_parameter("can_port", "can0")
-        self.declare_parameter("emulate", False)
-        self.declare_parameter("rate_hz", 200.0)
-        self.declare_parameter("speed_rate", 50)
-        self.declare_parameter("gripper_effort", 1.0)
-        self.declare_parameter("max_relative_target", 0.1)
-        self.declare_parameter("max_gripper_step", 0.005)
-        self.declare_parameter("watchdog_s", 0.2)
-        self.declare_parameter("stale_s", 0.1)
-        self.declare_parameter("heartbeat_topic", "")  # the operator's deadman (std_msgs/Bool); "" = off
-        self.declare_parameter("heartbeat_timeout_s", 0.5)  # silence allowed before the arm holds
+        self.params = declare(self, ArmNodeParams)
         self.arm: PiperArm | None = None
         self.emulator = None
         self.timer = None
@@ -59,7 +74,7 @@ class PiperArmNode(LifecycleNode):
         self.estop_input = StateInput(self, Bool, ESTOP_TOPIC, self._on_estop, audit=self.audit)
         self.create_subscription(JointState, "joint_command", self._on_command, RELIABLE_VOLATILE)
         self.audit.watch("joint_command", JointState, (RELIABLE_VOLATILE,))
-        self.heartbeat = make_heartbeat(self, self.audit)
+        self.heartbeat = make_heartbeat(self, self.params.heartbeat_topic, self.params.heartbeat_timeout_s, self.audit)
         self.heartbeat_lost = self.heartbeat is not None  # until the first beat
         self.create_service(Trigger, "~/estop", self._srv_estop)
         self.create_service(Trigger, "~/resume", self._srv_resume)
@@ -68,13 +83,13 @@ class PiperArmNode(LifecycleNode):
 
     # --- lifecycle ------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        g = lambda n: self.get_parameter(n).value
-        emulate = g("emulate")
+        p = self.params
+        emulate = p.emulate
         cfg = DriverConfig(
-            can_port=g("can_port"), bus="virtual" if emulate else "socketcan", speed_rate=g("speed_rate"),
-            rate_hz=g("rate_hz"), gripper_effort=g("gripper_effort"), stale_s=g("stale_s"),
-            safety=SafetyConfig(max_relative_target=g("max_relative_target"),
-                                max_gripper_step=g("max_gripper_step"), watchdog_s=g("watchdog_s")),
+            can_port=p.can_port, bus="virtual" if emulate else "socketcan", speed_rate=p.speed_rate,
+            rate_hz=p.rate_hz, gripper_effort=p.gripper_effort, stale_s=p.stale_s,
+            safety=SafetyConfig(max_relative_target=p.max_relative_target,
+                                max_gripper_step=p.max_gripper_step, watchdog_s=p.watchdog_s),
         )
         if emulate:
             from pushcut.deploy.piper.emulator import PiperEmulator
@@ -90,7 +105,7 @@ class PiperArmNode(LifecycleNode):
         if self.state_pub is None:  # configured again after a cleanup: the same publishers
             self.state_pub = self.create_lifecycle_publisher(JointState, "joint_states", 10)
             self.status_pub = self.create_lifecycle_publisher(String, "arm_status", 10)
-        self.timer = self.create_timer(1.0 / g("rate_hz"), self._tick)
+        self.timer = self.create_timer(1.0 / p.rate_hz, self._tick)
         self.get_logger().info(f"configured on {cfg.can_port} ({cfg.bus})")
         return TransitionCallbackReturn.SUCCESS
 

@@ -8,7 +8,7 @@ With stale inputs it publishes nothing (the arm drivers hold): a chunk in progre
 soon as its inputs are older than ``max_age_s``, and the node says so. An empty instruction
 (``/instruction`` ""; the trial node sends it between trials) idles it.
 
-``execution`` (``pushcut.deploy.policy``): ``sync`` runs each chunk to its end and infers on frames
+``execution`` (``pushcut.motion``): ``sync`` runs each chunk to its end and infers on frames
 taken after its last command, so the arm waits for every inference; ``async`` starts the next
 inference while the chunk runs, ``lead_s`` before the chunk's last segment (0: from the measured
 inference latency), on the freshest frames and with the command the arm will have reached at the
@@ -44,6 +44,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
+from dataclasses import dataclass
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -52,97 +53,93 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64, String
 
 from pushcut import spec
+from pushcut.configs import ranges, require
+from pushcut.deploy.broker import ActionChunkBroker
 from pushcut.deploy.bundle import check_compatible
+from pushcut.deploy.client import ServerLost
+from pushcut.deploy.load import load_policy
+from pushcut.deploy.piper.driver import DriverConfig
 from pushcut.deploy.piper.safety import implausible
-from pushcut.deploy.policy import EXECUTION_MODES, ActionChunkBroker
-from pushcut.deploy.serve import LocalPolicy, PolicyClient, ServerLost
+from pushcut.motion import EXECUTION_MODES
+from pushcut.sim.config import EnvConfig
 
-from .conversions import (
+from .conversions import arm_array, arm_state_msg, image_array, join_state, split_action, stamp_to_s
+from .inputs import HEARTBEAT_TIMEOUT_S, StateInput, TopicAudit, make_heartbeat
+from .params import declare
+from .spin import spin_main
+from .topics import (
     ESTOP_TOPIC,
     INSTRUCTION_TOPIC,
     POLICY_TIMINGS,
-    arm_array,
-    arm_state_msg,
     camera_topic,
-    image_array,
-    join_state,
     joint_command_topic,
     joint_states_topic,
     policy_timing_topic,
-    spin_main,
-    split_action,
-    stamp_to_s,
 )
-from .inputs import StateInput, TopicAudit, make_heartbeat
 
 WINDOW = 10_000  # per-tick diagnostics kept (about 50 s at 200 Hz)
 RECONNECT_S = 1.0
+SERVER_START_S = 10.0  # a policy server is waited for this long at start
 LATENCY_WINDOW = 50  # inference round trips behind the measured lead
 
 
-def make_policy(source: str, bundle: str, providers, variant: str, timeout_s: float, added_latency_s: float):
-    """The local engine or a client of a policy server (``source``: local | host:port)."""
-    if source == "local":
-        if not bundle:
-            raise ValueError("parameter 'bundle' (an exported bundle directory) is required with policy_source local")
-        from pushcut.deploy.engine import Engine
+@ranges(server_timeout_s=">0", control_hz=">=1", step_hz=">=1", lead_s=">=0", added_latency_s=">=0",
+        max_age_s=">0", max_skew_s=">=0", speed_percent="[1,100]", heartbeat_timeout_s=">0")
+@dataclass(frozen=True)
+class PolicyNodeParams:
+    """The policy node's ROS parameters."""
 
-        return LocalPolicy(Engine(bundle, providers=providers, variant=variant), added_latency_s)
-    deadline = time.monotonic() + 10.0
-    while True:  # the server may still be starting
-        try:
-            return PolicyClient(source, timeout_s=timeout_s)
-        except ServerLost:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    bundle: str = ""
+    policy_source: str = "local"  # local | host:port of a pushcut-serve server
+    server_timeout_s: float = 0.5  # a server silent this long is lost: the arms hold
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    variant: str = "fp32"
+    control_hz: int = int(DriverConfig.rate_hz)  # commands per second to the arms: the driver's rate
+    step_hz: int = EnvConfig.control_hz  # the policy's action period: the twin's control rate
+    execution: str = "sync"  # sync | async (overlapped, spliced chunks)
+    lead_s: float = 0.0  # async: start the next inference this long ahead (0: measured)
+    added_latency_s: float = 0.0  # local: rehearse a slower policy
+    max_age_s: float = 0.25
+    max_skew_s: float = 0.1
+    instruction: str = ""
+    speed_percent: int = DriverConfig.speed_rate  # the velocity field of each command (piper_ros: 1-100)
+    heartbeat_topic: str = ""  # the operator's deadman (std_msgs/Bool); "" = off
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        require(self.execution in EXECUTION_MODES, f"execution {self.execution!r}: one of {list(EXECUTION_MODES)}")
+        require(self.control_hz % self.step_hz == 0,
+                f"control_hz {self.control_hz} must be a multiple of step_hz {self.step_hz}")
+
+
+def make_policy(p: PolicyNodeParams):
+    """The local bundle or a client of a policy server (``policy_source``: local | host:port)."""
+    if p.policy_source == "local" and not p.bundle:
+        raise ValueError("parameter 'bundle' (an exported bundle directory) is required with policy_source local")
+    if p.policy_source == "local":
+        return load_policy(p.bundle, kind="bundle", providers=p.providers, variant=p.variant)
+    return load_policy(p.policy_source, kind="server", timeout_s=p.server_timeout_s,
+                       wait_s=SERVER_START_S)  # the server may still be starting
 
 
 class PolicyNode(Node):
     def __init__(self, **kwargs):
         super().__init__("policy", **kwargs)
-        self.declare_parameter("bundle", "")
-        self.declare_parameter("policy_source", "local")  # local | host:port of a pushcut-serve server
-        self.declare_parameter("server_timeout_s", 0.5)  # a server silent this long is lost: the arms hold
-        self.declare_parameter("providers", ["CPUExecutionProvider"])
-        self.declare_parameter("variant", "fp32")
-        self.declare_parameter("control_hz", 200)
-        self.declare_parameter("step_hz", 25)  # the policy's action period (the twin's control rate)
-        self.declare_parameter("execution", "sync")  # sync | async (overlapped, spliced chunks)
-        self.declare_parameter("lead_s", 0.0)  # async: start the next inference this long ahead (0: measured)
-        self.declare_parameter("added_latency_s", 0.0)  # local: rehearse a slower policy
-        self.declare_parameter("max_age_s", 0.25)
-        self.declare_parameter("max_skew_s", 0.1)
-        self.declare_parameter("instruction", "")
-        self.declare_parameter("speed_percent", 50)  # the velocity field of each command (piper_ros: 1-100)
-        self.declare_parameter("heartbeat_topic", "")  # the operator's deadman (std_msgs/Bool); "" = off
-        self.declare_parameter("heartbeat_timeout_s", 0.5)  # silence allowed before the arms hold
-        g = self.get_parameter
-        self.execution = g("execution").value
-        if self.execution not in EXECUTION_MODES:
-            raise ValueError(f"parameter 'execution' {self.execution!r} must be one of {list(EXECUTION_MODES)}")
-        self.lead_s, self.timeout_s = float(g("lead_s").value), float(g("server_timeout_s").value)
-        if self.lead_s < 0 or self.timeout_s <= 0 or g("added_latency_s").value < 0:
-            raise ValueError("parameters lead_s and added_latency_s must be >= 0, server_timeout_s > 0")
-        source = g("policy_source").value
-        self.policy = make_policy(source, g("bundle").value, g("providers").value, g("variant").value,
-                                  self.timeout_s, float(g("added_latency_s").value))
-        self.remote = source != "local"
+        p = self.params = declare(self, PolicyNodeParams)
+        self.execution, self.lead_s, self.timeout_s = p.execution, p.lead_s, p.server_timeout_s
+        self.policy = make_policy(p)
+        self.added_latency_s = p.added_latency_s
+        self.remote = p.policy_source != "local"
         manifest = self.policy.manifest
         check_compatible(manifest, spec.DUAL_ARM_DIM, list(spec.TWIN_CAMERAS))
         self.cameras = [c["name"] for c in manifest["cameras"]]
         self.image_size = manifest["cameras"][0]["image_size"]
         self.get_logger().info(f"policy: {self.policy.source}, execution {self.execution}")
-        control_hz, step_hz = g("control_hz").value, g("step_hz").value
-        if control_hz % step_hz:
-            raise ValueError(f"control_hz {control_hz} must be a multiple of step_hz {step_hz}")
-        self.control_hz = control_hz
-        self.broker = ActionChunkBroker(control_hz // step_hz)
-        self.max_age, self.max_skew = g("max_age_s").value, g("max_skew_s").value
-        self.speed_percent = float(g("speed_percent").value)
-        if not 1 <= self.speed_percent <= 100:
-            raise ValueError(f"speed_percent {self.speed_percent} must be within 1-100")
-        self.instruction = g("instruction").value or manifest["instruction"].get("default", "")
+        self.control_hz = p.control_hz
+        self.broker = ActionChunkBroker(p.control_hz // p.step_hz)
+        self.max_age, self.max_skew = p.max_age_s, p.max_skew_s
+        self.speed_percent = float(p.speed_percent)
+        self.instruction = p.instruction or manifest["instruction"].get("default", "")
         problem = self.instruction and self.policy.instruction_problem(self.instruction)
         if problem:
             raise ValueError(f"parameter 'instruction': {problem}")
@@ -155,7 +152,7 @@ class PolicyNode(Node):
         self.audit = TopicAudit(self)
         self.instruction_input = StateInput(self, String, INSTRUCTION_TOPIC, self._on_instruction, audit=self.audit)
         self.estop_input = StateInput(self, Bool, ESTOP_TOPIC, self._on_estop, audit=self.audit)
-        self.heartbeat = make_heartbeat(self, self.audit)
+        self.heartbeat = make_heartbeat(self, p.heartbeat_topic, p.heartbeat_timeout_s, self.audit)
         self.heartbeat_lost = self.heartbeat is not None  # until the first beat
         self.cmd_pubs = {a: self.create_publisher(JointState, joint_command_topic(a), 10) for a in spec.ARMS}
         self.timing_pubs = {k: self.create_publisher(Float64, policy_timing_topic(k), 10) for k in POLICY_TIMINGS}
@@ -185,7 +182,7 @@ class PolicyNode(Node):
         self.estop_at: float | None = None  # when the last e-stop arrived (node clock, s)
         self.server_lost_at: float | None = None  # node clock, s; None while the server answers
         self._next_reconnect = 0.0
-        self.timer = self.create_timer(1.0 / control_hz, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self.timer = self.create_timer(1.0 / p.control_hz, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
 
     # --- inputs ---------------------------------------------------------------------------------
     def _now(self) -> float:
@@ -312,8 +309,11 @@ class PolicyNode(Node):
     def _infer(self, obs: dict, request: dict) -> None:
         t0 = time.perf_counter()
         try:
-            chunk, timing = self.policy.infer(obs)
+            chunk = self.policy.infer(obs)
+            if self.added_latency_s:  # rehearse a slower policy
+                time.sleep(self.added_latency_s)
             round_trip = time.perf_counter() - t0
+            timing = self.policy.timing or {"queue_ms": 0.0, "infer_ms": round_trip * 1000, "transport_ms": 0.0}
             with self._lock:
                 self._round_trips.append(round_trip)
                 self.lead_ticks = self._measured_lead()  # once per round trip, not every tick

@@ -30,7 +30,7 @@ import yaml
 from rclpy.executors import ExternalShutdownException, ShutdownException, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
-from pushcut.deploy.policy import EXECUTION_MODES
+from pushcut.motion import EXECUTION_MODES
 
 from .composition import NodeSpec, twin_eval
 

@@ -35,7 +35,9 @@ from pushcut.deploy.trials import TrialLog
 from pushcut.sim.tasks import TASKS
 from pushcut.spec import ARMS
 
-from .conversions import (
+from .inputs import StateInput, TopicAudit
+from .recorder import McapRecorder
+from .topics import (
     ESTOP_TOPIC,
     INSTRUCTION_TOPIC,
     LATCHED,
@@ -45,8 +47,6 @@ from .conversions import (
     joint_states_topic,
     policy_timing_topic,
 )
-from .inputs import StateInput, TopicAudit
-from .recorder import McapRecorder
 
 IDLE, RESETTING, RUNNING = "idle", "resetting", "running"
 RESET_RETRY_S = 1.0  # a reset the twin has not answered by then is sent again

@@ -22,20 +22,10 @@ from pushcut.sim.config import EnvConfig
 from pushcut.sim.twin.env import TwinEnv
 from pushcut.spec import ARMS
 
-from .conversions import (
-    ESTOP_TOPIC,
-    arm_array,
-    arm_state_msg,
-    camera_topic,
-    image_msg,
-    join_state,
-    joint_command_topic,
-    joint_states_topic,
-    spin_main,
-    split_action,
-    stamp_to_s,
-)
+from .conversions import arm_array, arm_state_msg, image_msg, join_state, split_action, stamp_to_s
 from .inputs import StateInput, TopicAudit
+from .spin import spin_main
+from .topics import ESTOP_TOPIC, camera_topic, joint_command_topic, joint_states_topic
 
 
 class TwinNode(Node):

@@ -5,15 +5,19 @@ known, the extrinsics ``T_base_camera`` (4x4, camera pose in the robot's world f
 head camera, in the gripper frame for wrist cameras). ``arm_<name>.json``: joint zero offsets
 and gripper range. The camera node undistorts with them; the twin places and shapes its
 cameras from them.
+
+Part of the ground floor: written by ``pushcut-calibrate`` (``pushcut.calibration``), read by the
+twin (``pushcut.sim``) and the camera node, so it imports none of them.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from pushcut.artefacts import read_versioned, write_json_atomic
 
 CALIB_FORMAT = "pushcut-calibration"
 CALIB_VERSION = 1
@@ -61,20 +65,14 @@ class ArmCalibration:
 
 
 def _write(path: Path, kind: str, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"format": CALIB_FORMAT, "version": CALIB_VERSION, "kind": kind, **data}, indent=2))
-    tmp.replace(path)
-    return path
+    return write_json_atomic(path, {"format": CALIB_FORMAT, "version": CALIB_VERSION, "kind": kind, **data})
 
 
 def _read(path: str | Path, kind: str) -> dict:
     path = Path(path)
     if not path.exists():
         raise CalibrationError(f"calibration file {path} does not exist")
-    d = json.loads(path.read_text())
-    if d.get("format") != CALIB_FORMAT or d.get("version") != CALIB_VERSION:
-        raise CalibrationError(f"{path}: not a {CALIB_FORMAT} v{CALIB_VERSION} file")
+    d = read_versioned(path, CALIB_FORMAT, (CALIB_VERSION,), CalibrationError, "calibration")
     if d.get("kind") != kind:
         raise CalibrationError(f"{path}: holds a {d.get('kind')!r} calibration, expected {kind!r}")
     return {k: v for k, v in d.items() if k not in ("format", "version", "kind")}

@@ -1,0 +1,25 @@
+"""``spin_main``: the standard ``main`` of every node."""
+
+from __future__ import annotations
+
+
+def spin_main(node_cls, args=None, executor_cls=None) -> None:
+    """The ROS 2 demos' ``main``: rclpy.init as a context, spin, a clean exit on Ctrl-C (also when
+    the shutdown lands while a timer callback publishes: its publisher's context or handle is then
+    invalid)."""
+    import rclpy
+    from rclpy._rclpy_pybind11 import InvalidHandle, RCLError
+
+    with rclpy.init(args=args):
+        node = node_cls()
+        executor = executor_cls() if executor_cls else rclpy.executors.SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+            pass
+        except (RCLError, InvalidHandle):
+            if rclpy.ok():  # a real failure, not a callback that Ctrl-C's shutdown caught mid-publish
+                raise
+        finally:
+            node.destroy_node()
