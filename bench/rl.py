@@ -73,6 +73,13 @@ setup.horizon=N (default 100; null for the task's 400) ends training rollouts af
 that reaches N control steps (``rollout_max_steps``; ``_horizon<N>``, ``_nohorizon``); evaluation keeps
 the task's 400. The start's successes come within the first 80 steps, and a failure run to 400 costs
 four times what one cut at 100 does, so the same wall time holds about three times the updates.
+setup.temperature=T (default 1.6, the recipe's; ``_T<T>``) rolls out at T: the recipe's value is
+for a pretrained 7B, and a start trained from scratch on the twin samples worse at 1.6 than at 1.0.
+setup.bc_coef=C (default 0; ``_bc<C>``) adds C x the cross-entropy of the start's own SFT demos to
+every optimiser step (``bc_coef``): the demos hold the policy near what it was taught while the
+rare successes pull.
+setup.target_kl=K (default null; ``_kl<K>``) ends an update before the first step whose
+mini-batch's approx_kl passes K (``target_kl``, PPO's trust region).
 setup.eval_every=N (default 6; ``_eval<N>``) evaluates on the validation seeds every N
 iterations: each evaluation runs 50 greedy episodes to the task's limit, a larger share of the
 budget when iterations are short.
@@ -252,7 +259,7 @@ def task_setup(task: str) -> Setup:
 
 
 @ranges(demos=">=1", smoothing=">=0", lr=">0", warmup=">=0", seed=">=0", late_temperature=">0",
-        late_fraction="(0,1]", horizon=">=1", eval_every=">=1")
+        late_fraction="(0,1]", horizon=">=1", eval_every=">=1", temperature=">0", bc_coef=">=0", target_kl=">0")
 @dataclass(frozen=True)
 class Setup:
     """What the runs start from and how they train (``setup`` of ``configs/bench_rl.yaml``, set by
@@ -272,6 +279,9 @@ class Setup:
     mirror_augment: bool = False
     horizon: int | None = 100
     eval_every: int = 6
+    temperature: float = 1.6  # the rollout temperature (the recipe's)
+    bc_coef: float = 0.0  # the start's demos in every step's loss (bc_coef of the train config)
+    target_kl: float | None = None  # PPO's early stop of an update (target_kl of the train config)
 
     @property
     def result_name(self) -> str:
@@ -290,7 +300,10 @@ class Setup:
                    else "_nolate")
                 + ("_mirroraug" if self.mirror_augment else "")
                 + ("" if self.horizon == d.horizon else f"_horizon{self.horizon}" if self.horizon else "_nohorizon")
-                + (f"_eval{self.eval_every}" if self.eval_every != d.eval_every else ""))
+                + (f"_eval{self.eval_every}" if self.eval_every != d.eval_every else "")
+                + (f"_T{self.temperature:g}" if self.temperature != d.temperature else "")
+                + (f"_bc{self.bc_coef:g}" if self.bc_coef != d.bc_coef else "")
+                + ("" if self.target_kl == d.target_kl else f"_kl{self.target_kl:g}" if self.target_kl else "_nokl"))
 
     @property
     def command(self) -> str:
@@ -306,7 +319,9 @@ class Setup:
                 if self.late_temperature else [])
         return [f"lr={self.lr}", f"lr_warmup_iters={self.warmup}", f"seed={self.seed}", *late,
                 *(["mirror_augment=true"] if self.mirror_augment else []),
-                *([f"rollout_max_steps={self.horizon}"] if self.horizon else []), f"eval_every={self.eval_every}"]
+                *([f"rollout_max_steps={self.horizon}"] if self.horizon else []), f"eval_every={self.eval_every}",
+                f"temperature={self.temperature}", f"bc_coef={self.bc_coef}",
+                f"target_kl={'null' if self.target_kl is None else self.target_kl}"]
 
     def start_checkpoint(self, sft_steps: int, base_sft_steps: int) -> Path:
         """The N-demo click_bell SFT the runs start from: from scratch (1500 steps), or fine-tuned from
@@ -316,6 +331,22 @@ class Setup:
         if self.base:
             return sft_checkpoint(self.demos, base_sft_steps, self.task, self.smoothing, pretrained_base(), self.mirror)
         return sft_checkpoint(self.demos, sft_steps, self.task, self.smoothing, mirror=self.mirror)
+
+
+def _headline(measured: dict) -> dict:
+    """Greedy success overall and by the side of the table the task needs (fractions)."""
+    greedy = measured["greedy"]
+    return {"greedy_success": greedy["success_rate"], "greedy_success_by_side": greedy["by_arm"]}
+
+
+def git_commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def _best(run: Path, cfg, initial, last: dict, last_iteration: int, before: dict) -> dict:
@@ -385,13 +416,16 @@ def main(bench: BenchRLConfig) -> None:
     setup, budget, episodes = bench.setup, bench.budget_s, bench.eval_seeds
     ablation_budget = bench.ablation_budget_s or budget
     ckpt = setup.start_checkpoint(bench.sft_steps, bench.base_sft_steps)
-    recipe = from_hydra(TrainConfig, compose("train", [f"env={setup.task}", f"init_checkpoint={ckpt}"]))
+    recipe = from_hydra(TrainConfig, compose("train", [f"env={setup.task}", f"init_checkpoint={ckpt}",
+                                                       f"temperature={setup.temperature}"]))
     initial = _initial_states(recipe, episodes)
     start = _measure(TorchPolicy.from_checkpoint(ckpt), recipe, initial)
     before = start["greedy"]
     only = list(bench.variants)
-    out = {"task": setup.task, "start": {"checkpoint": str(ckpt), **before, "diagnosis": start}}
     result = setup.result_name
+    out = {"task": setup.task, "setting": result, "command": setup.command, "commit": git_commit(),
+           "held_out_seeds": episodes,
+           "start": {"checkpoint": str(ckpt), **before, **_headline(start), "diagnosis": start}}
     previous = RESULTS / f"{result}.json"
     if set(only) != set(VARIANTS) and previous.exists():  # keep the other variants of the same start
         old = json.loads(previous.read_text())
@@ -438,6 +472,7 @@ def main(bench: BenchRLConfig) -> None:
                     CACHE / f"{result}_{name}.png", name,
                     marks={"eval_success": ("SFT start, held-out", before["success_rate"])})
         if name == "grpo":  # the task's RL'd policy for the trial node
+            out["last"] = _headline(measured)
             bundle = CACHE / f"bundle_{result}"
             export(ExportConfig(env=cfg.env, checkpoint=str(final), out_dir=str(bundle)), progress=False)
             out[name]["bundle"] = str(bundle)

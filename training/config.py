@@ -135,7 +135,7 @@ class LearnerConfig:
 
 @ranges(n_samples=">=2", groups_per_iter=">=1", max_draw_rounds=">=1", temperature=">0", late_temperature=">0",
         late_fraction="(0,1]", group_success_bounds="[0,1]", rollout_max_steps=">=1", clip_ratio_low="[0,1)",
-        clip_ratio_high=">0", kl_coef=">=0",
+        clip_ratio_high=">0", kl_coef=">=0", target_kl=">0", bc_coef=">=0", bc_batch=">=1",
         entropy_coef=">=0", lr=">0", lr_warmup_iters=">=0", weight_decay=">=0", betas="[0,1)", grad_clip=">0",
         mini_batches=">=1", ppo_epochs=">=1", iterations=">=1", time_budget_s=">0", eval_every=">=0",
         eval_episodes=">=0", eval_seed_start=">=0", train_seed_start=">=0", save_every=">=1", seed=">=0")
@@ -172,6 +172,14 @@ class TrainConfig:
     # reward_k1: kl_coef x the k1 estimate summed over a trajectory's tokens, off its reward (the reference's)
     kl_penalty: Literal["loss_k3", "reward_k1"] = "loss_k3"
     entropy_coef: float = 0.0
+    # PPO's target_kl (trust region): an update skips its remaining optimiser steps once a
+    # mini-batch's approx_kl against the rollout policy passes this (null: every step is taken)
+    target_kl: float | None = None
+    # demonstrations in the loss (RLinf's SFT co-training, 0.2 there): every optimiser step adds
+    # bc_coef x the token cross-entropy of bc_batch chunks drawn from the demos the start was SFT'd
+    # on (read from init_checkpoint's run config); 0: off
+    bc_coef: float = 0.0
+    bc_batch: int = 32
     lr: float = 5e-6
     lr_warmup_iters: int = 0  # linear warmup of lr over the first iterations (the recipe: 0, a constant lr)
     weight_decay: float = 0.01

@@ -53,6 +53,7 @@ from pushcut.training.learner import (
 )
 from pushcut.training.rollout import ColocatedPool, Job, Trajectory, WorkerPool
 from pushcut.training.run_log import plot_curves
+from pushcut.training.sft import token_loss
 
 EPS = 1e-6
 
@@ -266,12 +267,46 @@ def micro_batches(shares: list[np.ndarray], rank: int, size: int | None, sharded
     return pieces
 
 
+def demo_loss(model, policy: TorchPolicy, demos: dict[str, torch.Tensor], n: int, gen: torch.Generator) -> torch.Tensor:
+    """Token cross-entropy of ``n`` demo chunks drawn at random (``sft.start_demos``)."""
+    idx = torch.randint(0, len(demos["bins"]), (min(n, len(demos["bins"])),), generator=gen)
+    dtype = model.compute_dtype
+    inputs = {k: v[idx].to(policy.device, dtype if v.is_floating_point() else None)
+              for k, v in demos.items() if k != "bins"}
+    return token_loss(model(**inputs), demos["bins"][idx].to(policy.device))
+
+
+def kl_passed(step_stats: dict[str, float], step_tokens: float, target_kl: float, world: int) -> bool:
+    """Whether the mini-batch's approx_kl (token-weighted over every rank's rows) passes ``target_kl``;
+    every rank gets the same answer."""
+    kl = torch.tensor([step_stats.get("approx_kl", 0.0), step_tokens], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(kl)
+    return bool(kl[0] / kl[1].clamp(min=1.0) > target_kl)
+
+
+def optimizer_step(model, opt, grad_clip: float, sharded: bool, world: int) -> float:
+    """Sum the ranks' gradients (FSDP has reduced them already), clip, step; returns the norm."""
+    if not sharded:
+        for p in (p for p in model.parameters() if p.requires_grad):
+            if p.grad is None:  # no rows here: step (and join the all-reduce) with zero gradients
+                p.grad = torch.zeros_like(p)
+            if world > 1:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    opt.step()
+    return float(grad_norm)
+
+
 def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int, cfg: TrainConfig,
-           gen: torch.Generator, skip_zero_advantage: bool = True, temperature: float | None = None
-           ) -> dict[str, float]:
+           gen: torch.Generator, skip_zero_advantage: bool = True, temperature: float | None = None,
+           demos: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """``cfg.ppo_epochs`` passes over ``batch``, each in ``cfg.mini_batches`` optimiser steps on a
     fresh shuffle; returns mean metrics. Log-probs and entropy are taken at ``temperature``, the one
-    the batch was rolled out at (default ``cfg.temperature``).
+    the batch was rolled out at (default ``cfg.temperature``). With ``cfg.bc_coef`` > 0 each step
+    also learns ``demos`` (``demo_loss``); with ``cfg.target_kl``, the update ends before the step
+    of the first mini-batch whose approx_kl passes it (``opt_steps`` counts the steps taken).
 
     With no KL and no entropy term, a chunk whose advantage is 0 (a uniform group, which only
     dynamic sampling off lets in) has zero gradient, so ``skip_zero_advantage`` leaves it out of
@@ -288,6 +323,7 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
               for _ in range(cfg.ppo_epochs)]
     metrics: dict[str, list[float]] = {}
     divisor = n_traj / cfg.mini_batches if cfg.loss_normalization == "step" else n_traj
+    steps = 0
     model.train()
     for mb in (mb for minibatches in passes for mb in minibatches):
         if len(mb) == 0:  # fewer chunks than mini-batches (the same on every rank)
@@ -329,18 +365,16 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
                     step_stats[k] = step_stats.get(k, 0.0) + float(v.detach()) * n_tok
         for k, v in step_stats.items():
             metrics.setdefault(k, []).append(v if k == "pg_loss" else v / max(step_tokens, 1.0))
-        if not sharded:
-            for p in (p for p in model.parameters() if p.requires_grad):
-                if p.grad is None:  # no rows here: step (and join the all-reduce) with zero gradients
-                    p.grad = torch.zeros_like(p)
-                if world > 1:
-                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        metrics.setdefault("grad_norm", []).append(float(grad_norm))
-        opt.step()
+        if cfg.target_kl is not None and kl_passed(step_stats, step_tokens, cfg.target_kl, world):
+            break
+        if cfg.bc_coef > 0:  # each rank's own draw: their mean is the term (FSDP averages, else a sum)
+            bc = demo_loss(model, policy, demos, cfg.bc_batch, gen)
+            (cfg.bc_coef * bc / (1 if sharded else world)).backward()
+            metrics.setdefault("bc_loss", []).append(float(bc.detach()))
+        metrics.setdefault("grad_norm", []).append(optimizer_step(model, opt, cfg.grad_clip, sharded, world))
+        steps += 1
     model.eval()
-    return {k: float(np.mean(v)) for k, v in metrics.items()}
+    return {k: float(np.mean(v)) for k, v in metrics.items()} | {"opt_steps": float(steps)}
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -462,7 +496,7 @@ def learn(run: Run, batch: dict, n_traj: int, temperature: float) -> dict[str, f
         group["lr"] = lr_at(run.cfg, run.state["iteration"] + 1)
     t0 = time.perf_counter()
     metrics = (update(run.model, run.ref_model, opt, run.policy, batch, n_traj, run.cfg, run.gen,
-                      temperature=temperature) if n_traj else {})
+                      temperature=temperature, demos=run.demos) if n_traj else {})
     return {**metrics, "update_s": time.perf_counter() - t0, "lr": opt.param_groups[0]["lr"],
             "temperature": temperature}
 

@@ -32,6 +32,7 @@ from pushcut.training.learner import (
 )
 from pushcut.training.rollout import ColocatedPool, Job, WorkerPool
 from pushcut.training.run_log import RunLogger, keep_metrics_before
+from pushcut.training.sft import start_demos
 
 
 def budget_spent_message(eval_s: float, budget_s: float) -> str:
@@ -79,6 +80,7 @@ class Run:
     gen: torch.Generator
     state: dict
     resume: bool
+    demos: dict[str, torch.Tensor] | None = None  # the start's SFT demos, for bc_coef (sft.start_demos)
     last_eval: float | None = None  # the latest greedy success, shown by the progress bar
     logger: RunLogger | None = None
     pool: WorkerPool | ColocatedPool | None = None
@@ -141,7 +143,8 @@ def start(cfg: TrainConfig, run_dir: Path, progress: bool) -> Run:
         raise ValueError("init_checkpoint is required: GRPO starts from an SFT checkpoint")
     device = learner_device(cfg.learner.device)
     check_learner_fits(cfg, device, world)  # before the weights are loaded
-    model, norm_stats, tokenizer, _, _ = checkpoint.load(cfg.init_checkpoint, expected=cfg.policy)
+    model, norm_stats, tokenizer, _, run_config = checkpoint.load(cfg.init_checkpoint, expected=cfg.policy)
+    demos = start_demos(run_config, cfg.policy, norm_stats) if cfg.bc_coef > 0 else None
     ref_model = None
     if cfg.kl_coef > 0:
         ref_model, *_ = checkpoint.load(cfg.init_checkpoint, expected=cfg.policy)
@@ -167,7 +170,7 @@ def start(cfg: TrainConfig, run_dir: Path, progress: bool) -> Run:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     if resume:
         load_optimizer_and_rng(model, opt, gen, extra)
-    run = Run(cfg, run_dir, rank, world, model, ref_model, policy, ref_policy, opt, gen, state, resume)
+    run = Run(cfg, run_dir, rank, world, model, ref_model, policy, ref_policy, opt, gen, state, resume, demos)
     if resume and run.is_main:  # rows logged after the last checkpoint are redone: drop them
         print(f"grpo: resuming from iteration {state['iteration']} in {run_dir}")
         keep = keep_metrics_before(run_dir, state["iteration"] + 1)

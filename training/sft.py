@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pushcut import spec
-from pushcut.configs import hydra_entry, to_dict
+from pushcut.configs import hydra_entry, to_dataclass, to_dict
 from pushcut.policy import checkpoint
 from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer, encode_chunks
 from pushcut.policy.config import PolicyConfig
@@ -118,6 +118,17 @@ def build_dataset(policy_cfg: PolicyConfig, sets: list[demos.DemoSet], norm_stat
     data = {k: torch.from_numpy(v) for k, v in inputs.items()}
     data["bins"] = torch.from_numpy(encode_chunks(np.stack(targets), tok, action_norm))
     return data, text
+
+
+def start_demos(run_config: dict, policy_cfg: PolicyConfig, norm_stats: dict) -> dict[str, torch.Tensor]:
+    """The demos a checkpoint was SFT'd on (read from its run config, ``run_config``), as model
+    inputs and target bins normalised with ``norm_stats``: GRPO's behaviour-cloning term."""
+    try:
+        cfg = to_dataclass(SFTConfig, run_config, "the start's run config")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"bc_coef needs a start written by pushcut-sft (its demos are the BC data): {exc}") from exc
+    data, _ = build_dataset(policy_cfg, demo_sets(cfg), norm_stats)
+    return data
 
 
 def token_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:

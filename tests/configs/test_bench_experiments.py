@@ -22,6 +22,10 @@ def test_every_experiment_composes_and_names_its_result_file():
     # another task: its file is rl_<task>.json, departures named from that task's own setup
     assert results["rl_stack_bowls_two"] == "rl_stack_bowls_two"
     assert _bench("experiment=rl_stack_bowls_two", "setup.seed=2").setup.result_name == "rl_stack_bowls_two_seed2"
+    anchored = _bench("experiment=rl_stack_bowls_two", "setup.demos=200", "setup.temperature=1.0",
+                      "setup.bc_coef=0.2", "setup.target_kl=0.02").setup
+    assert anchored.result_name == "rl_stack_bowls_two_200demos_T1_bc0.2_kl0.02"
+    assert {"temperature=1.0", "bc_coef=0.2", "target_kl=0.02"} <= set(anchored.overrides)
     with pytest.raises(ValueError, match="setup.base"):  # the base has seen stacking
         _bench("experiment=rl_stack_bowls_two", "setup.base=true")
 

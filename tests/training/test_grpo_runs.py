@@ -451,3 +451,65 @@ def test_k1_reward_penalty_is_zero_at_the_reference_and_grows_as_the_policy_leav
     assert abs(rows[0]["kl_reward"]) < 1e-6
     assert abs(rows[1]["kl_reward"]) > 1e-5
     assert "kl_ref" not in rows[1]  # no k3 term in the loss beside it
+
+
+def test_target_kl_ends_the_update_before_the_first_step_past_it(sft_checkpoint):
+    """The first mini-batch is on-policy (approx_kl ~0) and is stepped; a large step then puts the
+    next one past a small target_kl, and the update ends there. Without target_kl every step runs."""
+    from pushcut.policy.inference import TorchPolicy
+    from pushcut.training import grpo
+
+    trajs, batch = _batch(sft_checkpoint)
+    taken = {}
+    for target in (None, 1e-4):
+        model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        steps = []
+        opt.register_step_post_hook(lambda *_, steps=steps: steps.append(1))
+        cfg = _train_cfg(sft_checkpoint, mini_batches=4, target_kl=target)
+        metrics = grpo.update(model, None, opt, TorchPolicy(model, stats, tok), batch, len(trajs), cfg,
+                              torch.Generator().manual_seed(0))
+        taken[target] = (len(steps), metrics)
+    assert taken[None][0] == 4 and taken[None][1]["opt_steps"] == 4
+    assert taken[1e-4][0] == 1 and taken[1e-4][1]["opt_steps"] == 1
+    assert taken[1e-4][1]["approx_kl"] > 1e-4 / 2  # the mini-batch that stopped it is logged: mean of ~0 and > 1e-4
+
+
+def test_bc_term_learns_the_starts_demos_when_rl_has_no_signal(sft_checkpoint):
+    """Uniform groups (advantage 0): without bc_coef the weights stay put; with it every step lowers
+    the cross-entropy of the start's own SFT demos (read from the checkpoint's run config)."""
+    from pushcut.policy.inference import TorchPolicy
+    from pushcut.training import grpo
+    from pushcut.training.sft import start_demos
+
+    trajs, batch = _batch(sft_checkpoint, successes=(True, True, False, False))
+    _, stats, _, _, run_config = checkpoint.load(sft_checkpoint)
+    demos = start_demos(run_config, MICRO_POLICY, stats)
+    assert len(demos["bins"]) > 0
+    ce = {}
+    for coef in (0.0, 1.0):
+        model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        ce_before = float(grpo.demo_loss(model, TorchPolicy(model, stats, tok), demos, 10_000, torch.Generator()))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+        cfg = _train_cfg(sft_checkpoint, mini_batches=2, bc_coef=coef, bc_batch=8, weight_decay=0.0)
+        metrics = grpo.update(model, None, opt, TorchPolicy(model, stats, tok), batch, len(trajs), cfg,
+                              torch.Generator().manual_seed(0), demos=demos)
+        moved = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+        ce_after = float(grpo.demo_loss(model, TorchPolicy(model, stats, tok), demos, 10_000, torch.Generator()))
+        ce[coef] = (moved, ce_before, ce_after, metrics)
+    assert not ce[0.0][0] and "bc_loss" not in ce[0.0][3]
+    assert ce[1.0][0] and ce[1.0][2] < ce[1.0][1] and ce[1.0][3]["bc_loss"] > 0
+    with pytest.raises(ValueError, match="bc_coef needs a start written by pushcut-sft"):
+        start_demos({"env": {}, "lr": 1.0, "not_an_sft_field": 1}, MICRO_POLICY, stats)
+
+
+def test_a_run_takes_the_bc_term_and_the_target_kl(sft_checkpoint, tmp_path):
+    from pushcut.training import grpo
+    from pushcut.training.run_log import read_metrics
+
+    cfg = _train_cfg(sft_checkpoint, bc_coef=0.2, bc_batch=8, target_kl=1e-3, dynamic_sampling=False, lr=1e-2,
+                     iterations=1, mini_batches=4)
+    grpo.train(cfg, tmp_path / "run", progress=False)
+    row = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert row["bc_loss"] > 0 and 1 <= row["opt_steps"] <= 4  # the demos are learned whatever the rollouts gave
