@@ -51,7 +51,7 @@ class PolicyClient(Policy):
     def _connect(self) -> dict:
         from websockets.sync.client import connect
 
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        headers = {"Authorization": f"Api-Key {self.token}"} if self.token else None
         try:
             self._conn = connect(self.uri, additional_headers=headers, compression=None, max_size=MAX_MESSAGE,
                                  open_timeout=self.timeout_s, proxy=None, ping_interval=self.timeout_s,
@@ -76,12 +76,13 @@ class PolicyClient(Policy):
                 self.connect()
             try:
                 self._conn.send(pack(message))
-                reply = unpack(self._conn.recv(timeout=self.timeout_s))
+                frame = self._conn.recv(timeout=self.timeout_s)
+                reply = frame if isinstance(frame, str) else unpack(frame)
             except Exception as exc:  # closed, reset or silent: the server is lost
                 self._drop()
                 raise ServerLost(f"policy server {self.uri} lost: {exc or type(exc).__name__}") from exc
-        if "error" in reply:
-            raise ValueError(f"policy server refused the request: {reply['error']}")
+        if isinstance(reply, str):  # openpi's servers answer a failure in a text frame
+            raise ValueError(f"policy server refused the request: {reply}")  # noqa: TRY004 - a refusal, not a type
         return reply
 
     def instruction_problem(self, text: str) -> str | None:
@@ -89,7 +90,7 @@ class PolicyClient(Policy):
 
     def infer(self, obs: Mapping) -> np.ndarray:
         t0 = time.perf_counter()
-        reply = self._request({"obs": dict(obs)})
+        reply = self._request(dict(obs))
         rtt = (time.perf_counter() - t0) * 1000
         actions = np.asarray(reply.get("actions"))
         space = self.manifest["action_space"]

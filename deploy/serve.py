@@ -4,27 +4,30 @@
     pushcut-serve checkpoint=runs/train/.../checkpoint device=cuda                  # torch, no export
     PUSHCUT_SERVE_TOKEN=... pushcut-serve bundle=... host=0.0.0.0                   # other machines
 
-Protocol (websocket, binary msgpack frames; numpy arrays as maps ``{"__ndarray__": true, "dtype",
-"shape", "data"}``, as openpi's ``msgpack_numpy``):
+Protocol: openpi's (``openpi-client``'s ``WebsocketClientPolicy`` drives it as it drives an openpi
+server). Websocket, binary msgpack frames, arrays as openpi's ``msgpack_numpy`` encodes them
+(:mod:`pushcut.deploy.wire`):
 
-- On connect the server sends its metadata: ``{"protocol": 1, "manifest": <the bundle's
+- On connect the server sends its metadata: ``{"protocol": 2, "manifest": <the bundle's
   manifest, or a checkpoint's action space, cameras, proprio and instruction>, "provider": ...}``.
-  A server bound beyond loopback requires the header
-  ``Authorization: Bearer <token>`` and answers 401 without it.
-- ``{"obs": {"images": {camera: uint8 (H, W, 3)}, "proprio": float32 (D,), "instruction": str}}``
-  -> ``{"actions": float (chunk_len, action_dim), "server_timing": {"queue_ms", "infer_ms",
-  "total_ms"}}``: queue is the wait for the engine (clients are served one inference at a time),
+  A server bound beyond loopback requires ``Authorization: Api-Key <token>`` (openpi's) or
+  ``Authorization: Bearer <token>`` and answers 401 without it. ``GET /healthz`` answers 200 ``OK``.
+- An observation, a flat map in pushcut's keys (``{"images": {camera: uint8 (H, W, 3)}, "proprio":
+  float32 (D,), "instruction": str}``) or openpi's (``prompt``, ``state`` or ``observation/state``,
+  ``observation/<camera>``; the mapping is :data:`pushcut.deploy.wire.OBS_ALIASES`) ->
+  ``{"actions": float (chunk_len, action_dim), "server_timing": {"queue_ms", "infer_ms",
+  "total_ms"}}``: queue is the wait for the policy (clients are served one inference at a time),
   total is from the request's arrival to the reply.
 - ``{"check_instruction": str}`` -> ``{"problem": str | None}`` (the tokenizer is the server's).
-- A request the server refuses gets ``{"error": message}``, a short message naming the field and
-  what was expected (``proprio: expected float32 (14,), got (3,)``); the connection stays open.
-  Each request is checked before the engine sees it: a msgpack map with ``obs`` or
-  ``check_instruction``; every camera of the manifest as uint8 (H, W, 3); proprio as finite floats
-  of the manifest's size; an instruction the policy can read whole (the policy node's check,
-  :func:`pushcut.policy.preprocess.instruction_problem`).
+- A request the server refuses is answered, as openpi's server answers a failure, with a **text**
+  frame: a short message naming the field and what was expected (``proprio: expected float32
+  (14,), got (3,)``); the connection stays open. Each request is checked before the policy sees
+  it: every camera of the manifest as uint8 (H, W, 3) (openpi's channel-first (3, H, W) is turned),
+  proprio as finite floats of the manifest's size, an instruction the policy can read whole (the
+  policy node's check, :func:`pushcut.policy.preprocess.instruction_problem`).
 
 Websocket + msgpack rather than gRPC (LeRobot's async inference): no schema compiler, one
-dependency each way, arrays travel as raw bytes, and it is what openpi's clients speak. The wire
+dependency each way, arrays travel as raw bytes, and openpi's clients speak it. The wire
 format is :mod:`pushcut.deploy.wire`; the robot side is :class:`pushcut.deploy.client.PolicyClient`
 (``policy_source: host:port`` on the policy node), which has the same ``Policy`` interface as a
 local bundle or checkpoint.
@@ -71,10 +74,12 @@ class PolicyServer:
         self.port = self.server.socket.getsockname()[1]
 
     def _authorize(self, connection, request):
+        if request.path == "/healthz":
+            return connection.respond(HTTPStatus.OK, "OK\n")
         if not self.token:
             return None
-        given = request.headers.get("Authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+        given = request.headers.get("Authorization", "").encode()
+        if any(hmac.compare_digest(given, f"{scheme} {self.token}".encode()) for scheme in ("Api-Key", "Bearer")):
             return None
         log.warning("refused a client without the token from %s", connection.remote_address)
         return connection.respond(HTTPStatus.UNAUTHORIZED, "a valid token is required\n")
@@ -89,13 +94,13 @@ class PolicyServer:
                 try:
                     if isinstance(message, str):
                         raise RequestError("request: expected a binary msgpack frame, got a text frame")
-                    reply = self._answer(unpack(message), t0)
-                except RequestError as exc:  # a bad request is refused, the server stays up
-                    reply = {"error": str(exc)}
-                except Exception:  # the engine failed: said in the log, not in Python's words
+                    reply = pack(self._answer(unpack(message), t0))
+                except RequestError as exc:  # a bad request is refused in a text frame, the server stays up
+                    reply = str(exc)
+                except Exception:  # the policy failed: said in the log, not in Python's words
                     log.exception("inference failed")
-                    reply = {"error": "obs: the policy could not answer this observation (see the server's log)"}
-                connection.send(pack(reply))
+                    reply = "observation: the policy could not answer it (see the server's log)"
+                connection.send(reply)
         except ConnectionClosed:
             pass
 
