@@ -100,14 +100,15 @@ def observation_fields(request: dict, cameras: list[str]) -> dict:
     """pushcut's ``images``/``proprio``/``instruction`` from a flat request in pushcut's or openpi's
     keys (``OBS_ALIASES``, ``CAMERA_ALIASES``, ``IMAGE_PREFIXES``); what is absent stays absent."""
     obs = {OBS_ALIASES.get(k, k): v for k, v in request.items() if isinstance(k, str)}
-    images = dict(obs[spec.IMAGES]) if isinstance(obs.get(spec.IMAGES), dict) else obs.get(spec.IMAGES, {})
+    images = obs.get(spec.IMAGES, {})
     if isinstance(images, dict):
-        for key, value in request.items():
-            for prefix in (p for p in IMAGE_PREFIXES if isinstance(key, str) and key.startswith(p)):
+        images = dict(images)
+        for key, value in obs.items():
+            prefix = next((p for p in IMAGE_PREFIXES if key.startswith(p)), None)
+            if prefix:
                 images.setdefault(key[len(prefix):], value)
-                break
-        images = {CAMERA_ALIASES.get(k, k): v for k, v in images.items()}
-        images = {c: _channels_last(img) for c, img in images.items() if c in cameras}
+        images = {cam: _channels_last(img) for name, img in images.items()
+                  if (cam := CAMERA_ALIASES.get(name, name)) in cameras}
     if images or spec.IMAGES in obs:
         obs[spec.IMAGES] = images
     return obs
