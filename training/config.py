@@ -133,6 +133,17 @@ class LearnerConfig:
         require(not self.cpu_offload or self.fsdp, "learner.cpu_offload offloads FSDP shards: set learner.fsdp=true")
 
 
+@ranges(layouts=">=0", window=">=1", max_samples="[2,64]")
+@dataclass(frozen=True, kw_only=True)
+class CurriculumConfig:
+    # layouts > 0: training's initial states come from a pool of this many (seeds train_seed_start on),
+    # each drawn with probability p(1-p) of its recent success p (training/curriculum.py); 0: a new
+    # initial state per group (the recipe)
+    layouts: int = 0
+    window: int = 32  # a layout's success is estimated from its last this-many rollouts
+    max_samples: int = 8  # where success (or failure) is rare, a group grows from n_samples to this (<= 64)
+
+
 @ranges(n_samples=">=2", groups_per_iter=">=1", max_draw_rounds=">=1", temperature=">0", late_temperature=">0",
         late_fraction="(0,1]", group_success_bounds="[0,1]", rollout_max_steps=">=1", clip_ratio_low="[0,1)",
         clip_ratio_high=">0", kl_coef=">=0", target_kl=">0", bc_coef=">=0", bc_batch=">=1",
@@ -200,6 +211,7 @@ class TrainConfig:
     train_seed_start: int = 0
     save_every: int = 1
     seed: int = 0
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -212,6 +224,12 @@ class TrainConfig:
         if self.mirror_augment:
             check_mirrorable("mirror_augment", self.policy, self.env)
         check_policy_fits_env(self.policy, self.env)
+        c = self.curriculum
+        require(not c.layouts or self.train_seed_start + c.layouts <= self.eval_seed_start,
+                f"curriculum.layouts: seeds {self.train_seed_start} to {self.train_seed_start + c.layouts - 1} "
+                f"reach the validation seeds from eval_seed_start={self.eval_seed_start}")
+        require(not c.layouts or c.max_samples >= self.n_samples,
+                f"curriculum.max_samples {c.max_samples} is below n_samples {self.n_samples}")
         require(self.rollout.placement == "disaggregated" or not self.learner.cpu_offload,
                 "rollout.placement=colocated rolls out with the learner's model, which learner.cpu_offload "
                 "keeps in host memory: use the disaggregated placement")

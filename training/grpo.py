@@ -2,7 +2,9 @@
 
 Per iteration (reads top to bottom, quantities named as in the paper and all logged):
   1. rollout   groups of ``n_samples`` episodes per initial state at temperature T (Ray workers);
-               optionally a lower ``late_temperature`` for the run's last ``late_fraction``
+               optionally a lower ``late_temperature`` for the run's last ``late_fraction``; a new
+               initial state per group, or (``curriculum.layouts``) states drawn from a pool where
+               the policy's recent success is neither 0 nor 1 (``training/curriculum.py``)
   2. filter    dynamic sampling: drop groups whose successes are 0/n or n/n, draw more groups
                until ``groups_per_iter`` are kept (at most ``max_draw_rounds`` draws)
   3. adv       A = (R - mean_group) / (std_group + 1e-6), unbiased std, broadcast to every
@@ -44,7 +46,7 @@ from pushcut.policy import checkpoint, sampling
 from pushcut.policy.action_tokenizer import encode_chunks
 from pushcut.policy.inference import TorchPolicy
 from pushcut.sim.twin.mirror import mirror_dual_arm, mirror_image
-from pushcut.training import grpo_run
+from pushcut.training import curriculum, grpo_run
 from pushcut.training.config import TrainConfig
 from pushcut.training.grpo_run import Run, say
 from pushcut.training.learner import (
@@ -388,12 +390,16 @@ def collect(pool: WorkerPool | ColocatedPool, cfg: TrainConfig, state: dict,
     while n_kept < cfg.groups_per_iter and rounds < cfg.max_draw_rounds:
         need = cfg.groups_per_iter - n_kept
         jobs = []
-        for g in range(need):
+        for g, (seed, size) in enumerate(initial_states(cfg, state, need)):
             gid = state["next_group"] + g
-            seed = cfg.train_seed_start + gid
-            jobs += [Job(gid, seed, s, cfg.seed * 1_000_003 + gid * 64 + s) for s in range(cfg.n_samples)]
+            jobs += [Job(gid, seed, s, cfg.seed * 1_000_003 + gid * 64 + s) for s in range(size)]
         state["next_group"] += need
         trajs = pool.rollout(jobs, cfg.temperature if temperature is None else temperature, cfg.rollout_max_steps)
+        if cfg.curriculum.layouts:
+            outcomes: dict[int, list[int]] = {}
+            for t in trajs:
+                outcomes.setdefault(t.seed - cfg.train_seed_start, []).append(int(t.success))
+            curriculum.record(state.setdefault("layouts", {}), outcomes, cfg.curriculum.window)
         drawn += trajs
         keep = mixed_groups(trajs, cfg.group_success_bounds) if cfg.dynamic_sampling else {t.group for t in trajs}
         kept += [t for t in trajs if t.group in keep]
@@ -407,8 +413,22 @@ def collect(pool: WorkerPool | ColocatedPool, cfg: TrainConfig, state: dict,
         "kept_groups": n_kept,
         "draw_rounds": rounds,
         "episode_steps": float(np.mean([t.steps for t in drawn])),
+        "group_size": len(drawn) / max(len(group_rewards(drawn)), 1),
     }
+    if cfg.curriculum.layouts:
+        info.update(curriculum.summary(state["layouts"], cfg.curriculum.layouts))
     return kept, info
+
+
+def initial_states(cfg: TrainConfig, state: dict, need: int) -> list[tuple[int, int]]:
+    """The next ``need`` groups' initial-state seeds and sizes: a new seed per group with
+    ``n_samples`` rollouts, or with a curriculum, layouts drawn from its pool by their success."""
+    c = cfg.curriculum
+    if not c.layouts:
+        return [(cfg.train_seed_start + state["next_group"] + g, cfg.n_samples) for g in range(need)]
+    picks = curriculum.draw(state.setdefault("layouts", {}), need, c.layouts, cfg.n_samples, c.max_samples,
+                            cfg.seed, state["next_group"])
+    return [(cfg.train_seed_start + layout, size) for layout, size in picks]
 
 
 def no_signal_message(info: dict, iteration: int) -> str:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pushcut.training import grpo, grpo_run
+from pushcut.training.config import CurriculumConfig
 from pushcut.training.rollout import Trajectory, executed_token_mask
 
 
@@ -80,7 +81,7 @@ def _cfg(**kw):
     from pushcut.training.config import TrainConfig
     from tests.training.conftest import MICRO_ENV, MICRO_POLICY
 
-    return TrainConfig(env=MICRO_ENV, policy=MICRO_POLICY, n_samples=2, groups_per_iter=2, **kw)
+    return TrainConfig(**{"env": MICRO_ENV, "policy": MICRO_POLICY, "n_samples": 2, "groups_per_iter": 2, **kw})
 
 
 def test_dynamic_sampling_drops_uniform_groups_and_refills():
@@ -175,3 +176,71 @@ def test_k1_kl_penalty_comes_off_each_trajectorys_reward_before_the_group_normal
     np.testing.assert_allclose(grpo.grpo_advantages(rewards), (r - r.mean()) / (r.std(ddof=1) + 1e-6))
     np.testing.assert_array_equal(grpo.group_rewards(trajs)[0], [1.0, 0.0, 0.0])  # without: the binary reward
     assert grpo.mixed_groups(trajs) == {0}  # dynamic sampling still looks at successes alone
+
+
+# --- the curriculum over initial states -----------------------------------------------------------
+class LayoutPool:
+    """A stand-in for the rollout pool whose success depends on the initial state: layout seed ->
+    success probability, each rollout's outcome drawn from its job's own seed."""
+
+    def __init__(self, p_success):
+        self.p = p_success
+        self.jobs = []
+
+    def rollout(self, jobs, temperature, max_steps=None):
+        self.jobs += jobs
+        return [Trajectory(group=j.group, seed=j.seed, steps=1,
+                           success=bool(np.random.default_rng(j.rng_seed).random() < self.p[j.seed])) for j in jobs]
+
+
+def test_curriculum_weights_and_group_sizes_on_hand_made_histories():
+    from pushcut.training import curriculum
+
+    assert curriculum.success_estimate([]) == 0.5 and curriculum.success_estimate([0] * 8) == 0.1
+    w = curriculum.draw_weights({"0": [1, 0] * 4, "1": [0] * 8, "2": [1] * 8}, 4)  # layout 3 never tried
+    assert np.allclose(w, np.array([0.25, 0.09, 0.09, 0.25]) / 0.68)
+    # the rarer outcome turns up with probability 1/2: ceil(log 0.5 / log 0.9) = 7 -> n_samples 8;
+    # at p = 0.03, 23 -> the cap
+    assert curriculum.group_size(0.1, 8, 16) == 8 and curriculum.group_size(0.03, 8, 16) == 16
+    assert curriculum.group_size(0.97, 8, 16) == 16 and curriculum.group_size(0.5, 8, 16) == 8
+    assert curriculum.group_size(0.05, 8, 16) == 14
+    hist = {"0": [1, 1]}
+    curriculum.record(hist, {0: [0, 1, 0], 5: [0]}, window=4)
+    assert hist == {"0": [1, 0, 1, 0], "5": [0]}
+
+
+def test_curriculum_draws_the_layouts_where_the_policy_sometimes_succeeds():
+    """Sixteen layouts: one where the policy succeeds half the time, one where it always does, the rest
+    where it never does. Without the curriculum every group is a new state; with it, once the pool
+    has been tried, the half-way layout gets the most groups and the hopeless ones grow to the cap."""
+    p = {s: 0.0 for s in range(16)} | {3: 0.5, 5: 1.0}
+    pool = LayoutPool(p)
+    state = {"next_group": 0}
+    cfg = _cfg(n_samples=4, groups_per_iter=2, max_draw_rounds=1,
+               curriculum=CurriculumConfig(layouts=16, max_samples=12))
+    for _ in range(80):
+        grpo.collect(pool, cfg, state)
+    late = pool.jobs[len(pool.jobs) // 2:]
+    groups = {j.group: j.seed for j in late}
+    share = {s: sum(g == s for g in groups.values()) / len(groups) for s in range(16)}
+    assert set(groups.values()) <= set(range(16))  # the pool, apart from validation seeds
+    assert share[3] > 2 * max(share[s] for s in range(16) if s != 3)
+    sizes = {g: sum(j.group == g for j in late) for g in groups}
+    assert max(sizes[g] for g, s in groups.items() if s == 0) == 12  # never succeeds: the cap
+    assert min(sizes[g] for g, s in groups.items() if s == 3) == 4  # half the time: n_samples
+    assert state["layouts"]["3"] and len(state["layouts"]["0"]) <= 32
+    # the trainer state is JSON (saved with the checkpoint); a resumed draw is the uninterrupted one's
+    import json
+
+    resumed = json.loads(json.dumps(state))
+    assert grpo.initial_states(cfg, resumed, 4) == grpo.initial_states(cfg, state, 4)
+    plain = LayoutPool(p | {s: 0.0 for s in range(8, 200)})
+    grpo.collect(plain, _cfg(n_samples=4, groups_per_iter=4, max_draw_rounds=1), {"next_group": 0})
+    assert [j.seed for j in plain.jobs[::4]] == [0, 1, 2, 3]  # off: a new initial state per group
+
+
+def test_curriculum_pool_stays_below_the_validation_seeds():
+    with pytest.raises(ValueError, match="reach the validation seeds"):
+        _cfg(curriculum=CurriculumConfig(layouts=200), train_seed_start=89_900)
+    with pytest.raises(ValueError, match="max_samples 4 is below n_samples 8"):
+        _cfg(n_samples=8, curriculum=CurriculumConfig(layouts=10, max_samples=4))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pushcut.policy import checkpoint
-from pushcut.training.config import RolloutConfig, TrainConfig, WandbConfig
+from pushcut.training.config import CurriculumConfig, RolloutConfig, TrainConfig, WandbConfig
 
 from .conftest import MICRO_ENV, MICRO_POLICY
 
@@ -324,8 +324,9 @@ grpo.train(cfg, sys.argv[2], progress=False)
 def test_kill_and_resume_continues_from_the_checkpoint(sft_checkpoint, tmp_path):
     from pushcut.configs import to_dict
 
+    # the resumed run must pick the warmup and the curriculum's histories up where they were
     cfg = _train_cfg(sft_checkpoint, iterations=4, dynamic_sampling=False, groups_per_iter=1, n_samples=2,
-                     lr_warmup_iters=3)  # the resumed run must pick the warmup up where it was
+                     lr_warmup_iters=3, curriculum=CurriculumConfig(layouts=3, max_samples=4))
     (tmp_path / "cfg.json").write_text(json.dumps(to_dict(cfg)))
     (tmp_path / "run.py").write_text(RUN_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
@@ -358,6 +359,8 @@ def test_kill_and_resume_continues_from_the_checkpoint(sft_checkpoint, tmp_path)
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     # optimiser, RNG and counters were restored: the resumed run ends where the uninterrupted one did
+    ref = json.loads((tmp_path / "ref" / "checkpoint" / "meta.json").read_text())["trainer"]
+    assert done["trainer"]["layouts"] == ref["layouts"] and sum(map(len, ref["layouts"].values())) >= 8
     a, *_ = checkpoint.load(tmp_path / "ref" / "checkpoint")
     b, *_ = checkpoint.load(tmp_path / "run" / "checkpoint")
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
