@@ -88,7 +88,7 @@ def main() -> None:
         emu.stop()
     write("driver", {
         "arms": 2,
-        "speed_rate": left.cfg.speed_rate,
+        "speed_percent": left.cfg.speed_percent,
         "target_hz": left.cfg.rate_hz,
         "achieved_hz": float(1000 / intervals.mean()),
         "tick_ms": percentiles(intervals),

@@ -33,7 +33,7 @@ from pushcut.ros.runner import dry_run, started
 from pushcut.ros.topics import ESTOP_TOPIC
 from pushcut.sim.config import EnvConfig
 
-CONTROL_HZ = 50
+COMMAND_HZ = 50
 REPEATS = 5
 SERVER_PORT = 8765
 ADDED_LATENCY_S = 0.15
@@ -73,7 +73,7 @@ def estop_to_last_command(bundle: str, log_dir: str, qos) -> dict:
     from its publication to the last command received after it (0 when none; about the 1 s
     listened when the stop went unheard), then release and wait for the next trial's. Also the
     stack's subscriptions that matched the sender."""
-    specs = twin_eval("click_bell", bundle, 1000, log_dir, control_hz=CONTROL_HZ, record=False)
+    specs = twin_eval("click_bell", bundle, 1000, log_dir, command_hz=COMMAND_HZ, record=False)
     context = rclpy.Context()
     rclpy.init(context=context)
     gaps = []
@@ -104,7 +104,7 @@ def estop_to_last_command(bundle: str, log_dir: str, qos) -> dict:
 def last_frame_to_last_command(bundle: str) -> list[float]:
     """The policy node alone, fed 25 Hz frames and joint states by a probe; once commands flow the
     frames stop (joint states go on): the time from the last frame's stamp to the last command's."""
-    spec = NodeSpec("policy_node", "policy", parameters={"bundle": bundle, "control_hz": CONTROL_HZ})
+    spec = NodeSpec("policy_node", "policy", parameters={"bundle": bundle, "command_hz": COMMAND_HZ})
     context = rclpy.Context()
     rclpy.init(context=context)
     gaps = []
@@ -194,7 +194,7 @@ def chunk_execution(bundle: str, trials: int, sync_local: dict) -> dict:
         ok = [r["success"] for r in rows]
         twin[ex] = {"successes": ok, "success_rate": float(np.mean(ok))}
     return {"dry_runs": {k: _execution_figures(v) for k, v in runs.items()}, "twin_eval_same_seeds": twin,
-            "added_latency_s": ADDED_LATENCY_S, "control_tick_ms": 1000 / CONTROL_HZ}
+            "added_latency_s": ADDED_LATENCY_S, "control_tick_ms": 1000 / COMMAND_HZ}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     in_process = dry_run("click_bell", str(bundle), trials, _fresh("ros_trials"))
     processes = dry_run("click_bell", str(bundle), trials, _fresh("ros_trials_processes"), processes=True)
     ticks = np.array(in_process["tick_intervals_ms"])
-    nominal = 1000 / CONTROL_HZ
+    nominal = 1000 / COMMAND_HZ
     stale = last_frame_to_last_command(str(bundle))
     execution = chunk_execution(str(bundle), trials, in_process)
     write("ros", {

@@ -64,7 +64,7 @@ def libero_figures() -> dict:
     the task's simulator (every switch, before each task's simulator was kept) against one that
     finds it built."""
     cfg = EnvConfig(kind="libero", task="libero_spatial", task_ids=(0, 1), cameras=("agentview",), image_size=IMAGE,
-                    physics_hz=500, control_hz=20)
+                    physics_hz=500, action_hz=20)
     env = LiberoEnv(cfg)
     t0 = time.perf_counter()
     env.reset(0)

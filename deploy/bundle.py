@@ -8,9 +8,11 @@ file hashes included, as canonical JSON), so one chain covers the statistics, th
 and every byte of every file. :func:`load_manifest` refuses unknown versions, an edited manifest,
 files that are missing, changed or not listed; :func:`check_compatible` refuses a bundle whose
 action space, proprio, cameras, chunk length or bins do not match what it is about to drive,
-naming both sides. The signature detects edits and corruption; it is not an authentication (no
-key): anyone able to rewrite the bundle can re-sign it. A manifest written before manifests were
-signed is refused with the command that re-exports it: nothing would check its statistics.
+naming both sides; :func:`check_contract` refuses a robot setting (command rate, arm speed,
+robot) that contradicts how training executed the actions. The signature detects edits and
+corruption; it is not an authentication (no key): anyone able to rewrite the bundle can re-sign
+it. A manifest written before manifests were signed is refused with the command that re-exports
+it: nothing would check its statistics.
 """
 
 from __future__ import annotations
@@ -76,3 +78,35 @@ def check_compatible(manifest: dict, action_dim: int, cameras: Sequence[str], ch
     missing = [c for c in wanted if c not in cameras]
     if missing:
         raise BundleError(f"bundle needs camera(s) {missing}; {target} has {list(cameras)}")
+
+
+def check_contract(manifest: dict, command_hz: int, speed_percent: int | None = None,
+                   robot: str = "piper_dual", rehearsal: bool = False) -> dict:
+    """Refuse a robot setting that contradicts how training executed the policy's actions (the
+    manifest's ``action_contract``, :func:`pushcut.policy.inference.action_contract`); returns the
+    contract. ``command_hz``: the command stream to the arms, which must carry whole action
+    periods; ``speed_percent``: the arms' speed setting (None: the robot takes the bundle's), which
+    may be lower than the trained one only for a ``rehearsal`` (a first motion at low speed: the
+    chunks run late, so what it shows is not the policy's success)."""
+    contract = manifest.get("action_contract")
+    if contract is None:
+        source = manifest.get("source_checkpoint", {}).get("path", "<its checkpoint>")
+        raise BundleError("bundle carries no action contract (exported before 2026-12-06): its action rate "
+                          "and the arm speed it was trained at are unknown; re-export it: "
+                          f"pushcut-export checkpoint={source}")
+    trained = f"trained on {contract['task']}"
+    if contract["robot"] != robot:
+        raise BundleError(f"bundle drives {contract['robot']} ({trained}); this robot is {robot}")
+    if command_hz % contract["action_hz"]:
+        raise BundleError(f"bundle acts at {contract['action_hz']} Hz ({trained}); a command stream at "
+                          f"{command_hz} Hz does not hold a whole number of commands per action: use a multiple "
+                          f"of {contract['action_hz']}")
+    slower = speed_percent is not None and speed_percent < contract["speed_percent"]
+    if speed_percent is not None and speed_percent != contract["speed_percent"] and not (rehearsal and slower):
+        raise BundleError(
+            f"arms set to {speed_percent}% speed; the policy was trained with the joints at "
+            f"{contract['speed_percent']}% ({contract['joint_speed_rad_s']:.2f} rad/s), so its chunks would run "
+            f"{'late' if slower else 'faster than it was trained to expect'}: run the arms at "
+            f"{contract['speed_percent']}%, train at the speed wanted (env.speed_percent={speed_percent})"
+            + (", or rehearse at a lower speed (rehearsal:=true; not a measurement)" if slower else ""))
+    return contract

@@ -26,7 +26,7 @@ from pushcut.artefacts import BUNDLE_FORMAT, BUNDLE_MANIFEST, BUNDLE_VERSION, wr
 from pushcut.configs import hydra_entry, ranges, require, to_dict
 from pushcut.policy import checkpoint
 from pushcut.policy.config import check_policy_fits_env
-from pushcut.policy.inference import TorchPolicy, interface
+from pushcut.policy.inference import TorchPolicy, interface, trained_env
 from pushcut.sim.config import EnvConfig
 
 INPUTS = ("pixels", "proprio", "input_ids", "text_mask")
@@ -154,7 +154,7 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
 
     t0 = time.perf_counter()
     ckpt = Path(cfg.checkpoint)
-    model, stats, tokenizer, meta, _ = checkpoint.load(ckpt)
+    model, stats, tokenizer, meta, run = checkpoint.load(ckpt)
     check_policy_fits_env(model.cfg, cfg.env, source=f"checkpoint {ckpt}")
     complete, run_progress = checkpoint.completion(meta)
     if note := checkpoint.unfinished(meta):
@@ -197,7 +197,8 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
         "opset": cfg.opset,
         "exporter": exporter,
         "inputs": {k: list(v.shape[1:]) for k, v in example.items()},
-        **interface(pcfg, obs[0]["instruction"] if obs else ""),
+        **interface(pcfg, obs[0]["instruction"] if obs else "",
+                    env=trained_env(run, f"{ckpt}: config.json run.env") or cfg.env),
         "norm_stats": stats,
         "policy_config": to_dict(pcfg),
         "source_checkpoint": {"path": str(ckpt.resolve()), "meta": meta, "complete": complete,

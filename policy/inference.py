@@ -23,13 +23,33 @@ from pushcut.policy.preprocess import (
     instruction_problem,
     proprio_normalizer,
 )
-from pushcut.spec import dual_arm_names
+from pushcut.sim.config import EnvConfig, read_env
+from pushcut.spec import GRIPPER_NORMALISED, GRIPPER_RANGE_M, JOINT_MAX_SPEED, dual_arm_names
+
+ROBOTS = {"twin": "piper_dual", "libero": "libero_panda"}  # env kind -> the robot its actions drive
 
 
-def interface(pcfg, default_instruction: str = "") -> dict:
-    """What a robot needs to know of a policy (the manifest's action space, cameras, proprio and
-    instruction): written into every bundle, and sent by ``pushcut-serve`` for a checkpoint."""
+def action_contract(pcfg, env: EnvConfig) -> dict:
+    """How training executed the policy's actions, which a robot must repeat: the robot they drive,
+    the action rate, the chunk and how long it lasts, and on the twin the arm's speed setting (the
+    joints' top speed) and the gripper's mapping. ``deploy.bundle.check_contract`` refuses a robot
+    setting that contradicts it."""
+    contract = {"robot": ROBOTS[env.kind], "task": env.task, "action_hz": env.action_hz,
+                "chunk_len": pcfg.chunk_len, "chunk_s": pcfg.chunk_len / env.action_hz}
+    if env.kind == "twin":
+        contract.update(speed_percent=env.speed_percent,
+                        joint_speed_rad_s=JOINT_MAX_SPEED * env.speed_percent / 100.0,
+                        gripper={"action": list(GRIPPER_NORMALISED), "meaning": "0 closed, 1 open",
+                                 "range_m": list(GRIPPER_RANGE_M)})
+    return contract
+
+
+def interface(pcfg, default_instruction: str = "", env: EnvConfig | None = None) -> dict:
+    """What a robot needs to know of a policy (the manifest's action space, cameras, proprio,
+    instruction and, given the env it was trained on, its action contract): written into every
+    bundle, and sent by ``pushcut-serve`` for a checkpoint."""
     return {
+        **({"action_contract": action_contract(pcfg, env)} if env is not None else {}),
         "action_space": {
             "dim": pcfg.action_dim,
             "chunk_len": pcfg.chunk_len,
@@ -45,11 +65,16 @@ def interface(pcfg, default_instruction: str = "") -> dict:
     }
 
 
+def trained_env(run_config: Mapping, where: str) -> EnvConfig | None:
+    """The env a checkpoint was trained on, from its run config (None where it stored none)."""
+    return read_env(run_config["env"], where) if run_config.get("env") else None
+
+
 class TorchPolicy(Policy):
     """A checkpoint's model on ``device``; ``from_checkpoint`` loads and verifies one."""
 
     def __init__(self, model: VLAPolicy, norm_stats: Mapping, tokenizer: ByteTokenizer | HFTokenizer,
-                 device: str = "cpu"):
+                 device: str = "cpu", env: EnvConfig | None = None):
         self.model = model.to(device).eval()
         self.cfg = model.cfg
         self.device = device
@@ -60,15 +85,15 @@ class TorchPolicy(Policy):
         self.action_norm = Normalizer(norm_stats["action"], self.cfg.normalization, self.cfg.action_dim)
         self.proprio_norm = proprio_normalizer(norm_stats, self.cfg.proprio_dim)
         self.action_tokenizer = ActionTokenizer(self.cfg.n_bins, self.cfg.llm.vocab_size)
-        self.manifest = interface(self.cfg)
+        self.manifest = interface(self.cfg, env=env)
         self.source = f"torch {device}"
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "cpu") -> TorchPolicy:
         from pushcut.policy import checkpoint
 
-        model, stats, tok, _, _ = checkpoint.load(path, map_location=device)
-        return cls(model, stats, tok, device)
+        model, stats, tok, _, run = checkpoint.load(path, map_location=device)
+        return cls(model, stats, tok, device, env=trained_env(run, f"{path}: config.json run.env"))
 
     def inputs(self, observations: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         arrays = build_inputs(

@@ -5,12 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pushcut.configs import ranges, require
+from pushcut.configs import ranges, require, to_dataclass
 from pushcut.spec import TWIN_CAMERAS
 
 TWIN_TASKS = ("click_bell", "stack_bowls_two", "stack_bowls_three")
 LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 LIBERO_CAMERAS = ("agentview", "robot0_eye_in_hand")
+
+
+# env fields renamed since a checkpoint or record may have been written: old name -> new
+RENAMED_FIELDS = {"control_hz": "action_hz"}
+
+
+def upgrade_env_record(record: dict) -> dict:
+    """An env config as a checkpoint or record stored it, under today's field names."""
+    return {RENAMED_FIELDS.get(k, k): v for k, v in record.items()}
 
 
 @ranges(light=">=0", color=">=0", camera_pos=">=0", camera_rot_deg=">=0", mass=">=0", friction=">=0",
@@ -29,8 +38,8 @@ class RandomizationConfig:
     latency_steps: int = 0  # max action latency (control steps), sampled per episode
 
 
-@ranges(task_ids=">=0", image_size=">=1", max_steps=">=1", physics_hz=">=1", control_hz=">=1", num_wait_steps=">=0",
-        lead_steps=">=0")
+@ranges(task_ids=">=0", image_size=">=1", max_steps=">=1", physics_hz=">=1", action_hz=">=1", num_wait_steps=">=0",
+        lead_steps=">=0", speed_percent="[1,100]")
 @dataclass(frozen=True, kw_only=True)
 class EnvConfig:
     """One environment: the MuJoCo twin (``kind: twin``) or a LIBERO suite (``kind: libero``)."""
@@ -42,7 +51,10 @@ class EnvConfig:
     image_size: tuple[int, int] = (64, 64)  # (height, width) rendered for the policy
     max_steps: int | None = None  # None: the task's own step limit
     physics_hz: int = 250
-    control_hz: int = 25  # one action (joint target) per control step
+    action_hz: int = 25  # the policy's action rate: one action (joint target) per control step
+    # twin: the joints' top speed as a percentage of the Piper's (spec.JOINT_MAX_SPEED at 100), the
+    # arm's speed setting; a bundle carries it and the robot runs at it (deploy/bundle.check_contract)
+    speed_percent: int = 100
     num_wait_steps: int = 10  # LIBERO: no-op steps after reset
     head_calibration: str | None = None  # twin: camera_head.json from pushcut-calibrate (sim-to-real)
     randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
@@ -69,7 +81,7 @@ class EnvConfig:
         bad = [c for c in self.cameras if c not in allowed]
         require(not bad, f"unknown camera(s) {bad}; known for {self.kind}: {list(allowed)}")
         require(len(set(self.cameras)) == len(self.cameras), "cameras must not repeat")
-        require(self.physics_hz % self.control_hz == 0, "physics_hz must be a multiple of control_hz")
+        require(self.physics_hz % self.action_hz == 0, "physics_hz must be a multiple of action_hz")
         if self.execution == "async":
             require(self.kind == "twin", "execution=async is implemented for the twin only")
             require(not (self.randomization.enabled and self.randomization.latency_steps),
@@ -78,4 +90,9 @@ class EnvConfig:
 
     @property
     def substeps(self) -> int:
-        return self.physics_hz // self.control_hz
+        return self.physics_hz // self.action_hz
+
+
+def read_env(record: dict, where: str = "env") -> EnvConfig:
+    """The env config a checkpoint's run config stored (``where`` names it in errors)."""
+    return to_dataclass(EnvConfig, upgrade_env_record(record), where)

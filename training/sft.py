@@ -30,6 +30,7 @@ from pushcut.policy.config import PolicyConfig
 from pushcut.policy.modeling import VLAPolicy
 from pushcut.policy.preprocess import ByteTokenizer, build_inputs, proprio_normalizer
 from pushcut.sim import demos
+from pushcut.sim.config import upgrade_env_record
 from pushcut.sim.registry import action_mask, robot_bounds
 from pushcut.sim.twin.mirror import mirror_episode
 from pushcut.training.config import SFTConfig
@@ -124,7 +125,8 @@ def start_demos(run_config: dict, policy_cfg: PolicyConfig, norm_stats: dict) ->
     """The demos a checkpoint was SFT'd on (read from its run config, ``run_config``), as model
     inputs and target bins normalised with ``norm_stats``: GRPO's behaviour-cloning term."""
     try:
-        cfg = to_dataclass(SFTConfig, run_config, "the start's run config")
+        record = {**run_config, "env": upgrade_env_record(run_config.get("env", {}))}
+        cfg = to_dataclass(SFTConfig, record, "the start's run config")
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bc_coef needs a start written by pushcut-sft (its demos are the BC data): {exc}") from exc
     data, _ = build_dataset(policy_cfg, demo_sets(cfg), norm_stats)

@@ -47,13 +47,13 @@ class ArmFault(RuntimeError):
     """The arm or its bus is in a state where no command may be sent."""
 
 
-@ranges(speed_rate="[1,100]", rate_hz=">0", top_speed=">0", gripper_effort="[0,5]", stale_s=">0", min_fps=">=0",
+@ranges(speed_percent="[1,100]", rate_hz=">0", top_speed=">0", gripper_effort="[0,5]", stale_s=">0", min_fps=">=0",
         enable_timeout_s=">0", settle_speed=">0", settle_s=">0", settle_timeout_s=">0")
 @dataclass(frozen=True)
 class DriverConfig:
     can_port: str = "can0"
     bus: str = "socketcan"  # socketcan | virtual
-    speed_rate: int = 50  # % of the arm's top speed in CAN joint-position mode (0x151)
+    speed_percent: int = 50  # % of the arm's top speed in CAN joint-position mode (0x151)
     rate_hz: float = 200.0  # control ticks per second
     top_speed: float = JOINT_MAX_SPEED  # rad/s at 100%; lowered to the firmware's max_joint_spd where less
     gripper_effort: float = 1.0  # N*m
@@ -72,7 +72,7 @@ class DriverConfig:
     def joint_step(self, top_speed: float | np.ndarray | None = None) -> np.ndarray:
         """Largest joint move per control tick (rad): the arm's top speed at the speed rate."""
         top = self.top_speed if top_speed is None else np.minimum(self.top_speed, top_speed)
-        return np.broadcast_to(top * self.speed_rate / 100.0 / self.rate_hz, (6,)).astype(float)
+        return np.broadcast_to(top * self.speed_percent / 100.0 / self.rate_hz, (6,)).astype(float)
 
 
 @dataclass
@@ -284,7 +284,7 @@ class PiperArm:
         while True:
             now = time.monotonic()
             if now >= resend:  # the vendor often needs the enable twice
-                self.sdk.MotionCtrl_2(CAN_CTRL, 0x01, self.cfg.speed_rate, 0x00)
+                self.sdk.MotionCtrl_2(CAN_CTRL, 0x01, self.cfg.speed_percent, 0x00)
                 self.sdk.EnableArm(7)
                 resend = now + 0.1
             fb = self.feedback()
@@ -409,7 +409,7 @@ class PiperArm:
         return target
 
     def _send(self, target: np.ndarray) -> None:
-        self.sdk.MotionCtrl_2(CAN_CTRL, 0x01, self.cfg.speed_rate, 0x00)
+        self.sdk.MotionCtrl_2(CAN_CTRL, 0x01, self.cfg.speed_percent, 0x00)
         self.sdk.JointCtrl(*[units.rad_to_millideg(v) for v in target[:6]])
         self.sdk.GripperCtrl(units.m_to_micrometre(target[6]), units.nm_to_milli(self.cfg.gripper_effort), 0x01, 0)
 

@@ -82,7 +82,7 @@ class PiperEmulator:
         self.gripper_target = self.gripper
         self.gripper_enabled = False
         self.estopped = False
-        self.speed_rate = 0
+        self.speed_percent = 0
         self.ctrl_mode = 0
         self.move_mode = 0
         self.power_cuts: list[tuple[float, int, float]] = []  # (time, joint 1..6, joint speed rad/s)
@@ -164,7 +164,7 @@ class PiperEmulator:
                     self.estopped, self.error_code, self.status_fault = False, 0, 0
                     self.ctrl_mode, self.gripper_enabled = 0x00, False
             elif i == MOTION_2 and len(d) >= 3:
-                self.ctrl_mode, self.move_mode, self.speed_rate = d[0], d[1], d[2]
+                self.ctrl_mode, self.move_mode, self.speed_percent = d[0], d[1], d[2]
             elif i in (JC12, JC34, JC56) and len(d) == 8:
                 a, b = struct.unpack(">ii", d)
                 j = {JC12: 0, JC34: 2, JC56: 4}[i]
@@ -193,7 +193,7 @@ class PiperEmulator:
             elif self.motor_enabled.all():
                 # commands are in reported (calibrated) angles; the motors move physical ones
                 q_goal = self.q_target + self.zero_offset
-                step = self.max_joint_speed * max(self.speed_rate, 1) / 100.0 * self.dt
+                step = self.max_joint_speed * max(self.speed_percent, 1) / 100.0 * self.dt
                 self.q += np.clip(q_goal - self.q, -step, step)
                 g_step = self.max_gripper_speed * self.dt
                 self.gripper += float(np.clip(self.gripper_target - self.gripper, -g_step, g_step))

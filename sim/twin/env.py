@@ -6,8 +6,9 @@ time-parametrised path: a C1 cubic (Catmull-Rom) through the current target and 
 waypoints, one waypoint per control period, with zero velocity at both ends of the chunk,
 sampled at the physics rate (250 Hz) and tracked by the joint position servos, as RoboTwin
 executes its chunks. Like the arm's own controller, the servo targets approach that path no
-faster than the joints' top speed (``spec.JOINT_MAX_SPEED``), so a chunk that asks for more is
-executed late, never faster than the hardware could. Success is checked at every physics step
+faster than the joints' top speed (``spec.JOINT_MAX_SPEED`` times ``speed_percent`` / 100, the
+arm's speed setting), so a chunk that asks for more is executed late, never faster than the
+hardware could. Success is checked at every physics step
 and latches.
 
 Grasping: a closed gripper whose two pads both touch the same graspable object turns on a weld
@@ -84,7 +85,7 @@ class TwinEnv:
         self.target = np.zeros(self.action_dim)
         self._servo = np.zeros(self.action_dim)  # what the servos are told, speed-limited
         self._max_step = np.full(self.action_dim, np.inf)  # per physics step; grippers unlimited
-        self._max_step[_ARM_DIMS] = spec.JOINT_MAX_SPEED / cfg.physics_hz
+        self._max_step[_ARM_DIMS] = spec.JOINT_MAX_SPEED * cfg.speed_percent / 100.0 / cfg.physics_hz
         self._min_step = -self._max_step
         self.steps = 0
         self._physics = 0

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from pushcut.deploy.bundle import BundleError, check_compatible, load_manifest
+from pushcut.deploy.bundle import BundleError, check_compatible, check_contract, load_manifest
 from pushcut.deploy.engine import Engine
 from pushcut.policy.export import ExportConfig, ParityError, export
 from pushcut.policy.inference import TorchPolicy
@@ -97,6 +97,37 @@ def test_bundle_that_does_not_fit_the_robot_is_rejected(bundle):
         check_compatible(m, 14, ["head"], chunk_len=8)
     with pytest.raises(BundleError, match="decodes 256 bins; this robot expects 128"):
         check_compatible(m, 14, ["head"], n_bins=128)
+
+
+def test_the_bundle_carries_the_action_contract_of_the_env_it_was_trained_on(bundle, sft_checkpoint):
+    """Written from the checkpoint's own run config (the export's env= is only the fallback), read
+    by the robot before it drives anything; each contradiction refused with the reason."""
+    m = load_manifest(bundle)
+    c = m["action_contract"]
+    assert c == {"robot": "piper_dual", "task": "click_bell", "action_hz": 25, "chunk_len": 10, "chunk_s": 0.4,
+                 "speed_percent": 100, "joint_speed_rad_s": 3.0,
+                 "gripper": {"action": [0.0, 1.0], "meaning": "0 closed, 1 open", "range_m": [0.0, 0.07]}}
+    assert TorchPolicy.from_checkpoint(sft_checkpoint).manifest["action_contract"] == c  # served checkpoints too
+    assert check_contract(m, 200) == c and check_contract(m, 50, speed_percent=100) == c
+    with pytest.raises(BundleError, match="bundle acts at 25 Hz .*at 60 Hz does not hold a whole number"):
+        check_contract(m, 60)
+    with pytest.raises(BundleError, match=r"arms set to 50% speed; .* at 100% \(3.00 rad/s\), so its chunks "
+                                          r"would run late: run the arms at 100%, train at the speed wanted "
+                                          r"\(env.speed_percent=50\)"):
+        check_contract(m, 200, speed_percent=50)
+    assert check_contract(m, 200, speed_percent=10, rehearsal=True) == c  # a first motion at low speed
+    with pytest.raises(BundleError, match="arms set to 50% speed.*or rehearse at a lower speed"):
+        check_contract(m, 200, speed_percent=50)
+    low = {**m, "action_contract": {**c, "speed_percent": 50, "joint_speed_rad_s": 1.5}}
+    with pytest.raises(BundleError, match="would run faster than it was trained to expect"):
+        check_contract(low, 200, speed_percent=100, rehearsal=True)  # a rehearsal is only ever slower
+    libero = {**m, "action_contract": {**c, "robot": "libero_panda", "task": "libero_object", "action_hz": 20}}
+    with pytest.raises(BundleError, match=r"bundle drives libero_panda \(trained on libero_object\); this robot "
+                                          "is piper_dual"):
+        check_contract(libero, 200)
+    old = {k: v for k, v in m.items() if k != "action_contract"}
+    with pytest.raises(BundleError, match="carries no action contract .* re-export it: pushcut-export checkpoint="):
+        check_contract(old, 200)
 
 
 def _edit_manifest(b, edit, resign=False):

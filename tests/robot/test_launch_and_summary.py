@@ -20,8 +20,7 @@ def _launch_args(path: Path) -> dict:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "ARGS":
             from pushcut.ros.inputs import HEARTBEAT_TIMEOUT_S  # the names the launch files take defaults from
 
-            names = {"COMMAND_HZ": composition.COMMAND_HZ, "SPEED_PERCENT": composition.SPEED_PERCENT,
-                     "HEARTBEAT_TIMEOUT_S": HEARTBEAT_TIMEOUT_S, "str": str}
+            names = {"COMMAND_HZ": composition.COMMAND_HZ, "HEARTBEAT_TIMEOUT_S": HEARTBEAT_TIMEOUT_S, "str": str}
             return eval(compile(ast.Expression(node.value), str(path), "eval"), {"__builtins__": {}}, names)
     raise AssertionError(f"{path.name} declares no ARGS")
 
@@ -209,22 +208,22 @@ def test_params_file_states_every_node_parameter_and_its_default():
 
 def test_each_default_is_declared_once():
     """The arm node's limits and rates are the driver's and the safety layer's; the policy node's
-    command rate and speed are the driver's, its action period the twin's; the launch file states
-    none of them again."""
+    command rate is the driver's, and its action rate and arm speed are the bundle's (no parameter
+    restates them); the launch file states none of them again."""
     from pushcut.deploy.piper.driver import DriverConfig
     from pushcut.deploy.piper.safety import SafetyConfig
-    from pushcut.ros.composition import COMMAND_HZ, SPEED_PERCENT
+    from pushcut.ros.composition import COMMAND_HZ
     from pushcut.ros.piper_arm_node import ArmNodeParams
     from pushcut.ros.policy_node import PolicyNodeParams
-    from pushcut.sim.config import EnvConfig
 
     arm, policy = ArmNodeParams(), PolicyNodeParams()
-    assert (arm.max_relative_target, arm.rate_hz, arm.speed_rate) == (
-        SafetyConfig().max_relative_target, DriverConfig().rate_hz, DriverConfig().speed_rate)
-    assert (policy.control_hz, policy.speed_percent, policy.step_hz) == (COMMAND_HZ, SPEED_PERCENT,
-                                                                         EnvConfig().control_hz)
+    assert (arm.max_relative_target, arm.rate_hz, arm.speed_percent) == (
+        SafetyConfig().max_relative_target, DriverConfig().rate_hz, DriverConfig().speed_percent)
+    assert policy.command_hz == COMMAND_HZ
+    assert not {"step_hz", "action_hz", "speed_percent"} & set(vars(policy))  # the bundle's action contract
     launch = ast.parse((LAUNCH / "robot_eval.launch.py").read_text())
     args = next(n.value for n in ast.walk(launch)
                 if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "ARGS")
     literal = {k.value: v.value for k, v in zip(args.keys, args.values) if isinstance(v, ast.Constant)}
-    assert not {"control_hz", "speed_percent", "heartbeat_timeout_s"} & set(literal)  # taken from the code
+    assert not {"command_hz", "heartbeat_timeout_s"} & set(literal)  # taken from the code
+    assert literal["speed_percent"] == ""  # "": the bundle's

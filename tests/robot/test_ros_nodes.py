@@ -58,7 +58,7 @@ def test_node_topics_and_types(graph, bundle):
 
 
 def test_policy_node_drops_stale_frames(graph, bundle):
-    params = _params(bundle=str(bundle), control_hz=50)
+    params = _params(bundle=str(bundle), command_hz=50)
     policy = graph.add(PolicyNode(context=graph.context, parameter_overrides=params))
     probe = graph.add(rclpy_node(graph, "probe"))
     img_pub = probe.create_publisher(Image, "/cameras/head/image_raw", 10)
@@ -87,7 +87,7 @@ def test_policy_node_drops_stale_frames(graph, bundle):
 
 def _policy_rig(graph, bundle, **params):
     policy = graph.add(PolicyNode(context=graph.context, parameter_overrides=_params(bundle=str(bundle),
-                                                                                    control_hz=50, **params)))
+                                                                                    command_hz=50, **params)))
     probe = graph.add(rclpy_node(graph, "probe"))
     img_pub = probe.create_publisher(Image, "/cameras/head/image_raw", 10)
     state_pubs = {a: probe.create_publisher(JointState, f"/{a}/joint_states", 10) for a in ("left", "right")}
@@ -184,6 +184,21 @@ def test_piper_arm_lifecycle_node(graph):
                                                                    atol=2e-3))[1], timeout)
 
     target = np.array([0.2, 0.4, -0.3, 0.1, 0.0, 0.0, 0.04])
+    # a command at another speed than this arm's (a policy trained at 100% on an arm set to 50%) is
+    # refused and counted, and the arm does not move
+    q_start = node.emulator.state()[0]
+
+    def at_speed(q, pct):
+        msg = arm_state_msg(q, probe.get_clock().now().to_msg())
+        msg.velocity = [float(pct)] * 7
+        return msg
+
+    fast = every(0.01, lambda q: cmd_pub.publish(at_speed(q, 100)))
+    graph.spin_until(lambda: (fast(target), False)[1], timeout=0.5)
+    np.testing.assert_allclose(node.emulator.state()[0], q_start, atol=2e-3)
+    assert node.arm.safety.counts["rejected_speed"] > 0
+    assert graph.spin_until(lambda: (cmd_pub.publish(at_speed(target, 50)),  # its own speed: taken
+                                     np.allclose(node.emulator.state()[0], target[:6], atol=2e-3))[1], 5)
     assert reaches(target)
     assert graph.spin_until(lambda: states and np.allclose(states[-1].position[:6], target[:6], atol=3e-3), 3)
     assert states[-1].name[-1] == "gripper" and statuses and "enabled=True" in statuses[-1].data

@@ -8,6 +8,7 @@ import pytest
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 
+from pushcut.deploy.bundle import BundleError
 from pushcut.deploy.trials import TrialLog
 from pushcut.ros.composition import robot_eval, twin_eval
 from pushcut.ros.conversions import arm_state_msg, image_msg, stamp_to_s
@@ -31,7 +32,7 @@ def test_estop_silences_the_stack_aborts_the_trial_and_release_resumes(graph, bu
         probe.create_subscription(JointState, f"/{arm}/joint_command", commands.append, 50)
     estop = probe.create_publisher(Bool, ESTOP_TOPIC, LATCHED)
     assert graph.spin_until(lambda: len(commands) > 10, timeout=60), "no commands before the e-stop"
-    assert commands[-1].velocity.tolist() == [50.0] * 7  # the speed piper_ros reads
+    assert commands[-1].velocity.tolist() == [100.0] * 7  # the speed piper_ros reads: the one trained at
     estop.publish(Bool(data=True))
     assert graph.spin_until(lambda: policy.estop_at is not None, timeout=2)
     steps = twin.steps_applied
@@ -116,7 +117,15 @@ def test_one_process_per_node_in_any_order_completes_the_trials(bundle, tmp_path
 
 
 def test_piper_ros_option_remaps_the_arm_topics_and_starts_no_arm_node(graph, bundle):
-    specs = robot_eval("click_bell", str(bundle), {"head": "0"}, driver="piper_ros", speed_percent=30)
+    with pytest.raises(BundleError, match=r"arms set to 30% speed; the policy was trained with the joints at 100%"):
+        robot_eval("click_bell", str(bundle), {"head": "0"}, driver="piper_ros", speed_percent=30)
+    with pytest.raises(BundleError, match="bundle acts at 25 Hz .* a command stream at 60 Hz"):
+        robot_eval("click_bell", str(bundle), {"head": "0"}, driver="piper_ros", command_hz=60)
+    arms = robot_eval("click_bell", str(bundle), {"head": "0"})  # the trained speed, from the bundle
+    assert {s.parameters["speed_percent"] for s in arms if s.executable == "piper_arm_node"} == {100}
+    # a first motion at low speed is an explicit rehearsal: the commands say 30%, the trial log says why
+    specs = robot_eval("click_bell", str(bundle), {"head": "0"}, driver="piper_ros", speed_percent=30, rehearsal=True)
+    assert "rehearsal at 30% speed (trained at 100%)" in next(s for s in specs if s.name == "trial").parameters["notes"]
     assert [s.executable for s in specs] == ["camera_node", "policy_node", "trial_node"]
     policy_spec = next(s for s in specs if s.executable == "policy_node")
     policy = graph.add(instantiate(policy_spec, graph.context))
@@ -138,7 +147,7 @@ def test_piper_ros_option_remaps_the_arm_topics_and_starts_no_arm_node(graph, bu
     assert graph.spin_until(lambda: (tick(), all(len(v) > 2 for v in got.values()))[1], timeout=20)
     msg = got["left"][-1]
     assert msg.name == ["joint1", "joint2", "joint3", "joint4", "joint5", "joint6", "gripper"]
-    assert msg.velocity.tolist() == [30.0] * 7 and len(msg.position) == 7
+    assert msg.velocity.tolist() == [30.0] * 7 and len(msg.position) == 7  # the rehearsal's speed
     topics = dict(policy.get_publisher_names_and_types_by_node("policy", "/"))
     assert "/left/joint_ctrl_single" in topics and "/left/joint_command" not in topics
     with pytest.raises(ValueError, match="driver"):

@@ -87,7 +87,7 @@ def test_joints_move_no_faster_than_the_arm_can():
     env.step(np.tile(far, (5, 1)))  # 0.2 s
     moved = env.proprio()[0] - q0
     assert 0.5 * spec.JOINT_MAX_SPEED * 0.2 < moved < spec.JOINT_MAX_SPEED * 0.2 + 0.02
-    steps = int(np.ceil(1.0 / (spec.JOINT_MAX_SPEED / env.cfg.control_hz))) + 5
+    steps = int(np.ceil(1.0 / (spec.JOINT_MAX_SPEED / env.cfg.action_hz))) + 5
     env.step(np.tile(far, (steps, 1)))
     assert abs(env.proprio()[0] - far[0]) < 0.02
     env.close()

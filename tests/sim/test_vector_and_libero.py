@@ -36,7 +36,7 @@ def test_libero_task_resets_and_steps():
 
     env = LiberoEnv(
         EnvConfig(kind="libero", task="libero_spatial", task_ids=(0,), cameras=("agentview",), image_size=(32, 32),
-                  physics_hz=500, control_hz=20)
+                  physics_hz=500, action_hz=20)
     )
     obs = env.reset(seed=0)
     assert obs.images["agentview"].shape == (32, 32, 3) and obs.images["agentview"].std() > 1

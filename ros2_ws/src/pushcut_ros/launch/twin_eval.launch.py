@@ -13,13 +13,13 @@ from launch_ros.actions import Node
 from pushcut_ros.composition import twin_eval
 
 ARGS = {"task": "click_bell", "bundle": "", "num_trials": "10", "log_dir": "trials", "image_size": "64",
-        "control_hz": "50", "max_steps": "0", "seed_start": "100000", "execution": "sync", "policy_source": "local"}
+        "command_hz": "50", "max_steps": "0", "seed_start": "100000", "execution": "sync", "policy_source": "local"}
 
 
 def _nodes(context):
     v = {k: LaunchConfiguration(k).perform(context) for k in ARGS}
     specs = twin_eval(v["task"], v["bundle"], int(v["num_trials"]), v["log_dir"], int(v["image_size"]),
-                      int(v["control_hz"]), int(v["max_steps"]), int(v["seed_start"]),
+                      int(v["command_hz"]), int(v["max_steps"]), int(v["seed_start"]),
                       policy={"execution": v["execution"], "policy_source": v["policy_source"]})
     return [Node(package="pushcut_ros", executable=s.executable, name=s.name, namespace=s.namespace,
                  parameters=[s.parameters], output="screen") for s in specs]

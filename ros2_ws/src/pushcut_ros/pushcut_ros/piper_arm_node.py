@@ -4,7 +4,10 @@ configure = open the CAN bus and wait for feedback; activate = enable the arm an
 joint-position mode (every motor confirmed); deactivate = hold the measured pose, commands
 ignored; cleanup = cut motor power from a settled hold (never with a fault latched: a disabled
 Piper falls), then close the bus. Publishes ``joint_states`` (joint1..joint6 rad, gripper m, as
-piper_ros) at ``rate_hz`` and ``arm_status``, takes ``joint_command``.
+piper_ros) at ``rate_hz`` and ``arm_status``, takes ``joint_command``. A command whose
+``velocity`` (the speed percentage, as piper_ros reads it; the policy node sends the speed its
+policy was trained at) differs from this arm's ``speed_percent`` is refused and counted: the
+policy's chunks would run at another pace than trained.
 
 E-stop: ``/estop`` true, from a publisher of any QoS (:mod:`pushcut_ros.inputs`), sends the
 vendor's damped stop; ``~/estop`` and the arm's own
@@ -40,7 +43,7 @@ from .spin import spin_main
 from .topics import ESTOP_TOPIC, LATCHED
 
 
-@ranges(rate_hz=">0", speed_rate="[1,100]", gripper_effort=">=0", max_relative_target=">0", max_gripper_step=">0",
+@ranges(rate_hz=">0", speed_percent="[1,100]", gripper_effort=">=0", max_relative_target=">0", max_gripper_step=">0",
         watchdog_s=">0", stale_s=">0", heartbeat_timeout_s=">0")
 @dataclass(frozen=True)
 class ArmNodeParams:
@@ -49,7 +52,7 @@ class ArmNodeParams:
     can_port: str = DriverConfig.can_port
     emulate: bool = False
     rate_hz: float = DriverConfig.rate_hz
-    speed_rate: int = DriverConfig.speed_rate
+    speed_percent: int = DriverConfig.speed_percent
     gripper_effort: float = DriverConfig.gripper_effort
     max_relative_target: float = SafetyConfig.max_relative_target
     max_gripper_step: float = SafetyConfig.max_gripper_step
@@ -86,7 +89,7 @@ class PiperArmNode(LifecycleNode):
         p = self.params
         emulate = p.emulate
         cfg = DriverConfig(
-            can_port=p.can_port, bus="virtual" if emulate else "socketcan", speed_rate=p.speed_rate,
+            can_port=p.can_port, bus="virtual" if emulate else "socketcan", speed_percent=p.speed_percent,
             rate_hz=p.rate_hz, gripper_effort=p.gripper_effort, stale_s=p.stale_s,
             safety=SafetyConfig(max_relative_target=p.max_relative_target,
                                 max_gripper_step=p.max_gripper_step, watchdog_s=p.watchdog_s),
@@ -160,6 +163,12 @@ class PiperArmNode(LifecycleNode):
             target = arm_array(msg)
         except ValueError as exc:
             self.arm.safety._count("rejected_malformed", str(exc))
+            return
+        if len(msg.velocity) and any(v != self.params.speed_percent for v in msg.velocity):
+            # the command's speed field (piper_ros's, set by the policy node to the speed the policy was
+            # trained at) contradicts this arm's: its chunks would run at another pace than trained
+            self.arm.safety._count("rejected_speed", f"command asks for {msg.velocity[0]:g}% speed; this "
+                                   f"arm runs at {self.params.speed_percent}% (parameter speed_percent)")
             return
         self.arm.command(target)
 

@@ -21,9 +21,15 @@ one control tick: the chunk and any inference in flight are dropped and nothing 
 ``heartbeat_topic`` set, a deadman that is silent for over ``heartbeat_timeout_s`` (or says false)
 does the same until it beats again. A policy server that stops answering (closed, or no reply within
 ``server_timeout_s``) holds the arms the same way within one tick, and the node reconnects by
-itself (every second), then acts on frames taken after the reconnection. Commands carry the speed
-percentage ``speed_percent`` in ``velocity`` (all joints), which piper_ros reads as its speed (100 %
-when empty); pushcut's arm node uses its own.
+itself (every second), then acts on frames taken after the reconnection.
+
+The policy's action rate and the arm speed it was trained at come from the bundle's action
+contract (``deploy.bundle.check_contract``), never from a parameter: ``command_hz`` must be a
+multiple of the action rate, or the node refuses to start, saying why. Commands carry the trained
+speed percentage in ``velocity`` (all joints), which piper_ros reads as its speed and pushcut's arm
+node checks against its own (a command at another speed is refused there);
+``rehearsal_speed_percent`` sends a lower one instead, for a first motion at low speed (the chunks
+run late: not a measurement).
 
 Latency of every chunk is published in ms on ``/policy/<name>_ms``: ``frame_age`` (oldest input
 at the request), ``queue`` (waiting for the server's engine), ``inference``, ``transport`` (round
@@ -55,13 +61,12 @@ from std_msgs.msg import Bool, Float64, String
 from pushcut import spec
 from pushcut.configs import ranges, require
 from pushcut.deploy.broker import ActionChunkBroker
-from pushcut.deploy.bundle import check_compatible
+from pushcut.deploy.bundle import check_compatible, check_contract
 from pushcut.deploy.client import ServerLost
 from pushcut.deploy.load import load_policy
 from pushcut.deploy.piper.driver import DriverConfig
 from pushcut.deploy.piper.safety import implausible
 from pushcut.motion import EXECUTION_MODES
-from pushcut.sim.config import EnvConfig
 
 from .conversions import arm_array, arm_state_msg, image_array, join_state, split_action, stamp_to_s
 from .inputs import HEARTBEAT_TIMEOUT_S, StateInput, TopicAudit, make_heartbeat
@@ -83,8 +88,8 @@ SERVER_START_S = 10.0  # a policy server is waited for this long at start
 LATENCY_WINDOW = 50  # inference round trips behind the measured lead
 
 
-@ranges(server_timeout_s=">0", control_hz=">=1", step_hz=">=1", lead_s=">=0", added_latency_s=">=0",
-        max_age_s=">0", max_skew_s=">=0", speed_percent="[1,100]", heartbeat_timeout_s=">0")
+@ranges(server_timeout_s=">0", command_hz=">=1", lead_s=">=0", added_latency_s=">=0",
+        max_age_s=">0", max_skew_s=">=0", heartbeat_timeout_s=">0", rehearsal_speed_percent="[0,100]")
 @dataclass(frozen=True)
 class PolicyNodeParams:
     """The policy node's ROS parameters."""
@@ -94,22 +99,19 @@ class PolicyNodeParams:
     server_timeout_s: float = 0.5  # a server silent this long is lost: the arms hold
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     variant: str = "fp32"
-    control_hz: int = int(DriverConfig.rate_hz)  # commands per second to the arms: the driver's rate
-    step_hz: int = EnvConfig.control_hz  # the policy's action period: the twin's control rate
+    command_hz: int = int(DriverConfig.rate_hz)  # commands per second to the arms: the driver's rate
     execution: str = "sync"  # sync | async (overlapped, spliced chunks)
     lead_s: float = 0.0  # async: start the next inference this long ahead (0: measured)
     added_latency_s: float = 0.0  # local: rehearse a slower policy
     max_age_s: float = 0.25
     max_skew_s: float = 0.1
     instruction: str = ""
-    speed_percent: int = DriverConfig.speed_rate  # the velocity field of each command (piper_ros: 1-100)
     heartbeat_topic: str = ""  # the operator's deadman (std_msgs/Bool); "" = off
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
+    rehearsal_speed_percent: int = 0  # >0: a first motion below the trained speed (chunks run late); 0: the bundle's
 
     def __post_init__(self) -> None:
         require(self.execution in EXECUTION_MODES, f"execution {self.execution!r}: one of {list(EXECUTION_MODES)}")
-        require(self.control_hz % self.step_hz == 0,
-                f"control_hz {self.control_hz} must be a multiple of step_hz {self.step_hz}")
 
 
 def make_policy(p: PolicyNodeParams):
@@ -132,13 +134,19 @@ class PolicyNode(Node):
         self.remote = p.policy_source != "local"
         manifest = self.policy.manifest
         check_compatible(manifest, spec.DUAL_ARM_DIM, list(spec.TWIN_CAMERAS))
+        rehearsal = p.rehearsal_speed_percent or None
+        contract = check_contract(manifest, p.command_hz, rehearsal, rehearsal=bool(rehearsal))
+        if rehearsal:
+            self.get_logger().warning(f"rehearsal at {rehearsal}% speed, trained at {contract['speed_percent']}%: "
+                                      "the chunks run late; trials show the motion, not the policy's success")
         self.cameras = [c["name"] for c in manifest["cameras"]]
         self.image_size = manifest["cameras"][0]["image_size"]
-        self.get_logger().info(f"policy: {self.policy.source}, execution {self.execution}")
-        self.control_hz = p.control_hz
-        self.broker = ActionChunkBroker(p.control_hz // p.step_hz)
+        self.get_logger().info(f"policy: {self.policy.source}, execution {self.execution}, "
+                               f"{contract['action_hz']} Hz actions at {contract['speed_percent']}% speed")
+        self.command_hz = p.command_hz
+        self.broker = ActionChunkBroker(p.command_hz // contract["action_hz"])
         self.max_age, self.max_skew = p.max_age_s, p.max_skew_s
-        self.speed_percent = float(p.speed_percent)
+        self.speed_percent = float(rehearsal or contract["speed_percent"])
         self.instruction = p.instruction or manifest["instruction"].get("default", "")
         problem = self.instruction and self.policy.instruction_problem(self.instruction)
         if problem:
@@ -182,7 +190,7 @@ class PolicyNode(Node):
         self.estop_at: float | None = None  # when the last e-stop arrived (node clock, s)
         self.server_lost_at: float | None = None  # node clock, s; None while the server answers
         self._next_reconnect = 0.0
-        self.timer = self.create_timer(1.0 / p.control_hz, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self.timer = self.create_timer(1.0 / p.command_hz, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
 
     # --- inputs ---------------------------------------------------------------------------------
     def _now(self) -> float:
@@ -300,11 +308,11 @@ class PolicyNode(Node):
         """Async: ticks ahead of the takeover at which the next inference starts (``lead_s``, or
         from the round trips so far; one policy step before the first)."""
         if self.lead_s > 0:
-            return math.ceil(self.lead_s * self.control_hz)
+            return math.ceil(self.lead_s * self.command_hz)
         if not self._round_trips:
             return self.broker.substeps
         p90 = float(np.percentile(self._round_trips, 90))
-        return math.ceil(1.25 * p90 * self.control_hz) + 1
+        return math.ceil(1.25 * p90 * self.command_hz) + 1
 
     def _infer(self, obs: dict, request: dict) -> None:
         t0 = time.perf_counter()

@@ -35,21 +35,23 @@ class TwinNode(Node):
         self.declare_parameter("cameras", ["head"])
         self.declare_parameter("image_height", 64)
         self.declare_parameter("image_width", 64)
-        self.declare_parameter("control_hz", 50)
+        self.declare_parameter("command_hz", 50)
         self.declare_parameter("camera_hz", 25)
         self.declare_parameter("max_steps", 0)  # 0: the task's own step limit
+        self.declare_parameter("speed_percent", 100)  # the joints' speed (EnvConfig.speed_percent): the bundle's
         p = {n: self.get_parameter(n).value for n in ("task", "cameras", "image_height", "image_width",
-                                                       "control_hz", "camera_hz", "max_steps")}
+                                                       "command_hz", "camera_hz", "max_steps", "speed_percent")}
         # NOTE: an EGL context is bound to the thread that made it, and executors move callbacks
         # between threads: every call into the env runs on this one thread.
         self._sim = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin")
         cfg = EnvConfig(task=p["task"], cameras=tuple(p["cameras"]),
-                        image_size=(p["image_height"], p["image_width"]), max_steps=p["max_steps"] or None)
+                        image_size=(p["image_height"], p["image_width"]), max_steps=p["max_steps"] or None,
+                        speed_percent=p["speed_percent"])
         self.env = self._sim.submit(TwinEnv, cfg).result()
-        if self.env.cfg.physics_hz % p["control_hz"]:
-            raise ValueError(f"control_hz {p['control_hz']} must divide the twin's physics rate "
+        if self.env.cfg.physics_hz % p["command_hz"]:
+            raise ValueError(f"command_hz {p['command_hz']} must divide the twin's physics rate "
                              f"{self.env.cfg.physics_hz}")
-        self.physics_per_tick = self.env.cfg.physics_hz // p["control_hz"]
+        self.physics_per_tick = self.env.cfg.physics_hz // p["command_hz"]
         self.image_pubs = {c: self.create_publisher(Image, camera_topic(c), 10) for c in p["cameras"]}
         self.state_pubs = {a: self.create_publisher(JointState, joint_states_topic(a), 10) for a in ARMS}
         self.success_pub = self.create_publisher(Bool, "/twin/success", 10)
