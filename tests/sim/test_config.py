@@ -45,3 +45,14 @@ def test_types_are_checked():
 def test_libero_config_checks_cameras():
     with pytest.raises(ConfigError, match="unknown camera"):
         to_dataclass(EnvConfig, {"kind": "libero", "task": "libero_10", "cameras": ["head"]})
+
+
+def test_env_records_written_before_a_rename_read_under_todays_names():
+    """Checkpoints store their run's env config; one written when the action rate was ``control_hz``
+    reads as ``action_hz`` (its bundle's action contract and bc_coef's demos depend on it)."""
+    from pushcut.sim.config import read_env
+
+    env = read_env({"kind": "twin", "task": "stack_bowls_two", "control_hz": 20, "physics_hz": 500})
+    assert env.action_hz == 20 and env.substeps == 25 and env.speed_percent == 100
+    with pytest.raises(ValueError, match="no_such_field"):
+        read_env({"task": "click_bell", "no_such_field": 1}, "checkpoint config.json run.env")
