@@ -148,7 +148,8 @@ class CurriculumConfig:
         late_fraction="(0,1]", group_success_bounds="[0,1]", rollout_max_steps=">=1", clip_ratio_low="[0,1)",
         clip_ratio_high=">0", kl_coef=">=0", target_kl=">0", bc_coef=">=0", bc_batch=">=1",
         entropy_coef=">=0", lr=">0", lr_warmup_iters=">=0", weight_decay=">=0", betas="[0,1)", grad_clip=">0",
-        mini_batches=">=1", ppo_epochs=">=1", iterations=">=1", time_budget_s=">0", eval_every=">=0",
+        mini_batches=">=1", ppo_epochs=">=1", success_reward=">0", iterations=">=1", time_budget_s=">0",
+        eval_every=">=0",
         eval_episodes=">=0", eval_seed_start=">=0", train_seed_start=">=0", save_every=">=1", seed=">=0")
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
@@ -201,6 +202,12 @@ class TrainConfig:
     # (the steps add up to one full-batch loss); step: the mean over the step's own share, as the
     # reference (each step mini_batches times larger before the grad clip)
     loss_normalization: Literal["batch", "step"] = "batch"
+    # how a pass is cut into mini-batches: chunks shuffled and cut (ours), or whole trajectories
+    # shuffled and cut (the reference's, where a step's "own mean" is over the trajectories it holds)
+    minibatch_split: Literal["chunks", "trajectories"] = "chunks"
+    # the reward of a success (0 for a failure): group normalisation cancels its scale, except against
+    # kl_penalty=reward_k1, whose kl_coef it sets the meaning of (the reference: 5)
+    success_reward: float = 1.0
     ppo_epochs: int = 1  # passes over the iteration's data (the recipe: one)
     iterations: int = 100
     time_budget_s: float | None = None  # stop when this much wall time has been used (resumes count)

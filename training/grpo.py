@@ -61,11 +61,14 @@ EPS = 1e-6
 
 
 # --- 2. dynamic sampling and 3. advantages -----------------------------------------------------
-def group_rewards(trajs: list[Trajectory], penalties: list[float] | None = None) -> dict[int, np.ndarray]:
-    """Each group's rewards in trajectory order, less each trajectory's ``penalties`` (if given)."""
+def group_rewards(trajs: list[Trajectory], penalties: list[float] | None = None,
+                  success_reward: float = 1.0) -> dict[int, np.ndarray]:
+    """Each group's rewards in trajectory order (``success_reward`` for a success, else 0), less each
+    trajectory's ``penalties`` (if given)."""
     groups: dict[int, list[float]] = {}
     for i, t in enumerate(trajs):
-        groups.setdefault(t.group, []).append(t.reward - (penalties[i] if penalties is not None else 0.0))
+        groups.setdefault(t.group, []).append(success_reward * t.reward
+                                              - (penalties[i] if penalties is not None else 0.0))
     return {g: np.array(r) for g, r in groups.items()}
 
 
@@ -136,6 +139,12 @@ def k1_penalties(logp: list[np.ndarray], ref_logp: list[np.ndarray], mask: list[
     return float(sum(((lp - rp) * m).sum() for lp, rp, m in zip(logp, ref_logp, mask)))
 
 
+def k1_token_mean(kl_sums: list[float], trajs: list[Trajectory]) -> float:
+    """The batch's k1 estimate per executed token (the reference's logged KL) from each trajectory's
+    sum over its tokens (``k1_penalties``)."""
+    return float(np.sum(kl_sums) / max(sum(executed_tokens(t) for t in trajs), 1))
+
+
 @torch.no_grad()
 def policy_log_probs(policy: TorchPolicy, observations: list[dict], bins: np.ndarray, temperature: float,
                      chunk_rows: int = 64) -> np.ndarray:
@@ -158,6 +167,11 @@ def reference_log_probs(ref: TorchPolicy, trajs: list[Trajectory], temperature: 
 
 
 # --- the batch ----------------------------------------------------------------------------------
+def executed_tokens(t: Trajectory) -> int:
+    """The action tokens a trajectory executed (its chunks' masks)."""
+    return int(sum(m.sum() for m in t.token_mask))
+
+
 def flatten(trajs: list[Trajectory], adv: dict[tuple[int, int], float]) -> dict:
     """Chunk-level arrays of the kept trajectories (``adv`` keyed by (group, index in group))."""
     rows = {"obs": [], "bins": [], "logp": [], "mask": [], "adv": [], "traj_tokens": [], "traj": []}
@@ -166,7 +180,7 @@ def flatten(trajs: list[Trajectory], adv: dict[tuple[int, int], float]) -> dict:
         k = seen.get(t.group, 0)
         seen[t.group] = k + 1
         a = adv[(t.group, k)]
-        total = int(sum(m.sum() for m in t.token_mask))
+        total = executed_tokens(t)
         for o, b, lp, m in zip(t.observations, t.bins, t.logp, t.token_mask):
             rows["obs"].append(o)
             rows["bins"].append(b)
@@ -269,6 +283,28 @@ def micro_batches(shares: list[np.ndarray], rank: int, size: int | None, sharded
     return pieces
 
 
+def mini_batch_rows(traj: np.ndarray, mini_batches: int, split: str, gen: torch.Generator) -> list[np.ndarray]:
+    """One pass's mini-batches as row indices into the chunk batch (``traj``: each chunk's
+    trajectory): the chunks shuffled and cut into ``mini_batches`` (``split=chunks``), or the
+    trajectories shuffled and cut, each mini-batch holding its trajectories' chunks whole
+    (``split=trajectories``, the reference's)."""
+    if split == "chunks":
+        return np.array_split(torch.randperm(len(traj), generator=gen).numpy(), mini_batches)
+    ids = np.unique(traj)
+    order = ids[torch.randperm(len(ids), generator=gen).numpy()]
+    return [np.flatnonzero(np.isin(traj, part)) for part in np.array_split(order, mini_batches)]
+
+
+def step_divisor(mb_traj: np.ndarray, n_traj: int, cfg: TrainConfig) -> float:
+    """What an optimiser step's loss is divided by: the whole batch's trajectories
+    (``loss_normalization=batch``: the steps add up to one full-batch mean), or the step's own share
+    (``step``): the trajectories it holds when mini-batches hold whole trajectories, as the
+    reference, else an even share of them."""
+    if cfg.loss_normalization == "batch":
+        return n_traj
+    return len(np.unique(mb_traj)) if cfg.minibatch_split == "trajectories" else n_traj / cfg.mini_batches
+
+
 def demo_loss(model, policy: TorchPolicy, demos: dict[str, torch.Tensor], n: int, gen: torch.Generator) -> torch.Tensor:
     """Token cross-entropy of ``n`` demo chunks drawn at random (``sft.start_demos``)."""
     idx = torch.randint(0, len(demos["bins"]), (min(n, len(demos["bins"])),), generator=gen)
@@ -319,17 +355,16 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     sharded = is_sharded(model)
     temp = cfg.temperature if temperature is None else temperature
-    n = len(batch["bins"])
     carries = carries_gradient(batch["adv"], cfg, skip_zero_advantage)
-    passes = [np.array_split(torch.randperm(n, generator=gen).numpy(), cfg.mini_batches)
+    passes = [mini_batch_rows(np.asarray(batch["traj"]), cfg.mini_batches, cfg.minibatch_split, gen)
               for _ in range(cfg.ppo_epochs)]
     metrics: dict[str, list[float]] = {}
-    divisor = n_traj / cfg.mini_batches if cfg.loss_normalization == "step" else n_traj
     steps = 0
     model.train()
     for mb in (mb for minibatches in passes for mb in minibatches):
         if len(mb) == 0:  # fewer chunks than mini-batches (the same on every rank)
             continue
+        divisor = step_divisor(np.asarray(batch["traj"])[mb], n_traj, cfg)
         shares = [s[carries[s]] for s in (mb[r::world] for r in range(world))]  # each rank's rows
         opt.zero_grad(set_to_none=True)
         step_stats: dict[str, float] = {}  # this mini-batch's: pg_loss summed over its passes, the rest token-weighted
@@ -496,8 +531,9 @@ def advantages(run: Run, kept: list[Trajectory], info: dict, temperature: float)
         ref_lp = reference_log_probs(run.ref_policy, kept, temperature)
         kl = [k1_penalties(t.logp, r, t.token_mask) for t, r in zip(kept, ref_lp)]
         penalties = [cfg.kl_coef * k for k in kl]
-        info["kl_reward"] = float(np.mean(kl))
-    adv = {(g, k): float(a) for g, r in group_rewards(kept, penalties).items()
+        info["kl_reward"] = float(np.mean(kl))  # per trajectory, summed over its tokens (what comes off)
+        info["kl_reward_token"] = k1_token_mean(kl, kept)  # per token, as the reference logs it
+    adv = {(g, k): float(a) for g, r in group_rewards(kept, penalties, cfg.success_reward).items()
            for k, a in enumerate(grpo_advantages(r))}
     batch = flatten(kept, adv)
     n_traj = len(kept)

@@ -176,6 +176,40 @@ def test_k1_kl_penalty_comes_off_each_trajectorys_reward_before_the_group_normal
     np.testing.assert_allclose(grpo.grpo_advantages(rewards), (r - r.mean()) / (r.std(ddof=1) + 1e-6))
     np.testing.assert_array_equal(grpo.group_rewards(trajs)[0], [1.0, 0.0, 0.0])  # without: the binary reward
     assert grpo.mixed_groups(trajs) == {0}  # dynamic sampling still looks at successes alone
+    # the reference's scale: a success is worth 5, so the same kl_coef weighs the KL 5x less against it
+    r5 = grpo.group_rewards(trajs, penalties, success_reward=5.0)[0]
+    np.testing.assert_allclose(r5, [4.8, -0.1, 0.3])
+    np.testing.assert_allclose(grpo.grpo_advantages(r5), (r5 - r5.mean()) / (r5.std(ddof=1) + 1e-6))
+    assert not np.allclose(grpo.grpo_advantages(r5), grpo.grpo_advantages(rewards))
+    # without the penalty the scale cancels in the group normalisation (up to the 1e-6)
+    np.testing.assert_allclose(grpo.grpo_advantages(grpo.group_rewards(trajs, None, 5.0)[0]),
+                               grpo.grpo_advantages(grpo.group_rewards(trajs)[0]), atol=1e-5)
+    # logged: per trajectory summed over its tokens (what comes off the reward) and, as the reference
+    # logs it, per executed token of the batch
+    two = [Trajectory(group=0, seed=0, success=True, steps=1, token_mask=[mask[0], mask[1]]),
+           Trajectory(group=0, seed=0, success=False, steps=1, token_mask=[mask[1]])]
+    assert grpo.k1_token_mean([-1.0, 0.5], two) == pytest.approx(-0.5 / 4)  # 3 + 1 executed tokens
+
+
+def test_reference_mini_batches_hold_whole_trajectories():
+    """minibatch_split=trajectories (the reference's): every chunk in exactly one mini-batch, each
+    trajectory's chunks all in one, and loss_normalization=step divides a step by the trajectories it
+    holds; chunks (ours) cuts the shuffled chunks evenly."""
+    traj = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3])
+    parts = grpo.mini_batch_rows(traj, 2, "trajectories", torch.Generator().manual_seed(0))
+    assert sorted(np.concatenate(parts).tolist()) == list(range(10))
+    assert all(len(np.unique(traj[p])) == 2 for p in parts)
+    for t in range(4):
+        assert sum(t in traj[p] for p in parts) == 1  # whole
+    cfg = _cfg(loss_normalization="step", minibatch_split="trajectories", mini_batches=2)
+    assert [grpo.step_divisor(traj[p], 4, cfg) for p in parts] == [2, 2]
+    three = grpo.mini_batch_rows(traj, 3, "trajectories", torch.Generator().manual_seed(0))
+    assert sorted(grpo.step_divisor(traj[p], 4, _cfg(loss_normalization="step", minibatch_split="trajectories",
+                                                     mini_batches=3)) for p in three) == [1, 1, 2]
+    chunks = grpo.mini_batch_rows(traj, 2, "chunks", torch.Generator().manual_seed(0))
+    assert [len(p) for p in chunks] == [5, 5]
+    assert grpo.step_divisor(traj[chunks[0]], 4, _cfg(loss_normalization="step", mini_batches=2)) == 2.0
+    assert grpo.step_divisor(traj[chunks[0]], 4, _cfg(mini_batches=2)) == 4  # batch: the whole batch's
 
 
 # --- the curriculum over initial states -----------------------------------------------------------

@@ -146,6 +146,39 @@ def test_step_normalisation_makes_each_step_mini_batches_times_larger(sft_checkp
     assert norms["step"] == pytest.approx(2 * norms["batch"], rel=1e-5)
 
 
+def test_reference_steps_each_take_the_mean_over_their_own_whole_trajectories(sft_checkpoint):
+    """minibatch_split=trajectories with loss_normalization=step (the reference's): four trajectories
+    in four steps, each step the token-mean PPO loss of one whole trajectory; its gradient norm is
+    that of the loss computed by hand on that trajectory's chunks alone."""
+    from pushcut.policy import sampling
+    from pushcut.policy.inference import TorchPolicy
+    from pushcut.training import grpo
+
+    trajs, batch = _batch(sft_checkpoint)
+    cfg = _train_cfg(sft_checkpoint, mini_batches=4, loss_normalization="step", minibatch_split="trajectories",
+                     grad_clip=1e9)
+    model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
+    policy = TorchPolicy(model, stats, tok)
+    got = grpo.update(model, None, torch.optim.SGD(model.parameters(), lr=0.0), policy, batch, len(trajs), cfg,
+                      torch.Generator().manual_seed(0))
+    norms = []
+    traj = np.asarray(batch["traj"])
+    for t in range(len(trajs)):
+        rows = np.flatnonzero(traj == t)
+        model.zero_grad()
+        model.train()
+        logp = sampling.token_log_probs(model(**policy.inputs([batch["obs"][i] for i in rows])),
+                                        torch.from_numpy(np.stack([batch["bins"][i] for i in rows])), cfg.temperature)
+        loss, _ = grpo.ppo_clip_loss(logp, torch.from_numpy(np.stack([batch["logp"][i] for i in rows])),
+                                     torch.tensor([batch["adv"][i] for i in rows]),
+                                     torch.from_numpy(np.stack([batch["mask"][i] for i in rows])),
+                                     torch.tensor([float(batch["traj_tokens"][i]) for i in rows]), 1,
+                                     cfg.clip_ratio_low, cfg.clip_ratio_high)
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)))
+    assert got["opt_steps"] == 4 and got["grad_norm"] == pytest.approx(np.mean(norms), rel=1e-4)
+
+
 def test_update_takes_log_probs_at_the_temperature_the_batch_was_rolled_out_at(sft_checkpoint):
     """A batch rolled out at a late temperature of 0.8: in one mini-batch, before any step, the
     learner's log-probs at 0.8 are the rollout's (ratio 1, nothing clipped); at the recipe's 1.6
