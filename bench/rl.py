@@ -118,6 +118,7 @@ from pushcut.policy.inference import TorchPolicy
 from pushcut.sim.registry import make_env
 from pushcut.training import grpo
 from pushcut.training.config import TrainConfig
+from pushcut.training.eval import Sampled
 from pushcut.training.run_log import plot_curves, read_metrics
 
 VARIANTS = {
@@ -142,17 +143,6 @@ def _shares(rows: list[dict]) -> dict:
                        if total else {}),
         "worker_seconds": {"sim": sim, "policy_inference": inf, "learner_update": upd},
     }
-
-
-class _Sampled:
-    """The policy decoded by sampling at ``temperature`` (as in the rollouts) instead of greedily."""
-
-    def __init__(self, policy: TorchPolicy, temperature: float):
-        self.policy, self.temperature = policy, temperature
-        self.gen = torch.Generator().manual_seed(0)
-
-    def infer_batch(self, observations):
-        return self.policy.act_batch(observations, self.temperature, self.gen)[0]
 
 
 class _Deterministic:
@@ -236,7 +226,7 @@ def _measure(policy: TorchPolicy, cfg, initial: tuple[list[dict], list[str]]) ->
     obs, arms = initial
     task = cfg.env.task
     out = {}
-    decoders = {"greedy": policy, "sampled": _Sampled(policy, cfg.temperature), "sampled_T1": _Sampled(policy, 1.0),
+    decoders = {"greedy": policy, "sampled": Sampled(policy, cfg.temperature), "sampled_T1": Sampled(policy, 1.0),
                 "expected_T1": _Deterministic(policy, "mean"), "median_T1": _Deterministic(policy, "median")}
     for key in DIAGNOSIS_DECODERS.get(task, SHORT_DIAGNOSIS):
         name = f"sampled_T{cfg.temperature:g}" if key == "sampled" else key

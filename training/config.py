@@ -37,7 +37,7 @@ def check_mirrorable(option: str, policy: PolicyConfig, env: EnvConfig) -> None:
 
 @ranges(demos_per_task=">=1", steps=">=1", batch_size=">=1", bin_smoothing=">=0", lr=">0", weight_decay=">=0",
         warmup_steps=">=0", grad_clip=">0", seed=">=0", log_every=">=1", save_every=">=1", eval_episodes=">=0",
-        num_envs=">=1")
+        num_envs=">=1", eval_temperature=">0")
 @dataclass(frozen=True, kw_only=True)
 class SFTConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -59,6 +59,9 @@ class SFTConfig:
     log_every: int = 50
     save_every: int = 500  # steps between resumable checkpoints (weights, optimizer, RNGs)
     eval_episodes: int = 0
+    # beside greedy, success sampled at this temperature (GRPO's rollout temperature: what its groups
+    # will see; null: greedy only)
+    eval_temperature: float | None = 1.6
     num_envs: int = 2
     wandb: WandbConfig = field(default_factory=WandbConfig)
 

@@ -23,6 +23,20 @@ from pushcut.sim.config import EnvConfig
 from pushcut.training.config import EvalConfig, check_bundle_fits_env, check_policy_fits_env
 
 
+class Sampled:
+    """A policy decoded by sampling at ``temperature`` (as in the rollouts) instead of greedily; the
+    draws follow one seeded generator, so a measurement repeats."""
+
+    def __init__(self, policy, temperature: float, seed: int = 0):
+        import torch
+
+        self.policy, self.temperature = policy, temperature
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def infer_batch(self, observations):
+        return self.policy.act_batch(observations, self.temperature, self.gen)[0]
+
+
 def run_episodes(policy, env_cfg: EnvConfig, seeds: list[int], num_envs: int = 1, progress: bool = True) -> list[dict]:
     """Roll out ``policy`` greedily on each seed; one record per episode, in seed order, with the
     task's milestones reached (``phases``) where the task has them."""

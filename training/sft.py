@@ -245,12 +245,20 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
     plot_curves(logger.path, ["loss", "token_acc", "bin_err"], run_dir / "sft_curve.png", "SFT")
     if cfg.eval_episodes:
         from pushcut.policy.inference import TorchPolicy
-        from pushcut.training.eval import run_episodes, summarize
+        from pushcut.training.eval import Sampled, run_episodes, summarize
 
         policy = TorchPolicy(model, norm_stats, text_tok)
         seeds = list(range(100_000, 100_000 + cfg.eval_episodes))
         s = summarize(run_episodes(policy, cfg.env, seeds, cfg.num_envs, progress), cfg.env.task)
-        logger.log({"eval_success": s["success_rate"]}, cfg.steps)
+        row = {"eval_success": s["success_rate"]}
+        if cfg.eval_temperature is not None:  # what GRPO's groups will see: success sampled at its temperature
+            sampled = run_episodes(Sampled(policy, cfg.eval_temperature), cfg.env, seeds, cfg.num_envs, progress)
+            row["eval_success_sampled"] = summarize(sampled, cfg.env.task)["success_rate"]
+        logger.log(row, cfg.steps)
+        sampled_note = (f", sampled at T {cfg.eval_temperature:g} {row['eval_success_sampled']:.1%}"
+                        if "eval_success_sampled" in row else "")
+        print(f"pushcut-sft: success on {cfg.eval_episodes} held-out seeds: greedy {row['eval_success']:.1%}"
+              + sampled_note)
     logger.close()
     return ckpt
 
