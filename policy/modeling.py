@@ -74,8 +74,11 @@ class VLAPolicy(nn.Module):
         proprio: torch.Tensor,  # (B, proprio_dim), normalised
         input_ids: torch.Tensor,  # (B, L) prompt ids
         text_mask: torch.Tensor,  # (B, L) bool, True for real tokens
-    ) -> torch.Tensor:
-        """Action-token logits (B, chunk_len * action_dim, n_bins), float32.
+        features: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Action-token logits (B, chunk_len * action_dim, n_bins), float32; with ``features``, also
+        the policy's features (B, hidden): the action queries' last hidden states, averaged (what a
+        PPO critic reads).
 
         Computed in ``compute_dtype`` (``policy.dtype``): under bfloat16 the matrix products run in
         bf16 on whatever weights the model holds (fp32 masters in the learner, a bf16 copy in rollout
@@ -83,12 +86,18 @@ class VLAPolicy(nn.Module):
         fp32, so log-probs, the loss and sampling are computed in fp32.
         """
         if self.compute_dtype == torch.float32:
-            return self._logits(pixels, proprio, input_ids, text_mask)
-        with torch.autocast(pixels.device.type, dtype=self.compute_dtype):
-            logits = self._logits(pixels, proprio, input_ids, text_mask)
-        return logits.float()
+            h = self._hidden(pixels, proprio, input_ids, text_mask)
+            logits = self._head(h)
+        else:
+            with torch.autocast(pixels.device.type, dtype=self.compute_dtype):
+                h = self._hidden(pixels, proprio, input_ids, text_mask)
+                logits = self._head(h)
+        return (logits.float(), h.mean(1).float()) if features else logits.float()
 
-    def _logits(self, pixels, proprio, input_ids, text_mask) -> torch.Tensor:
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.lm_head.weight[-self.cfg.n_bins :])  # (B, A, n_bins)
+
+    def _hidden(self, pixels, proprio, input_ids, text_mask) -> torch.Tensor:
         b, n_cam = pixels.shape[:2]
         patches = self.vision(pixel_values=pixels.flatten(0, 1)).last_hidden_state  # (B*C, P, Dv)
         patches = self.projector(patches)  # (B*C, P, D)
@@ -114,5 +123,4 @@ class VLAPolicy(nn.Module):
         # exported graph needs no Where/IsNaN over (S, S) scores.
         attn = torch.zeros(keys.shape, dtype=x.dtype, device=x.device).masked_fill(~keys, torch.finfo(x.dtype).min)
         attn = attn[:, None, None, :]
-        h = self.llm(inputs_embeds=x, attention_mask=attn).last_hidden_state[:, -n_act:]  # (B, A, D)
-        return F.linear(h, self.lm_head.weight[-self.cfg.n_bins :])  # (B, A, n_bins)
+        return self.llm(inputs_embeds=x, attention_mask=attn).last_hidden_state[:, -n_act:]  # (B, A, D)

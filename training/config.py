@@ -151,7 +151,8 @@ class CurriculumConfig:
         late_fraction="(0,1]", group_success_bounds="[0,1]", rollout_max_steps=">=1", clip_ratio_low="[0,1)",
         clip_ratio_high=">0", kl_coef=">=0", target_kl=">0", bc_coef=">=0", bc_batch=">=1",
         entropy_coef=">=0", lr=">0", lr_warmup_iters=">=0", weight_decay=">=0", betas="[0,1)", grad_clip=">0",
-        mini_batches=">=1", ppo_epochs=">=1", success_reward=">0", iterations=">=1", time_budget_s=">0",
+        mini_batches=">=1", ppo_epochs=">=1", success_reward=">0", gamma="[0,1]", gae_lambda="[0,1]", critic_lr=">0",
+        iterations=">=1", time_budget_s=">0",
         eval_every=">=0",
         eval_episodes=">=0", eval_seed_start=">=0", train_seed_start=">=0", save_every=">=1", seed=">=0")
 @dataclass(frozen=True, kw_only=True)
@@ -208,6 +209,12 @@ class TrainConfig:
     # how a pass is cut into mini-batches: chunks shuffled and cut (ours), or whole trajectories
     # shuffled and cut (the reference's, where a step's "own mean" is over the trajectories it holds)
     minibatch_split: Literal["chunks", "trajectories"] = "chunks"
+    # grpo: group-normalised advantages (the recipe); ppo: GAE over each trajectory's chunks from a
+    # value head on the policy's features (training/critic.py), the same rollouts and clipped loss
+    algorithm: Literal["grpo", "ppo"] = "grpo"
+    gamma: float = 0.99  # ppo: discount per chunk
+    gae_lambda: float = 0.95  # ppo: GAE's lambda
+    critic_lr: float = 1e-3  # ppo: the value head's AdamW learning rate
     # the reward of a success (0 for a failure): group normalisation cancels its scale, except against
     # kl_penalty=reward_k1, whose kl_coef it sets the meaning of (the reference: 5)
     success_reward: float = 1.0
@@ -234,6 +241,8 @@ class TrainConfig:
         if self.mirror_augment:
             check_mirrorable("mirror_augment", self.policy, self.env)
         check_policy_fits_env(self.policy, self.env)
+        require(self.algorithm == "grpo" or not (self.learner.fsdp or self.mirror_augment),
+                "algorithm=ppo: its critic is not sharded (learner.fsdp) and values no mirror images (mirror_augment)")
         c = self.curriculum
         require(not c.layouts or self.train_seed_start + c.layouts <= self.eval_seed_start,
                 f"curriculum.layouts: seeds {self.train_seed_start} to {self.train_seed_start + c.layouts - 1} "

@@ -48,6 +48,7 @@ from pushcut.policy.inference import TorchPolicy
 from pushcut.sim.twin.mirror import mirror_dual_arm, mirror_image
 from pushcut.training import curriculum, grpo_run
 from pushcut.training.config import TrainConfig
+from pushcut.training.critic import ValueHead, chunk_advantages, chunk_values, value_loss
 from pushcut.training.grpo_run import Run, say
 from pushcut.training.learner import (
     is_sharded,
@@ -337,9 +338,37 @@ def optimizer_step(model, opt, grad_clip: float, sharded: bool, world: int) -> f
     return float(grad_norm)
 
 
+def piece_loss(model, ref_model, policy: TorchPolicy, batch: dict, rows: np.ndarray, divisor: float,
+               temp: float, cfg: TrainConfig) -> tuple:
+    """One forward pass's share of a step's loss: the PPO clip term (``ppo_clip_loss``), less the
+    entropy bonus, plus the k3 KL to the reference (``kl_penalty=loss_k3``); returns it with the
+    clip term, the stats, the token mask, the entropies and the policy's features."""
+    dev = policy.device
+    inputs = policy.inputs([batch["obs"][i] for i in rows])
+    logits, features = model(**inputs, features=True)  # (n, A, n_bins), (n, hidden)
+    bins = torch.from_numpy(np.stack([batch["bins"][i] for i in rows])).to(dev)
+    logp = sampling.token_log_probs(logits, bins, temp)  # (n, A)
+    old = torch.from_numpy(np.stack([batch["logp"][i] for i in rows])).to(dev)
+    mask = torch.from_numpy(np.stack([batch["mask"][i] for i in rows])).to(dev)
+    adv = torch.tensor([batch["adv"][i] for i in rows], dtype=torch.float32, device=dev)
+    traj_tokens = torch.tensor([batch["traj_tokens"][i] for i in rows], dtype=torch.float32, device=dev)
+    pg_loss, stats = ppo_clip_loss(logp, old, adv, mask, traj_tokens, divisor, cfg.clip_ratio_low, cfg.clip_ratio_high)
+    weight = mask.float() / traj_tokens[:, None].clamp(min=1) / divisor
+    ent = sampling.entropy(logits, temp)
+    loss = pg_loss - cfg.entropy_coef * (ent * weight).sum()
+    if ref_model is not None and cfg.kl_coef > 0 and cfg.kl_penalty == "loss_k3":
+        with torch.no_grad():
+            ref_logp = sampling.token_log_probs(ref_model(**inputs), bins, temp)
+        kl = kl_k3(logp, ref_logp)
+        loss = loss + cfg.kl_coef * (kl * weight).sum()
+        stats["kl_ref"] = (kl * mask).sum() / mask.sum().clamp(min=1)
+    return loss, pg_loss, stats, mask, ent, features
+
+
 def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int, cfg: TrainConfig,
            gen: torch.Generator, skip_zero_advantage: bool = True, temperature: float | None = None,
-           demos: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+           demos: dict[str, torch.Tensor] | None = None,
+           critic: tuple[ValueHead, torch.optim.Optimizer] | None = None) -> dict[str, float]:
     """``cfg.ppo_epochs`` passes over ``batch``, each in ``cfg.mini_batches`` optimiser steps on a
     fresh shuffle; returns mean metrics. Log-probs and entropy are taken at ``temperature``, the one
     the batch was rolled out at (default ``cfg.temperature``). With ``cfg.bc_coef`` > 0 each step
@@ -351,6 +380,9 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
     the forward and backward pass: the mini-batches, ``n_traj`` and the optimiser steps stay those
     of the whole batch, so the update is the same, only cheaper. The logged ratio, clipfrac,
     approx_kl and entropy then cover the chunks that carry gradient.
+
+    ``critic`` (``algorithm: ppo``; the value head and its optimiser) learns the batch's
+    ``returns`` on the same mini-batches, one step per policy step.
     """
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     sharded = is_sharded(model)
@@ -367,30 +399,19 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
         divisor = step_divisor(np.asarray(batch["traj"])[mb], n_traj, cfg)
         shares = [s[carries[s]] for s in (mb[r::world] for r in range(world))]  # each rank's rows
         opt.zero_grad(set_to_none=True)
+        if critic is not None:
+            critic[1].zero_grad(set_to_none=True)
         step_stats: dict[str, float] = {}  # this mini-batch's: pg_loss summed over its passes, the rest token-weighted
         step_tokens = 0.0
         for piece in micro_batches(shares, rank, cfg.learner.micro_batch, sharded):
             rows = piece if len(piece) else mb[:1]  # an empty piece joins FSDP's collectives with weight 0
-            dev = policy.device
-            inputs = policy.inputs([batch["obs"][i] for i in rows])
-            logits = model(**inputs)  # (n, A, n_bins)
-            bins = torch.from_numpy(np.stack([batch["bins"][i] for i in rows])).to(dev)
-            logp = sampling.token_log_probs(logits, bins, temp)  # (n, A)
-            old = torch.from_numpy(np.stack([batch["logp"][i] for i in rows])).to(dev)
-            mask = torch.from_numpy(np.stack([batch["mask"][i] for i in rows])).to(dev)
-            adv = torch.tensor([batch["adv"][i] for i in rows], dtype=torch.float32, device=dev)
-            traj_tokens = torch.tensor([batch["traj_tokens"][i] for i in rows], dtype=torch.float32, device=dev)
-            pg_loss, stats = ppo_clip_loss(logp, old, adv, mask, traj_tokens, divisor,
-                                           cfg.clip_ratio_low, cfg.clip_ratio_high)
-            weight = mask.float() / traj_tokens[:, None].clamp(min=1) / divisor
-            ent = sampling.entropy(logits, temp)
-            loss = pg_loss - cfg.entropy_coef * (ent * weight).sum()
-            if ref_model is not None and cfg.kl_coef > 0 and cfg.kl_penalty == "loss_k3":
-                with torch.no_grad():
-                    ref_logp = sampling.token_log_probs(ref_model(**inputs), bins, temp)
-                kl = kl_k3(logp, ref_logp)
-                loss = loss + cfg.kl_coef * (kl * weight).sum()
-                stats["kl_ref"] = (kl * mask).sum() / mask.sum().clamp(min=1)
+            loss, pg_loss, stats, mask, ent, features = piece_loss(model, ref_model, policy, batch, rows, divisor,
+                                                                   temp, cfg)
+            if critic is not None and len(piece):  # the critic's share of the mini-batch's mean (ranks add up)
+                returns = torch.tensor([batch["returns"][i] for i in rows], dtype=torch.float32, device=policy.device)
+                v_loss = value_loss(critic[0], features, returns) / len(mb)
+                v_loss.backward()
+                stats["value_loss"] = v_loss.detach() * len(mb) / len(rows)
             # shard losses add up to the batch's; FSDP averages gradients over ranks, so scale back
             (loss * (world if sharded else 1) * (1 if len(piece) else 0)).backward()
             if len(piece):
@@ -409,6 +430,8 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
             (cfg.bc_coef * bc / (1 if sharded else world)).backward()
             metrics.setdefault("bc_loss", []).append(float(bc.detach()))
         metrics.setdefault("grad_norm", []).append(optimizer_step(model, opt, cfg.grad_clip, sharded, world))
+        if critic is not None:
+            optimizer_step(critic[0], critic[1], cfg.grad_clip, False, world)
         steps += 1
     model.eval()
     return {k: float(np.mean(v)) for k, v in metrics.items()} | {"opt_steps": float(steps)}
@@ -537,6 +560,14 @@ def advantages(run: Run, kept: list[Trajectory], info: dict, temperature: float)
            for k, a in enumerate(grpo_advantages(r))}
     batch = flatten(kept, adv)
     n_traj = len(kept)
+    if cfg.algorithm == "ppo" and kept:  # the critic's GAE advantages per chunk instead of the group's
+        values = chunk_values(run.critic, run.model, run.policy, batch["obs"])
+        last = {i: cfg.success_reward * t.reward - (penalties[i] if penalties else 0.0) for i, t in enumerate(kept)}
+        batch["adv"], batch["returns"], info["explained_variance"] = chunk_advantages(
+            np.asarray(batch["traj"]), last, values, cfg.gamma, cfg.gae_lambda)
+        batch["adv"], batch["returns"] = list(batch["adv"]), list(batch["returns"])
+        info["value_mean"] = float(values.mean())
+        return batch, n_traj
     if cfg.mirror_augment and kept:
         batch = add_mirror_images(batch, run.policy, temperature, carries_gradient(batch["adv"], cfg))
         n_traj *= 2
@@ -551,8 +582,9 @@ def learn(run: Run, batch: dict, n_traj: int, temperature: float) -> dict[str, f
     for group in opt.param_groups:
         group["lr"] = lr_at(run.cfg, run.state["iteration"] + 1)
     t0 = time.perf_counter()
+    critic = (run.critic, run.critic_opt) if run.critic is not None else None
     metrics = (update(run.model, run.ref_model, opt, run.policy, batch, n_traj, run.cfg, run.gen,
-                      temperature=temperature, demos=run.demos) if n_traj else {})
+                      temperature=temperature, demos=run.demos, critic=critic) if n_traj else {})
     return {**metrics, "update_s": time.perf_counter() - t0, "lr": opt.param_groups[0]["lr"],
             "temperature": temperature}
 
@@ -577,10 +609,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                 metrics.update(run.evaluate_and_keep_best(weights, it))
             grpo_run.log_iteration(run, metrics, info, len(batch["bins"]), t_iter)
             if it % cfg.save_every == 0 or it == cfg.iterations:  # 6
-                save_state(run.run_dir, run.model, run.opt, run.policy, cfg, run.state, run.gen, weights)
+                save_state(run.run_dir, run.model, run.opt, run.policy, cfg, run.state, run.gen, weights,
+                           run.critic_tensors())
             if run.world > 1:
                 dist.barrier()
-        save_state(run.run_dir, run.model, run.opt, run.policy, cfg, run.state, run.gen, weights)
+        save_state(run.run_dir, run.model, run.opt, run.policy, cfg, run.state, run.gen, weights, run.critic_tensors())
         if run.is_main:
             plot_curves(run.logger.path, ["eval_success", "reward", "kept_groups", "clipfrac", "approx_kl", "entropy"],
                         run.run_dir / "learning_curve.png", "GRPO")

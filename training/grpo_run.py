@@ -18,6 +18,7 @@ from tqdm import tqdm
 from pushcut.policy import checkpoint
 from pushcut.policy.inference import TorchPolicy
 from pushcut.training.config import TrainConfig
+from pushcut.training.critic import ValueHead, critic_tensors, load_critic
 from pushcut.training.learner import (
     check_learner_fits,
     checkpoint_activations,
@@ -81,6 +82,8 @@ class Run:
     state: dict
     resume: bool
     demos: dict[str, torch.Tensor] | None = None  # the start's SFT demos, for bc_coef (sft.start_demos)
+    critic: ValueHead | None = None  # algorithm=ppo: the value head on the policy's features
+    critic_opt: torch.optim.Optimizer | None = None
     last_eval: float | None = None  # the latest greedy success, shown by the progress bar
     logger: RunLogger | None = None
     pool: WorkerPool | ColocatedPool | None = None
@@ -89,6 +92,10 @@ class Run:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def critic_tensors(self) -> dict[str, torch.Tensor]:
+        """What a resumed run needs of the critic (none without one)."""
+        return critic_tensors(self.critic, self.critic_opt) if self.critic is not None else {}
 
     @property
     def colocated(self) -> bool:
@@ -171,6 +178,13 @@ def start(cfg: TrainConfig, run_dir: Path, progress: bool) -> Run:
     if resume:
         load_optimizer_and_rng(model, opt, gen, extra)
     run = Run(cfg, run_dir, rank, world, model, ref_model, policy, ref_policy, opt, gen, state, resume, demos)
+    if cfg.algorithm == "ppo":
+        with torch.random.fork_rng(devices=[]):  # the same critic at the start of every run of this seed
+            torch.manual_seed(cfg.seed)
+            run.critic = ValueHead(cfg.policy.llm.hidden_size).to(device)
+        run.critic_opt = torch.optim.AdamW(run.critic.parameters(), lr=cfg.critic_lr)
+        if resume:
+            load_critic(run.critic, run.critic_opt, extra)
     if resume and run.is_main:  # rows logged after the last checkpoint are redone: drop them
         print(f"grpo: resuming from iteration {state['iteration']} in {run_dir}")
         keep = keep_metrics_before(run_dir, state["iteration"] + 1)

@@ -170,12 +170,13 @@ def _load_opt(model, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor
 
 
 def save_state(run_dir: Path, model, opt, policy: TorchPolicy, cfg: TrainConfig, state: dict, gen: torch.Generator,
-               weights: dict[str, torch.Tensor] | None):
+               weights: dict[str, torch.Tensor] | None, more: dict[str, torch.Tensor] | None = None):
     """Every rank calls this (gathering is collective under FSDP); rank 0 writes. ``weights`` None
-    (colocated rollouts gather none per iteration): gathered here."""
+    (colocated rollouts gather none per iteration): gathered here. ``more``: further tensors a
+    resumed run needs (the PPO critic's)."""
     if weights is None:
         weights = full_weights(model)
-    extra = resume_tensors(model, opt, gen)
+    extra = {**resume_tensors(model, opt, gen), **(more or {})}
     if dist.is_initialized() and dist.get_rank() != 0:
         return
     budget = cfg.time_budget_s

@@ -278,3 +278,28 @@ def test_curriculum_pool_stays_below_the_validation_seeds():
         _cfg(curriculum=CurriculumConfig(layouts=200), train_seed_start=89_900)
     with pytest.raises(ValueError, match="max_samples 4 is below n_samples 8"):
         _cfg(n_samples=8, curriculum=CurriculumConfig(layouts=10, max_samples=4))
+
+
+# --- PPO's critic over chunks ---------------------------------------------------------------------
+def test_gae_over_chunks_against_hand_computation():
+    from pushcut.training import critic
+
+    values = np.array([0.2, 0.5, 0.4])
+    adv, ret = critic.gae(np.array([0.0, 0.0, 1.0]), values, gamma=0.9, lam=0.8)
+    d2 = 1.0 - 0.4  # the last chunk: its reward, nothing after it
+    d1 = 0.0 + 0.9 * 0.4 - 0.5
+    d0 = 0.0 + 0.9 * 0.5 - 0.2
+    a2, a1 = d2, d1 + 0.72 * d2
+    np.testing.assert_allclose(adv, [d0 + 0.72 * a1, a1, a2])
+    np.testing.assert_allclose(ret, adv + values)
+    # lambda 1, gamma 1: every chunk's return is the episode's reward
+    _, ret = critic.gae(np.array([0.0, 0.0, 1.0]), values, 1.0, 1.0)
+    np.testing.assert_allclose(ret, [1.0, 1.0, 1.0])
+    # a batch of two trajectories (chunks in order within each): per-trajectory GAE, then normalised
+    traj = np.array([0, 0, 0, 1, 1])
+    v = np.array([0.2, 0.5, 0.4, 0.1, 0.3])
+    a, r, explained = critic.chunk_advantages(traj, {0: 1.0, 1: 0.0}, v, 0.9, 0.8)
+    raw = np.concatenate([critic.gae(np.array([0.0, 0.0, 1.0]), v[:3], 0.9, 0.8)[0],
+                          critic.gae(np.array([0.0, 0.0]), v[3:], 0.9, 0.8)[0]])
+    np.testing.assert_allclose(a, (raw - raw.mean()) / (raw.std() + 1e-8))
+    assert abs(a.mean()) < 1e-9 and explained == pytest.approx(1 - np.var(r - v) / np.var(r))

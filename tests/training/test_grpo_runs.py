@@ -549,3 +549,63 @@ def test_a_run_takes_the_bc_term_and_the_target_kl(sft_checkpoint, tmp_path):
     grpo.train(cfg, tmp_path / "run", progress=False)
     row = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
     assert row["bc_loss"] > 0 and 1 <= row["opt_steps"] <= 4  # the demos are learned whatever the rollouts gave
+
+
+def test_ppo_advantages_come_from_the_critic_and_carry_signal_where_a_group_has_none(sft_checkpoint):
+    """algorithm=ppo: each chunk's advantage is GAE from the value head on the policy's features,
+    normalised over the batch; a group whose rollouts all failed, which GRPO leaves at 0, gets
+    advantages from the critic's own expectations."""
+    from types import SimpleNamespace
+
+    from pushcut.policy.inference import TorchPolicy
+    from pushcut.training import critic as critic_mod
+    from pushcut.training import grpo
+
+    trajs, _ = _batch(sft_checkpoint, successes=(False, False, False, False))
+    model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
+    policy = TorchPolicy(model, stats, tok)
+    head = critic_mod.ValueHead(MICRO_POLICY.llm.hidden_size)
+    torch.nn.init.normal_(head.net[-1].weight, std=1.0)  # a critic with opinions
+    run = SimpleNamespace(cfg=_train_cfg(sft_checkpoint, algorithm="ppo", dynamic_sampling=False), ref_policy=None,
+                          policy=policy, model=model, critic=head, is_main=True, state={"iteration": 0})
+    batch, n_traj = grpo.advantages(run, trajs, {}, 1.6)
+    values = critic_mod.chunk_values(head, model, policy, batch["obs"])
+    want, returns, _ = critic_mod.chunk_advantages(np.asarray(batch["traj"]), dict.fromkeys(range(4), 0.0), values,
+                                                   0.99, 0.95)
+    np.testing.assert_allclose(batch["adv"], want, rtol=1e-6)
+    np.testing.assert_allclose(batch["returns"], returns, rtol=1e-6)
+    assert n_traj == 4 and np.abs(batch["adv"]).max() > 0.1
+    run.cfg = _train_cfg(sft_checkpoint, dynamic_sampling=False)  # grpo: an all-failure group has no signal
+    assert not any(grpo.advantages(run, trajs, {"reward": 0.0, "drawn_groups": 2}, 1.6)[0]["adv"])
+
+
+def test_a_ppo_run_trains_its_critic_and_resumes_it(sft_checkpoint, tmp_path):
+    """Two PPO iterations in one run equal one, a restart, and another: the critic's weights and
+    AdamW state come back from the checkpoint with the policy's."""
+    from pushcut.training import grpo
+    from pushcut.training.critic import ValueHead, load_critic
+    from pushcut.training.run_log import read_metrics
+
+    def cfg(iterations):
+        return _train_cfg(sft_checkpoint, algorithm="ppo", dynamic_sampling=False, iterations=iterations, lr=1e-3,
+                          critic_lr=1e-2)
+
+    grpo.train(cfg(2), tmp_path / "whole", progress=False)
+    grpo.train(cfg(1), tmp_path / "split", progress=False)
+    grpo.train(cfg(2), tmp_path / "split", progress=False)
+    rows = read_metrics(tmp_path / "whole" / "metrics.jsonl")
+    assert all(r["value_loss"] > 0 and "explained_variance" in r for r in rows)
+    heads = []
+    for name in ("whole", "split"):
+        extra = checkpoint.load_extra(tmp_path / name / "checkpoint")
+        head = ValueHead(MICRO_POLICY.llm.hidden_size)
+        load_critic(head, torch.optim.AdamW(head.parameters()), extra)
+        heads.append(head.state_dict())
+    fresh = ValueHead(MICRO_POLICY.llm.hidden_size).state_dict()
+    for k, v in heads[0].items():
+        torch.testing.assert_close(v, heads[1][k], rtol=0, atol=1e-6, msg=k)
+    assert any(not torch.equal(heads[0][k], fresh[k]) for k in fresh)  # it learned
+    a, *_ = checkpoint.load(tmp_path / "whole" / "checkpoint")
+    b, *_ = checkpoint.load(tmp_path / "split" / "checkpoint")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=0, atol=1e-6, msg=k)

@@ -105,8 +105,8 @@ def test_sft_reports_success_sampled_at_the_rollout_temperature_beside_greedy(tm
     """What GRPO's groups will see is the start sampled at its rollout temperature, which can be far
     from its greedy success: SFT measures both on the same held-out seeds."""
     demos = str(tmp_path / "demos")
-    base = dict(env=MICRO_ENV, policy=MICRO_POLICY, demos_dir=demos, demos_per_task=2, steps=5, batch_size=4,
-                eval_episodes=2, num_envs=1, wandb=WandbConfig(mode="disabled"))
+    base = {"env": MICRO_ENV, "policy": MICRO_POLICY, "demos_dir": demos, "demos_per_task": 2, "steps": 5,
+            "batch_size": 4, "eval_episodes": 2, "num_envs": 1, "wandb": WandbConfig(mode="disabled")}
     sft.train(SFTConfig(**base, eval_temperature=1.6), tmp_path / "a", progress=False)
     row = read_metrics(tmp_path / "a" / "metrics.jsonl")[-1]
     assert {"eval_success", "eval_success_sampled"} <= set(row)
