@@ -83,6 +83,8 @@ mini-batch's approx_kl passes K (``target_kl``, PPO's trust region).
 setup.layouts=L, setup.max_samples=M (default 0, off; ``_cur<L>x<M>``) draw training's initial states
 from a pool of L by their recent success, groups growing to M rollouts where success is rare
 (``curriculum``).
+setup.algorithm=ppo (default grpo; ``_ppo<critic_lr>``) trains with a value head over chunks and GAE
+instead of the group baseline, dynamic sampling off (``algorithm``, ``critic_lr``).
 setup.eval_every=N (default 6; ``_eval<N>``) evaluates on the validation seeds every N
 iterations: each evaluation runs 50 greedy episodes to the task's limit, a larger share of the
 budget when iterations are short.
@@ -96,6 +98,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -253,7 +256,7 @@ def task_setup(task: str) -> Setup:
 
 @ranges(demos=">=1", smoothing=">=0", lr=">0", warmup=">=0", seed=">=0", late_temperature=">0",
         late_fraction="(0,1]", horizon=">=1", eval_every=">=1", temperature=">0", bc_coef=">=0", target_kl=">0",
-        layouts=">=0", max_samples="[2,64]")
+        layouts=">=0", max_samples="[2,64]", critic_lr=">0")
 @dataclass(frozen=True)
 class Setup:
     """What the runs start from and how they train (``setup`` of ``configs/bench_rl.yaml``, set by
@@ -278,6 +281,8 @@ class Setup:
     target_kl: float | None = None  # PPO's early stop of an update (target_kl of the train config)
     layouts: int = 0  # curriculum over this many initial states (curriculum.layouts; 0: a new state per group)
     max_samples: int = 8  # the curriculum's largest group (curriculum.max_samples)
+    algorithm: Literal["grpo", "ppo"] = "grpo"  # ppo: a value head over chunks, dynamic sampling off
+    critic_lr: float = 1e-3  # ppo: the value head's learning rate
 
     @property
     def result_name(self) -> str:
@@ -300,7 +305,8 @@ class Setup:
                 + (f"_T{self.temperature:g}" if self.temperature != d.temperature else "")
                 + (f"_bc{self.bc_coef:g}" if self.bc_coef != d.bc_coef else "")
                 + ("" if self.target_kl == d.target_kl else f"_kl{self.target_kl:g}" if self.target_kl else "_nokl")
-                + (f"_cur{self.layouts}x{self.max_samples}" if self.layouts else ""))
+                + (f"_cur{self.layouts}x{self.max_samples}" if self.layouts else "")
+                + (f"_ppo{self.critic_lr:g}" if self.algorithm == "ppo" else ""))
 
     @property
     def command(self) -> str:
@@ -319,7 +325,9 @@ class Setup:
                 *([f"rollout_max_steps={self.horizon}"] if self.horizon else []), f"eval_every={self.eval_every}",
                 f"temperature={self.temperature}", f"bc_coef={self.bc_coef}",
                 f"target_kl={'null' if self.target_kl is None else self.target_kl}",
-                f"curriculum.layouts={self.layouts}", f"curriculum.max_samples={self.max_samples}"]
+                f"curriculum.layouts={self.layouts}", f"curriculum.max_samples={self.max_samples}",
+                f"algorithm={self.algorithm}", f"critic_lr={self.critic_lr}",
+                *(["dynamic_sampling=false"] if self.algorithm == "ppo" else [])]
 
     def start_checkpoint(self, sft_steps: int, base_sft_steps: int) -> Path:
         """The N-demo click_bell SFT the runs start from: from scratch (1500 steps), or fine-tuned from
