@@ -38,6 +38,21 @@ class RandomizationConfig:
     latency_steps: int = 0  # max action latency (control steps), sampled per episode
 
 
+@ranges(camera_shift="[-0.5,0.5]", camera_tilt_deg="[-45,45]", light_scale=">0", color_shift="[0,1]", image_noise=">=0",
+        latency_steps=">=0")
+@dataclass(frozen=True, kw_only=True)
+class PerturbationConfig:
+    """A fixed change to the twin, the same in every episode (a transfer test's setting; the
+    randomisation above samples around the nominal instead). Applied after the randomisation."""
+
+    camera_shift: tuple[float, float, float] = (0.0, 0.0, 0.0)  # m, added to each camera's position
+    camera_tilt_deg: float = 0.0  # each camera pitched about its own x axis
+    light_scale: float = 1.0  # every light's diffuse intensity times this
+    color_shift: float = 0.0  # added to the rgb of the table and objects (clipped to [0, 1])
+    image_noise: float = 0.0  # std of Gaussian noise on every rendered pixel (0-255)
+    latency_steps: int = 0  # the commanded actions arrive this many control steps late
+
+
 @ranges(task_ids=">=0", image_size=">=1", max_steps=">=1", physics_hz=">=1", action_hz=">=1", num_wait_steps=">=0",
         lead_steps=">=0", speed_percent="[1,100]")
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +73,7 @@ class EnvConfig:
     num_wait_steps: int = 10  # LIBERO: no-op steps after reset
     head_calibration: str | None = None  # twin: camera_head.json from pushcut-calibrate (sim-to-real)
     randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
+    perturbation: PerturbationConfig = field(default_factory=PerturbationConfig)  # twin: a fixed change (eval suites)
     # twin: how chunks are executed, as the robot's policy node does (pushcut.motion).
     # sync: each chunk to its end, at rest; async: the next chunk is inferred lead_steps before it
     # takes over (on the frame then, with the proprio at the takeover) and spliced in one step

@@ -73,6 +73,23 @@ class SFTConfig:
         check_policy_fits_env(self.policy, self.env)
 
 
+# named transfer suites: each setting changes the twin beyond what the randomisation's defaults
+# sample (light +-30%, colours +-0.15, camera 1 cm / 1 deg std, no latency, the trained speed)
+SUITES: dict[str, dict[str, dict]] = {
+    "transfer": {
+        "nominal": {},
+        "camera_shift_3cm": {"perturbation": {"camera_shift": (0.03, 0.0, 0.0)}},
+        "camera_tilt_5deg": {"perturbation": {"camera_tilt_deg": 5.0}},
+        "light_dim_40": {"perturbation": {"light_scale": 0.4}},
+        "light_bright_180": {"perturbation": {"light_scale": 1.8}},
+        "colors_shift_03": {"perturbation": {"color_shift": 0.3}},
+        "image_noise_12": {"perturbation": {"image_noise": 12.0}},
+        "latency_3_steps": {"perturbation": {"latency_steps": 3}},
+        "speed_70": {"speed_percent": 70},
+    },
+}
+
+
 @ranges(episodes=">=1", seed_start=">=0", num_envs=">=1")
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
@@ -84,11 +101,14 @@ class EvalConfig:
     num_envs: int = 2
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     device: str = "cpu"  # where a checkpoint's policy runs (cuda: a GPU, in its policy.dtype); bundles use providers
+    suite: str | None = None  # a transfer suite (SUITES above): success per perturbation, on the same seeds
 
     def __post_init__(self) -> None:
         require((self.checkpoint is None) != (self.bundle is None), "give exactly one of checkpoint= or bundle=")
         check_providers(self.providers, "providers")
         check_device(self.device, "device")
+        require(self.suite is None or self.suite in SUITES, f"suite {self.suite!r}: known suites {sorted(SUITES)}")
+        require(self.suite is None or self.env.kind == "twin", f"suite {self.suite!r} perturbs the twin, not LIBERO")
 
 
 @ranges(num_workers=">=1", envs_per_worker=">=1", threads_per_worker=">=1", gpus_per_worker=">0")

@@ -8,6 +8,7 @@ as such on stderr and under ``source`` in ``eval.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -20,7 +21,7 @@ from pushcut.configs import hydra_entry, to_dict
 from pushcut.deploy import load as deploy_load
 from pushcut.interface import Policy
 from pushcut.sim.config import EnvConfig
-from pushcut.training.config import EvalConfig, check_bundle_fits_env, check_policy_fits_env
+from pushcut.training.config import SUITES, EvalConfig, check_bundle_fits_env, check_policy_fits_env
 
 
 class Sampled:
@@ -115,11 +116,43 @@ def policy_source(cfg: EvalConfig, policy) -> dict:
     return {"path": str(path), "complete": complete, "progress": progress}
 
 
+def suite_envs(env: EnvConfig, suite: str) -> dict[str, EnvConfig]:
+    """The env of each setting of ``suite`` (``SUITES``; ``EvalConfig`` checks the name)."""
+    out = {}
+    for name, change in SUITES[suite].items():
+        perturbation = dataclasses.replace(env.perturbation, **change.get("perturbation", {}))
+        out[name] = dataclasses.replace(env, perturbation=perturbation,
+                                        **{k: v for k, v in change.items() if k != "perturbation"})
+    return out
+
+
+def evaluate_suite(policy, cfg: EvalConfig, seeds: list[int], progress: bool) -> dict:
+    """Success per setting of ``cfg.suite`` on the same seeds, with Wilson 95% intervals and the
+    share of the nominal success each keeps."""
+    from pushcut.deploy.trials import wilson_interval
+
+    out = {}
+    for name, env in suite_envs(cfg.env, cfg.suite).items():
+        results = run_episodes(policy, env, seeds, cfg.num_envs, progress)
+        k = sum(r["success"] for r in results)
+        out[name] = {"success_rate": k / len(results), "successes": k, "episodes": len(results),
+                     "ci95": list(wilson_interval(k, len(results)))}
+    nominal = out["nominal"]["success_rate"]
+    for entry in out.values():
+        entry["kept_of_nominal"] = entry["success_rate"] / nominal if nominal else None
+    return out
+
+
 def evaluate(cfg: EvalConfig, run_dir: str | Path, progress: bool = True) -> dict:
     policy = load_policy(cfg)
     source = policy_source(cfg, policy)
     seeds = list(range(cfg.seed_start, cfg.seed_start + cfg.episodes))
-    summary = summarize(run_episodes(policy, cfg.env, seeds, cfg.num_envs, progress), cfg.env.task)
+    if cfg.suite:
+        summary = {"suite": cfg.suite, "settings": evaluate_suite(policy, cfg, seeds, progress)}
+        summary["success_rate"] = summary["settings"]["nominal"]["success_rate"]
+        summary["episodes"] = cfg.episodes
+    else:
+        summary = summarize(run_episodes(policy, cfg.env, seeds, cfg.num_envs, progress), cfg.env.task)
     summary["source"] = source
     summary["config"] = to_dict(cfg)
     run_dir = Path(run_dir)
@@ -130,6 +163,9 @@ def evaluate(cfg: EvalConfig, run_dir: str | Path, progress: bool = True) -> dic
 
 def _main(cfg: EvalConfig, run_dir: Path) -> None:
     s = evaluate(cfg, run_dir)
+    for name, e in s.get("settings", {}).items():
+        kept = "" if e["kept_of_nominal"] is None else f", keeps {e['kept_of_nominal']:.0%} of nominal"
+        print(f"  {name:<18} {e['success_rate']:6.1%} (95% CI {e['ci95'][0]:.0%}-{e['ci95'][1]:.0%}){kept}")
     print(f"{cfg.env.task}: success {s['success_rate']:.1%} over {s['episodes']} episodes -> {run_dir}/eval.json")
 
 

@@ -81,7 +81,7 @@ class TwinEnv:
         }
         self._graspable_body = {b: m.body(b).id for b in self.task.graspable}
         self._renderer: mujoco.Renderer | None = None
-        self.randomizer = Randomizer(m, cfg.randomization)
+        self.randomizer = Randomizer(m, cfg.randomization, cfg.perturbation)
         self.target = np.zeros(self.action_dim)
         self._servo = np.zeros(self.action_dim)  # what the servos are told, speed-limited
         self._max_step = np.full(self.action_dim, np.inf)  # per physics step; grippers unlimited
@@ -97,7 +97,7 @@ class TwinEnv:
     def reset(self, seed: int) -> Obs:
         rng = np.random.default_rng(seed)
         mujoco.mj_resetData(self.model, self.data)
-        self.randomizer.reset(rng)
+        self.randomizer.reset(rng, seed)
         self.layout = self.task.reset(self.data, rng)
         home = np.concatenate([HOME, [1.0], HOME, [1.0]])
         self._set_arm_qpos(home)
@@ -227,7 +227,7 @@ class TwinEnv:
             h, w = self.cfg.image_size
             self._renderer = mujoco.Renderer(self.model, height=h, width=w)
         self._renderer.update_scene(self.data, camera=camera)
-        return self._renderer.render().copy()
+        return self.randomizer.image(self._renderer.render().copy())
 
     def observe(self) -> Obs:
         return Obs(

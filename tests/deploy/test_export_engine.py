@@ -192,6 +192,30 @@ def test_eval_and_export_check_the_env_before_the_first_step(bundle, sft_checkpo
     assert not any((tmp_path / d).exists() for d in ("e1", "e2", "e3", "b", "b.tmp"))
 
 
+def test_a_transfer_suite_reports_each_perturbation_on_the_same_seeds(bundle, tmp_path):
+    """pushcut-eval suite=transfer: one entry per setting (the nominal twin first), each with its
+    Wilson interval and the share of the nominal success it keeps; unknown suites and LIBERO refused."""
+    import json as _json
+
+    from pushcut.sim.config import EnvConfig
+    from pushcut.training.config import SUITES, EvalConfig
+    from pushcut.training.eval import evaluate
+
+    out = evaluate(EvalConfig(env=MICRO_ENV, bundle=str(bundle), episodes=2, num_envs=1, suite="transfer"),
+                   tmp_path / "e", progress=False)
+    settings = out["settings"]
+    assert list(settings) == list(SUITES["transfer"]) and next(iter(settings)) == "nominal"
+    for e in settings.values():
+        assert e["episodes"] == 2 and 0 <= e["ci95"][0] <= e["success_rate"] <= e["ci95"][1] <= 1
+        assert e["kept_of_nominal"] is None or e["kept_of_nominal"] == e["success_rate"] / out["success_rate"]
+    assert _json.loads((tmp_path / "e" / "eval.json").read_text())["suite"] == "transfer"
+    with pytest.raises(ValueError, match="suite 'nope': known suites"):
+        EvalConfig(env=MICRO_ENV, bundle=str(bundle), suite="nope")
+    with pytest.raises(ValueError, match="perturbs the twin, not LIBERO"):
+        EvalConfig(env=EnvConfig(kind="libero", task="libero_object", cameras=("agentview",)), bundle=str(bundle),
+                   suite="transfer")
+
+
 def test_int8_and_fp16_variants(bundle):
     e = Engine(bundle, variant="int8", graph_optimization="basic", intra_op_threads=1)
     env = make_env(MICRO_ENV)

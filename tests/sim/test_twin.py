@@ -209,3 +209,40 @@ def test_stacking_phases_latch_in_order():
     bell.reset(0)
     assert bell.step(np.tile(bell.target, (5, 1))).info == {}  # a task without phases reports none
     bell.close()
+
+
+@pytest.mark.parametrize("field,value", [("camera_shift", (0.03, -0.01, 0.0)), ("camera_tilt_deg", 5.0),
+                                         ("light_scale", 0.4), ("color_shift", 0.3), ("image_noise", 12.0),
+                                         ("latency_steps", 3)])
+def test_each_perturbation_changes_what_it_names_and_keeps_the_layout(field, value):
+    """A transfer suite's setting: the field it names moves by exactly its value, nothing else in the
+    model does, the episode's layout is the nominal one's (same seed, same objects), and a second
+    reset starts from the nominal model again (nothing accumulates)."""
+    from pushcut.sim.config import PerturbationConfig
+
+    plain = TwinEnv(EnvConfig(task="click_bell", image_size=(32, 32)))
+    env = TwinEnv(EnvConfig(task="click_bell", image_size=(32, 32), perturbation=PerturbationConfig(**{field: value})))
+    a, b = plain.reset(seed=7), env.reset(seed=7)
+    m0, m = plain.model, env.model
+    fields = {"camera_shift": "cam_pos", "camera_tilt_deg": "cam_quat", "light_scale": "light_diffuse",
+              "color_shift": "geom_rgba"}
+    for name in ("cam_pos", "cam_quat", "light_diffuse", "geom_rgba"):
+        same = np.array_equal(getattr(m0, name), getattr(m, name))
+        assert same != (fields.get(field) == name), name
+    if field == "camera_shift":
+        np.testing.assert_allclose(m.cam_pos - m0.cam_pos, np.broadcast_to(value, m.cam_pos.shape), atol=1e-12)
+    if field == "light_scale":
+        np.testing.assert_allclose(m.light_diffuse, m0.light_diffuse * value)
+    if field == "camera_tilt_deg":  # the angle between nominal and tilted orientation
+        dot = np.abs((m.cam_quat * m0.cam_quat).sum(axis=1))
+        np.testing.assert_allclose(np.degrees(2 * np.arccos(np.clip(dot, -1, 1))), value, atol=1e-6)
+    assert env.randomizer._latency == (value if field == "latency_steps" else 0)
+    np.testing.assert_array_equal(plain.data.qpos, env.data.qpos)  # the same layout
+    np.testing.assert_array_equal(a.proprio, b.proprio)
+    assert np.array_equal(a.images["head"], b.images["head"]) == (field == "latency_steps")
+    before = {n: getattr(m, n).copy() for n in ("cam_pos", "cam_quat", "light_diffuse", "geom_rgba")}
+    env.reset(seed=8)
+    for n, v in before.items():
+        np.testing.assert_array_equal(getattr(m, n), v, err_msg=n)
+    plain.close()
+    env.close()
