@@ -55,7 +55,7 @@ from pushcut.training.learner import (
     save_state,
 )
 from pushcut.training.rollout import ColocatedPool, Job, Trajectory, WorkerPool
-from pushcut.training.run_log import plot_curves
+from pushcut.training.run_log import plot_curves, read_metrics
 from pushcut.training.sft import token_loss
 
 EPS = 1e-6
@@ -615,8 +615,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
                 dist.barrier()
         save_state(run.run_dir, run.model, run.opt, run.policy, cfg, run.state, run.gen, weights, run.critic_tensors())
         if run.is_main:
+            start = next((r["eval_success"] for r in read_metrics(run.logger.path) if r.get("step") == 0
+                          and "eval_success" in r), None)
             plot_curves(run.logger.path, ["eval_success", "reward", "kept_groups", "clipfrac", "approx_kl", "entropy"],
-                        run.run_dir / "learning_curve.png", "GRPO")
+                        run.run_dir / "learning_curve.png", "GRPO",
+                        marks={"eval_success": ("SFT start", start)} if start is not None else None)
     finally:
         run.close()
     return run.run_dir / "checkpoint"

@@ -87,10 +87,14 @@ def keep_metrics_before(run_dir: Path, step: int) -> list[dict]:
     return keep
 
 
+FRACTIONS = {"eval_success", "eval_success_sampled", "success", "reward", "token_acc"}  # plotted on 0-1
+
+
 def plot_curves(metrics_path: str | Path, keys: list[str], out_png: str | Path, title: str = "",
                 marks: dict[str, tuple[str, float]] | None = None) -> Path | None:
     """One panel per metric in ``keys`` against step, at most three to a row; skips keys never
-    logged. Steps are whole numbers on the axis, and a short run shows its points. ``marks``:
+    logged. Steps are whole numbers on the axis, and a short run shows its points; success rates
+    (``FRACTIONS``) on a 0-1 axis, so a few points of noise do not look like a trend. ``marks``:
     metric -> (label, value) drawn as a dashed level on its panel (e.g. the SFT start's success)."""
     import matplotlib
 
@@ -114,6 +118,8 @@ def plot_curves(metrics_path: str | Path, keys: list[str], out_png: str | Path, 
             label, value = marks[k]
             ax.axhline(value, color="grey", linestyle="--", label=label)
             ax.legend(fontsize="small")
+        if k in FRACTIONS:
+            ax.set_ylim(-0.02, 1.02)
         ax.set_title(k)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
