@@ -31,11 +31,13 @@ ROBOTS = {"twin": "piper_dual", "libero": "libero_panda"}  # env kind -> the rob
 
 def action_contract(pcfg, env: EnvConfig) -> dict:
     """How training executed the policy's actions, which a robot must repeat: the robot they drive,
-    the action rate, the chunk and how long it lasts, and on the twin the arm's speed setting (the
-    joints' top speed) and the gripper's mapping. ``deploy.bundle.check_contract`` refuses a robot
+    the action rate, the chunk and how long it lasts, the size the cameras were rendered at before
+    the policy's resize, and on the twin the arm's speed setting (the joints' top speed) and the
+    gripper's mapping. ``deploy.bundle.check_contract`` refuses a robot
     setting that contradicts it."""
     contract = {"robot": ROBOTS[env.kind], "task": env.task, "action_hz": env.action_hz,
-                "chunk_len": pcfg.chunk_len, "chunk_s": pcfg.chunk_len / env.action_hz}
+                "chunk_len": pcfg.chunk_len, "chunk_s": pcfg.chunk_len / env.action_hz,
+                "frame_size": list(env.image_size)}  # (height, width) the cameras were rendered at
     if env.kind == "twin":
         contract.update(speed_percent=env.speed_percent,
                         joint_speed_rad_s=JOINT_MAX_SPEED * env.speed_percent / 100.0,

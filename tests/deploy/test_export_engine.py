@@ -105,6 +105,7 @@ def test_the_bundle_carries_the_action_contract_of_the_env_it_was_trained_on(bun
     m = load_manifest(bundle)
     c = m["action_contract"]
     assert c == {"robot": "piper_dual", "task": "click_bell", "action_hz": 25, "chunk_len": 10, "chunk_s": 0.4,
+                 "frame_size": [32, 32],
                  "speed_percent": 100, "joint_speed_rad_s": 3.0,
                  "gripper": {"action": [0.0, 1.0], "meaning": "0 closed, 1 open", "range_m": [0.0, 0.07]}}
     assert TorchPolicy.from_checkpoint(sft_checkpoint).manifest["action_contract"] == c  # served checkpoints too

@@ -8,6 +8,7 @@ camera is logged once, publishes nothing, and is reopened every ``reopen_s``.
 from __future__ import annotations
 
 import cv2
+import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
@@ -16,6 +17,17 @@ from pushcut.calibration_files import load_intrinsics
 from .conversions import image_msg
 from .spin import spin_main
 from .topics import camera_topic
+
+
+def camera_frame(frame: np.ndarray, size: tuple[int, int], undistort=None) -> np.ndarray:
+    """An OpenCV capture's BGR frame -> the published RGB image: resized to ``size`` (width, height)
+    by area averaging where the camera delivers another, undistorted with ``undistort`` (the maps of
+    the camera's calibration) when given."""
+    if frame.shape[1::-1] != tuple(size):
+        frame = cv2.resize(frame, tuple(size), interpolation=cv2.INTER_AREA)
+    if undistort is not None:
+        frame = cv2.remap(frame, *undistort, interpolation=cv2.INTER_LINEAR)
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
 
 class CameraNode(Node):
@@ -87,11 +99,7 @@ class CameraNode(Node):
             self._lose("no frame")
             return
         stamp = self.get_clock().now().to_msg()
-        if frame.shape[1::-1] != self.size:
-            frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
-        if self.undistort is not None:
-            frame = cv2.remap(frame, *self.undistort, interpolation=cv2.INTER_LINEAR)
-        self.pub.publish(image_msg(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), stamp, self.name))
+        self.pub.publish(image_msg(camera_frame(frame, self.size, self.undistort), stamp, self.name))
         self.frames += 1
 
     def destroy_node(self) -> None:

@@ -114,6 +114,18 @@ class PolicyNodeParams:
         require(self.execution in EXECUTION_MODES, f"execution {self.execution!r}: one of {list(EXECUTION_MODES)}")
 
 
+def aspect_mismatch(frame_hw: tuple[int, int], trained_hw: tuple[int, int]) -> str | None:
+    """Why frames of ``frame_hw`` (height, width) do not look as the training renders of
+    ``trained_hw`` did once both are resized to the policy's square input (None: they do)."""
+    frame, trained = frame_hw[1] / frame_hw[0], trained_hw[1] / trained_hw[0]
+    if abs(frame - trained) < 0.01:
+        return None
+    return (f"frames of aspect {frame:.2f} ({frame_hw[1]}x{frame_hw[0]}) are squeezed into the policy's square "
+            f"input differently from the {trained:.2f} renders it was trained on ({trained_hw[1]}x{trained_hw[0]}): "
+            f"the same scene looks {'wider' if frame > trained else 'narrower'} to it; train on the camera's own "
+            f"frames (env.image_size=[{frame_hw[0]},{frame_hw[1]}])")
+
+
 def make_policy(p: PolicyNodeParams):
     """The local bundle or a client of a policy server (``policy_source``: local | host:port)."""
     if p.policy_source == "local" and not p.bundle:
@@ -141,6 +153,7 @@ class PolicyNode(Node):
                                       "the chunks run late; trials show the motion, not the policy's success")
         self.cameras = [c["name"] for c in manifest["cameras"]]
         self.image_size = manifest["cameras"][0]["image_size"]
+        self.frame_size = tuple(contract["frame_size"])
         self.get_logger().info(f"policy: {self.policy.source}, execution {self.execution}, "
                                f"{contract['action_hz']} Hz actions at {contract['speed_percent']}% speed")
         self.command_hz = p.command_hz
@@ -211,6 +224,8 @@ class PolicyNode(Node):
             self._resized.add(cam)
             self.get_logger().info(f"{cam}: {img.shape[1]}x{img.shape[0]} frames are resized to {size}x{size} "
                                    "for the policy, as in training")
+            if note := aspect_mismatch(img.shape[:2], self.frame_size):
+                self.get_logger().warning(f"{cam}: {note}")
         self.images[cam] = (img, stamp_to_s(msg.header.stamp))
 
     def _on_state(self, arm: str, msg: JointState) -> None:
