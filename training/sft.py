@@ -30,7 +30,7 @@ from pushcut.policy.config import PolicyConfig
 from pushcut.policy.modeling import VLAPolicy
 from pushcut.policy.preprocess import ByteTokenizer, build_inputs, proprio_normalizer
 from pushcut.sim import demos
-from pushcut.sim.config import upgrade_env_record
+from pushcut.sim.config import read_env, upgrade_env_record
 from pushcut.sim.registry import action_mask, robot_bounds
 from pushcut.sim.twin.mirror import mirror_episode
 from pushcut.training.config import SFTConfig
@@ -38,16 +38,35 @@ from pushcut.training.learner import load_optimizer_and_rng, load_weights, resum
 from pushcut.training.run_log import RunLogger, keep_metrics_before, plot_curves
 
 
+def env_differences(recorded: dict, wanted) -> dict[str, tuple]:
+    """The env fields on which demos recorded with the env config ``recorded`` (as their meta stores
+    it) differ from ``wanted``: name -> (recorded, wanted). ``max_steps`` does not count, nor
+    recorded cameras beyond the wanted ones (training reads the policy's)."""
+    have, want = to_dict(read_env(recorded, "the demos' meta.json env")), to_dict(wanted)
+    out = {k: (have.get(k), v) for k, v in want.items() if k != "max_steps" and have.get(k) != v}
+    if "cameras" in out and set(want["cameras"]) <= set(have["cameras"]):
+        del out["cameras"]
+    return out
+
+
 def ensure_demos(cfg: SFTConfig, env_cfg) -> Path:
-    """The task's demo folder, recorded with the scripted expert if it lacks enough episodes."""
+    """The task's demo folder, recorded with the scripted expert if it lacks enough episodes;
+    refused where its demos were recorded on another env (randomised or not, another image size,
+    camera, speed, ...): they would teach what that env showed, not this one."""
     folder = Path(cfg.demos_dir) / demos.folder_name(env_cfg)
     meta = folder / "meta.json"
     if meta.exists():
         try:
-            if len(demos.load(folder).meta["episodes"]) >= cfg.demos_per_task:
-                return folder
+            recorded = demos.load(folder).meta
         except ValueError:
-            pass
+            recorded = None
+        if recorded is not None:
+            if diff := env_differences(recorded["env"], env_cfg):
+                detail = "; ".join(f"{k}: {a} there, {b} here" for k, (a, b) in diff.items())
+                raise ValueError(f"{folder} holds demos recorded on another env ({detail}): give this SFT its "
+                                 "own demos_dir (they are recorded there), or record these again")
+            if len(recorded["episodes"]) >= cfg.demos_per_task:
+                return folder
     every = max(1, cfg.policy.chunk_len // 5)  # four more observations per chunk, shifted
     return demos.record(
         demos.DemosConfig(env=env_cfg, num_episodes=cfg.demos_per_task, chunk_len=cfg.policy.chunk_len,

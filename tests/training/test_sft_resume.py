@@ -115,3 +115,23 @@ def test_sft_reports_success_sampled_at_the_rollout_temperature_beside_greedy(tm
     sft.train(SFTConfig(**base, eval_temperature=None), tmp_path / "b", progress=False)
     row = read_metrics(tmp_path / "b" / "metrics.jsonl")[-1]
     assert "eval_success" in row and "eval_success_sampled" not in row
+
+
+def test_demos_recorded_on_another_env_are_refused_not_reused(tmp_path):
+    """A demos_dir holds one folder per task: an SFT asking for the randomised twin (or another image
+    size) must not silently train on demos recorded on the nominal one."""
+    from dataclasses import replace as dc_replace
+
+    from pushcut.sim.config import RandomizationConfig
+
+    base = SFTConfig(env=MICRO_ENV, policy=MICRO_POLICY, demos_dir=str(tmp_path / "demos"), demos_per_task=1,
+                     steps=1, batch_size=2, wandb=WandbConfig(mode="disabled"))
+    folder = sft.ensure_demos(base, MICRO_ENV)
+    assert sft.ensure_demos(base, dc_replace(MICRO_ENV, max_steps=30)) == folder  # the step limit does not count
+    randomised = dc_replace(MICRO_ENV, randomization=RandomizationConfig(enabled=True))
+    with pytest.raises(ValueError, match=r"holds demos recorded on another env \(randomization: .*'enabled': False"):
+        sft.ensure_demos(base, randomised)
+    with pytest.raises(ValueError, match=r"image_size: \[32, 32\] there, \[48, 48\] here"):
+        sft.ensure_demos(base, dc_replace(MICRO_ENV, image_size=(48, 48)))
+    fresh = dc_replace(base, demos_dir=str(tmp_path / "randomised"))
+    assert sft.ensure_demos(fresh, randomised).parent == tmp_path / "randomised"
