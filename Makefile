@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test test-all lint bench bench-sim bench-policy bench-rl bench-engine bench-ros bench-driver bench-gpu clean
+.PHONY: setup demo test test-all lint bench bench-sim bench-policy bench-rl bench-engine bench-ros bench-driver bench-gpu bench-transfer clean
 
 setup:
 	@bash scripts/setup.sh
@@ -45,6 +45,9 @@ bench-ros: setup
 
 bench-driver: setup
 	$(PY) -m bench.driver
+
+bench-transfer: setup  # ARGS="--tasks click_bell --demos 50 --episodes 50": nominal vs randomised SFT under the transfer suite
+	$(PY) -m bench.transfer $(ARGS)
 
 bench-gpu: setup  # one CUDA GPU, <= 8 min; says so and measures nothing where there is none
 	$(PY) -m bench.gpu $(ARGS)

@@ -73,6 +73,12 @@ def pretrained_base(demos_per_task: int = 50, steps: int = 3000) -> Path:
 
 
 def _sft(name: str, overrides: list[str]) -> Path:
+    return sft_run(name, overrides, CACHE / "demos")
+
+
+def sft_run(name: str, overrides: list[str], demos_dir: Path) -> Path:
+    """``pushcut-sft`` with ``overrides`` into bench/cache/<name>, its demos in ``demos_dir`` (recorded
+    there where missing); a finished cached run is returned as it is, an interrupted one resumed."""
     from pushcut.configs import compose, from_hydra
     from pushcut.policy import checkpoint
     from pushcut.training import sft
@@ -85,7 +91,7 @@ def _sft(name: str, overrides: list[str]) -> Path:
         if note is None:
             return run / "checkpoint"
         print(f"bench: the cached SFT start {run} was {note}: resuming it", file=sys.stderr)
-    return sft.train(from_hydra(SFTConfig, compose("sft", [f"demos_dir={CACHE / 'demos'}", *overrides])), run)
+    return sft.train(from_hydra(SFTConfig, compose("sft", [f"demos_dir={demos_dir}", *overrides])), run)
 
 
 def cached_bundle(ckpt: Path, name: str, env) -> Path:

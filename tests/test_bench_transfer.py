@@ -1,0 +1,25 @@
+"""bench-transfer end to end at the smallest size: two SFTs on their own demos, the suite on each."""
+
+import json
+
+import bench.common
+from bench import transfer
+
+
+def test_bench_transfer_trains_both_variants_and_measures_each_setting(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(bench.common, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(transfer, "CACHE", tmp_path / "cache")
+    transfer.main(["--tasks", "click_bell", "--demos", "1", "--steps", "2", "--episodes", "1"])
+    r = json.loads((tmp_path / "results" / "transfer.json").read_text())
+    (task,) = r["tasks"]
+    assert task["task"] == "click_bell" and set(task["policies"]) == {"nominal", "randomized"}
+    for p in task["policies"].values():
+        assert "nominal" in p["settings"] and "camera_tilt_5deg" in p["settings"]
+        assert all(s["episodes"] == 1 for s in p["settings"].values())
+    # the randomised policy learned from demos recorded randomised, in their own folder
+    meta = json.loads((tmp_path / "cache" / "demos_randomized" / "click_bell" / "meta.json").read_text())
+    assert meta["env"]["randomization"]["enabled"] is True
+    nominal = json.loads((tmp_path / "cache" / "demos" / "click_bell" / "meta.json").read_text())
+    assert nominal["env"]["randomization"]["enabled"] is False
+    assert set(task["worst_kept_of_nominal"]) == {"nominal", "randomized"}
