@@ -48,6 +48,20 @@ class LLMConfig:
         require(self.num_heads % self.num_kv_heads == 0, "llm.num_heads must divide by num_kv_heads")
 
 
+@ranges(rank=">=0", alpha=">0", dropout="[0,1)")
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    """LoRA adapters (``peft``) on the language backbone's linear layers; ``rank`` 0: off, every
+    weight trains. With adapters, the backbone and vision tower stay frozen and only the adapters
+    and the ``trainable`` modules learn (policy/lora.py)."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    trainable: tuple[str, ...] = ("action_queries", "lm_head", "proprio_proj")  # learn whole beside the adapters
+
+
 @ranges(action_dim=">=1", chunk_len=">=1", n_bins=">=2", proprio_dim=">=1", max_prompt_len=">=1",
         center_crop="(0,1]")
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +79,7 @@ class PolicyConfig:
     max_prompt_len: int = 64
     dtype: Literal["float32", "bfloat16"] = "float32"
     center_crop: float | None = None  # share of the image area kept, centred, before the resize (LIBERO: 0.9)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # rank > 0: train adapters on a frozen backbone
 
     def __post_init__(self) -> None:
         require(self.llm.vocab_size >= self.n_bins, "llm.vocab_size must hold the n_bins action tokens")

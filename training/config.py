@@ -68,6 +68,8 @@ class SFTConfig:
     def __post_init__(self) -> None:
         require(self.tasks is None or self.env.kind == "twin",
                 "tasks lists twin tasks; a LIBERO suite trains on its env.task_ids")
+        require(not self.policy.lora.rank or self.init_checkpoint is not None,
+                "policy.lora: adapters fine-tune a base; give init_checkpoint")
         if self.mirror_demos:
             check_mirrorable("mirror_demos", self.policy, self.env)
         check_policy_fits_env(self.policy, self.env)
@@ -261,6 +263,8 @@ class TrainConfig:
         if self.mirror_augment:
             check_mirrorable("mirror_augment", self.policy, self.env)
         check_policy_fits_env(self.policy, self.env)
+        require(not (self.policy.lora.rank and self.learner.fsdp),
+                "policy.lora: adapters train on one GPU without sharding (learner.fsdp=false)")
         require(self.algorithm == "grpo" or not (self.learner.fsdp or self.mirror_augment),
                 "algorithm=ppo: its critic is not sharded (learner.fsdp) and values no mirror images (mirror_augment)")
         c = self.curriculum

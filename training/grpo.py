@@ -610,10 +610,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
             grpo_run.log_iteration(run, metrics, info, len(batch["bins"]), t_iter)
             if it % cfg.save_every == 0 or it == cfg.iterations:  # 6
                 save_state(run.run_dir, run.model, run.opt, run.policy, cfg, run.state, run.gen, weights,
-                           run.critic_tensors())
+                           run.extras())
             if run.world > 1:
                 dist.barrier()
-        save_state(run.run_dir, run.model, run.opt, run.policy, cfg, run.state, run.gen, weights, run.critic_tensors())
+        save_state(run.run_dir, run.model, run.opt, run.policy, cfg, run.state, run.gen, weights, run.extras())
         if run.is_main:
             start = next((r["eval_success"] for r in read_metrics(run.logger.path) if r.get("step") == 0
                           and "eval_success" in r), None)

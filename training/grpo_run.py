@@ -17,6 +17,14 @@ from tqdm import tqdm
 
 from pushcut.policy import checkpoint
 from pushcut.policy.inference import TorchPolicy
+from pushcut.policy.lora import (
+    add_adapters,
+    base_hash,
+    has_adapters,
+    load_trainable,
+    optimised_parameters,
+    trainable_tensors,
+)
 from pushcut.training.config import TrainConfig
 from pushcut.training.critic import ValueHead, critic_tensors, load_critic
 from pushcut.training.learner import (
@@ -93,9 +101,11 @@ class Run:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def critic_tensors(self) -> dict[str, torch.Tensor]:
-        """What a resumed run needs of the critic (none without one)."""
-        return critic_tensors(self.critic, self.critic_opt) if self.critic is not None else {}
+    def extras(self) -> dict[str, torch.Tensor]:
+        """What a resumed run needs beside the weights and AdamW: the critic (``algorithm: ppo``), the
+        adapters and trainable modules (``policy.lora``)."""
+        out = critic_tensors(self.critic, self.critic_opt) if self.critic is not None else {}
+        return out | (trainable_tensors(self.model) if has_adapters(self.model) else {})
 
     @property
     def colocated(self) -> bool:
@@ -117,8 +127,9 @@ class Run:
             self.state = payload[0]
 
     def sync_weights(self) -> dict[str, torch.Tensor] | None:
-        """The full weights the rollout workers need (a collective under FSDP: every rank takes part);
-        colocated, none: the rollouts use the learner's own model."""
+        """The full weights the rollout workers need (a collective under FSDP: every rank takes part;
+        with adapters, folded into their layers); colocated, none: the rollouts use the learner's
+        own model."""
         return None if self.colocated else full_weights(self.model)
 
     def evaluate_and_keep_best(self, weights: dict[str, torch.Tensor] | None, it: int) -> dict[str, float]:
@@ -141,6 +152,35 @@ class Run:
             self.pool.close()
 
 
+def load_run_state(cfg: TrainConfig, run_dir: Path, model, init_meta: dict) -> tuple[dict, dict | None, bool]:
+    """Resume, part 1: the trainer state, the extras and whether ``run_dir`` holds a run. A plain run
+    takes its weights from its checkpoint; with ``policy.lora`` the start stays the base, gets
+    adapters (policy/lora.py) and, resumed, the adapters and trainable modules it had, refused when
+    the start is not the base they were trained on (its weights' hash)."""
+    state = {"iteration": 0, "next_group": 0, "wall_s": 0.0, "env_steps": 0}
+    ckpt, lora = run_dir / "checkpoint", cfg.policy.lora
+    resume, extra = (ckpt / "meta.json").exists(), None
+    if resume and not lora.rank:
+        meta, extra = load_weights(ckpt, model, "grpo")
+        state = meta["trainer"]
+    elif resume:
+        meta = checkpoint.read_meta(ckpt)
+        if meta.get("job") != "grpo":
+            raise checkpoint.CheckpointError(f"{ckpt} is not a grpo checkpoint (job {meta.get('job')!r})")
+        state, extra = meta["trainer"], checkpoint.load_extra(ckpt)
+    if lora.rank:
+        base = base_hash(init_meta)
+        if resume and state.get("lora_base") != base:
+            raise checkpoint.CheckpointError(
+                f"{ckpt}: its adapters were trained on a base whose weights hash {state.get('lora_base')}; "
+                f"init_checkpoint {cfg.init_checkpoint} hashes {base}: resume from the run's own start")
+        state["lora_base"] = base
+        add_adapters(model, lora, seed=cfg.seed, frozen_dtype=cfg.policy.dtype)
+        if resume:
+            load_trainable(model, extra)
+    return state, extra, resume
+
+
 def start(cfg: TrainConfig, run_dir: Path, progress: bool) -> Run:
     """Load the SFT start (and the frozen reference when ``kl_coef`` > 0), resume what ``run_dir``
     holds, place and shard the learner, open the rollout pool and the log."""
@@ -150,7 +190,7 @@ def start(cfg: TrainConfig, run_dir: Path, progress: bool) -> Run:
         raise ValueError("init_checkpoint is required: GRPO starts from an SFT checkpoint")
     device = learner_device(cfg.learner.device)
     check_learner_fits(cfg, device, world)  # before the weights are loaded
-    model, norm_stats, tokenizer, _, run_config = checkpoint.load(cfg.init_checkpoint, expected=cfg.policy)
+    model, norm_stats, tokenizer, init_meta, run_config = checkpoint.load(cfg.init_checkpoint, expected=cfg.policy)
     demos = start_demos(run_config, cfg.policy, norm_stats) if cfg.bc_coef > 0 else None
     ref_model = None
     if cfg.kl_coef > 0:
@@ -162,11 +202,7 @@ def start(cfg: TrainConfig, run_dir: Path, progress: bool) -> Run:
             checkpoint.recover(run_dir / name)
     if world > 1:
         dist.barrier()
-    resume = (run_dir / "checkpoint" / "meta.json").exists()
-    state = {"iteration": 0, "next_group": 0, "wall_s": 0.0, "env_steps": 0}
-    if resume:
-        meta, extra = load_weights(run_dir / "checkpoint", model, "grpo")
-        state = meta["trainer"]
+    state, extra, resume = load_run_state(cfg, run_dir, model, init_meta)
     model.to(device)
     if cfg.learner.activation_checkpointing:
         checkpoint_activations(model)
@@ -174,7 +210,7 @@ def start(cfg: TrainConfig, run_dir: Path, progress: bool) -> Run:
         shard(model, device.type, cfg.learner.cpu_offload)
     policy = TorchPolicy(model, norm_stats, tokenizer, device=str(device))
     ref_policy = TorchPolicy(ref_model, norm_stats, tokenizer, device=str(device)) if ref_model is not None else None
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(optimised_parameters(model), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     if resume:
         load_optimizer_and_rng(model, opt, gen, extra)
     run = Run(cfg, run_dir, rank, world, model, ref_model, policy, ref_policy, opt, gen, state, resume, demos)

@@ -64,11 +64,29 @@ def parameter_count(cfg) -> int:
         return sum(p.numel() for p in VLAPolicy(cfg).parameters())
 
 
-def learner_state_bytes(n_params: int, dtype: str, world: int, fsdp: bool, cpu_offload: bool) -> dict[str, float]:
+def trained_count(cfg) -> int:
+    """Parameters a LoRA run trains (``policy/lora.py``): the adapters the preset predicts and the
+    ``lora.trainable`` modules, counted on the meta device."""
+    from pushcut.policy.lora import adapter_params, is_trainable
+    from pushcut.policy.modeling import VLAPolicy
+
+    with torch.device("meta"):
+        extra = sum(p.numel() for n, p in VLAPolicy(cfg).named_parameters() if is_trainable(n, cfg.lora))
+    return adapter_params(cfg) + extra
+
+
+def learner_state_bytes(n_params: int, dtype: str, world: int, fsdp: bool, cpu_offload: bool,
+                        trainable: int | None = None) -> dict[str, float]:
     """Bytes one learner GPU holds for the policy's states, before activations: fp32 master weights,
     fp32 gradients, AdamW's two fp32 moments (sharded over ``world`` ranks under FSDP, in host memory
     with ``cpu_offload``), and under bf16 unsharded, the bf16 copies of every weight that autocast
-    keeps through the forward pass (FSDP gathers bf16 copies one layer at a time, as activations do)."""
+    keeps through the forward pass (FSDP gathers bf16 copies one layer at a time, as activations do).
+    With LoRA (``trainable``: the adapters' and trainable modules' parameters), the frozen weights in
+    ``dtype`` and those states for the trained ones only."""
+    if trainable is not None:
+        t, width = trainable, 2 if dtype != "float32" else 4
+        return {f"frozen {dtype} weights": width * (n_params - t), "fp32 weights": 4 * t, "fp32 gradients": 4 * t,
+                "AdamW moments": 8 * t, **({"bf16 copies": 2 * t} if dtype != "float32" else {})}
     share = 1 / world if fsdp else 1.0
     on_gpu = 0.0 if cpu_offload else share
     parts = {"fp32 weights": 4 * n_params * on_gpu, "fp32 gradients": 4 * n_params * on_gpu,
@@ -90,7 +108,8 @@ def check_learner_fits(cfg: TrainConfig, device: torch.device, world: int, total
             return
         total_bytes = torch.cuda.get_device_properties(device).total_memory
     n = parameter_count(cfg.policy)
-    parts = learner_state_bytes(n, cfg.policy.dtype, world, cfg.learner.fsdp, cfg.learner.cpu_offload)
+    parts = learner_state_bytes(n, cfg.policy.dtype, world, cfg.learner.fsdp, cfg.learner.cpu_offload,
+                                trained_count(cfg.policy) if cfg.policy.lora.rank else None)
     need = sum(parts.values())
     if need > STATE_SHARE_LIMIT * total_bytes:
         detail = ", ".join(f"{k} {v / GIB:.1f}" for k, v in parts.items() if v)
@@ -129,7 +148,12 @@ def _full_options():
 
 
 def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's weights. Under FSDP a collective: every rank calls it, rank 0 gets them."""
+    """The whole model's weights (with LoRA adapters, folded into their layers: the plain policy's).
+    Under FSDP a collective: every rank calls it, rank 0 gets them."""
+    from pushcut.policy.lora import has_adapters, merged_weights
+
+    if has_adapters(model):
+        return merged_weights(model)
     if not is_sharded(model):
         return model.state_dict()
     from torch.distributed.checkpoint.state_dict import get_model_state_dict

@@ -27,6 +27,14 @@ from pushcut.configs import hydra_entry, to_dataclass, to_dict
 from pushcut.policy import checkpoint
 from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer, encode_chunks
 from pushcut.policy.config import PolicyConfig
+from pushcut.policy.lora import (
+    add_adapters,
+    base_hash,
+    load_trainable,
+    merged_weights,
+    optimised_parameters,
+    trainable_tensors,
+)
 from pushcut.policy.modeling import VLAPolicy
 from pushcut.policy.preprocess import ByteTokenizer, build_inputs, proprio_normalizer
 from pushcut.sim import demos
@@ -198,9 +206,30 @@ def lr_at(step: int, cfg: SFTConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def resume_state(ckpt: Path, cfg: SFTConfig, model: VLAPolicy, opt, gen: torch.Generator) -> int:
-    """Load an interrupted SFT run's weights, optimizer state and RNGs; returns its completed steps."""
-    meta, extra = load_weights(ckpt, model, "sft")
+def sft_model(cfg: SFTConfig, norm_stats: dict) -> tuple[VLAPolicy, str | None]:
+    """The model SFT trains: new, or the base ``init_checkpoint``; with ``policy.lora``, the base with
+    adapters, and the hash of the base's weights, which the checkpoint records."""
+    if cfg.init_checkpoint is None:
+        return VLAPolicy(cfg.policy), None
+    model = load_base(cfg, norm_stats)
+    if not cfg.policy.lora.rank:
+        return model, None
+    add_adapters(model, cfg.policy.lora, seed=cfg.seed, frozen_dtype=cfg.policy.dtype)
+    return model, base_hash(checkpoint.read_meta(cfg.init_checkpoint, verify=False))
+
+
+def resume_state(ckpt: Path, cfg: SFTConfig, model: VLAPolicy, opt, gen: torch.Generator,
+                 lora_base: str | None = None) -> int:
+    """Load an interrupted SFT run's weights (with adapters: its adapters and trainable modules, on
+    the same base, refused on another), optimizer state and RNGs; returns its completed steps."""
+    if lora_base is None:
+        meta, extra = load_weights(ckpt, model, "sft")
+    else:
+        meta, extra = checkpoint.read_meta(ckpt), checkpoint.load_extra(ckpt)
+        if meta.get("lora_base") != lora_base:
+            raise checkpoint.CheckpointError(f"{ckpt}: its adapters were trained on a base whose weights hash "
+                                             f"{meta.get('lora_base')}; init_checkpoint hashes {lora_base}")
+        load_trainable(model, extra)
     done = int(meta.get("step", meta.get("steps", 0)))  # a checkpoint without "step" is a finished one
     if done < cfg.steps:
         load_optimizer_and_rng(model, opt, gen, extra)
@@ -216,24 +245,26 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
     sets = demo_sets(cfg)
     bounds = robot_bounds(cfg.env) if cfg.norm_bounds == "robot" else None
     norm_stats = norm_statistics(sets, bounds, action_mask(cfg.env))
-    model = VLAPolicy(cfg.policy) if cfg.init_checkpoint is None else load_base(cfg, norm_stats)
+    model, lora_base = sft_model(cfg, norm_stats)
     data, text_tok = build_dataset(cfg.policy, sets, norm_stats)
     n = len(data["bins"])
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(optimised_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     tasks = [s.meta["task"] for s in sets]
     resume = (ckpt / "meta.json").exists()
-    start = resume_state(ckpt, cfg, model, opt, gen) if resume else 0
+    start = resume_state(ckpt, cfg, model, opt, gen, lora_base) if resume else 0
     if resume:
         print(f"sft: resuming from step {start} in {run_dir}")
         keep_metrics_before(run_dir, start)
     logger = RunLogger(run_dir, cfg, cfg.wandb, job="sft", resume=resume)
 
-    def save(step: int, final: bool) -> Path:
-        extra_tensors = None if final else resume_tensors(model, opt, gen)
+    def save(step: int, final: bool) -> Path:  # with adapters: merged weights, the adapters beside them
+        adapters = trainable_tensors(model) if lora_base else {}
+        extra_tensors = None if final else resume_tensors(model, opt, gen) | adapters
         return checkpoint.save(ckpt, model, norm_stats, text_tok, run_config=to_dict(cfg), extra_tensors=extra_tensors,
                                extra={"job": "sft", "tasks": tasks, "demos_per_task": cfg.demos_per_task,
-                                      "samples": n, "steps": cfg.steps, "step": step},
+                                      "samples": n, "steps": cfg.steps, "step": step, "lora_base": lora_base},
+                               weights=merged_weights(model) if lora_base else None,
                                complete=final, progress=f"step {step} of {cfg.steps}")
 
     bar = tqdm(range(start, cfg.steps), desc=f"sft {'+'.join(tasks)} ({n} samples)", disable=not progress)
