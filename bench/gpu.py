@@ -11,7 +11,8 @@ For each preset:
 - update: time and peak device memory of one GRPO update on a mini-batch of ``--update-chunks``
   chunks in forward/backward passes of ``--micro-batch`` (gradients summed), activation
   checkpointing on; unsharded when its states fit (``check_learner_fits``), else FSDP on one rank
-  with shards, gradients and AdamW state in host memory (``cpu_offload``), as the 7B needs on one GPU;
+  with shards, gradients and AdamW state in host memory (``cpu_offload``), as the full 7B needs on
+  one GPU; and the same with LoRA adapters of rank ``--lora`` (``update_lora``), unsharded;
 - weight sync: colocated moves nothing; disaggregated broadcasts the full weights in the workers'
   dtype to one worker process (gloo over the host: NCCL cannot put two ranks on one GPU);
 - one iteration's shares: the recipe's batch (8 groups x 8 samples, ``--horizon`` control steps
@@ -118,6 +119,7 @@ def update_cost(pcfg: PolicyConfig, device: str, chunks: int, micro: int) -> dic
     import torch.distributed as dist
 
     from pushcut.policy.inference import TorchPolicy
+    from pushcut.policy.lora import add_adapters, optimised_parameters
     from pushcut.policy.modeling import VLAPolicy
     from pushcut.policy.preprocess import ByteTokenizer
     from pushcut.training import grpo
@@ -137,6 +139,8 @@ def update_cost(pcfg: PolicyConfig, device: str, chunks: int, micro: int) -> dic
     _peak_reset(device)
     with torch.device(device):
         model = VLAPolicy(pcfg)  # fp32 master weights
+    if pcfg.lora.rank:  # the base frozen in policy.dtype, adapters and trainable modules in fp32
+        add_adapters(model, pcfg.lora, frozen_dtype=pcfg.dtype)
     checkpoint_activations(model)
     if cfg.learner.fsdp:
         if not dist.is_initialized():
@@ -145,7 +149,8 @@ def update_cost(pcfg: PolicyConfig, device: str, chunks: int, micro: int) -> dic
             dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=0, world_size=1)
         shard(model, device, cpu_offload=True)
     policy = TorchPolicy(model, robot_stats(cfg.env), ByteTokenizer(max_len=pcfg.max_prompt_len), device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device == "cuda" and not cfg.learner.cpu_offload)
+    opt = torch.optim.AdamW(optimised_parameters(model), lr=1e-6,
+                            fused=device == "cuda" and not cfg.learner.cpu_offload)
     batch = _fake_batch(policy, cfg.env, chunks)
     times = []
     for _ in range(2):  # the first allocates AdamW's state and warms the kernels
@@ -154,9 +159,11 @@ def update_cost(pcfg: PolicyConfig, device: str, chunks: int, micro: int) -> dic
         grpo.update(model, None, opt, policy, batch, chunks, cfg, torch.Generator().manual_seed(0))
         _sync(device)
         times.append(time.perf_counter() - t0)
-    out = {"mode": mode, "chunks": chunks, "micro_batch": micro, "activation_checkpointing": True,
-           "first_s": times[0], "update_s": times[1], "peak_gib": _peak_gib(device),
-           "master_dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+    trained = [p for p in model.parameters() if p.requires_grad]
+    out = {"mode": mode + (f", LoRA rank {pcfg.lora.rank}" if pcfg.lora.rank else ""), "chunks": chunks,
+           "micro_batch": micro, "activation_checkpointing": True, "first_s": times[0], "update_s": times[1],
+           "peak_gib": _peak_gib(device), "trained_params": sum(p.numel() for p in trained),
+           "master_dtype": str(trained[0].dtype).removeprefix("torch.")}
     del model, opt, policy
     _peak_reset(device)
     return out
@@ -222,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--update-chunks", type=int, default=32)
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--horizon", type=int, default=100, help="control steps per episode of the iteration's estimate")
+    p.add_argument("--lora", type=int, default=32, help="also one update with LoRA adapters of this rank (0: not)")
     p.add_argument("--name", default="gpu")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -237,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
         r = {"dtype": pcfg.dtype, "image_size": pcfg.vision.image_size,
              "rollout": [rollout_rate(pcfg, args.device, int(b), args.steps) for b in args.batches.split(",")]}
         r["update"] = update_cost(pcfg, args.device, args.update_chunks, args.micro_batch)
+        if args.lora:  # the one-GPU path of the 7B: adapters on a frozen bf16 base
+            lora = dataclasses.replace(pcfg, lora=dataclasses.replace(pcfg.lora, rank=args.lora))
+            r["update_lora"] = update_cost(lora, args.device, args.update_chunks, args.micro_batch)
         r["weight_sync"] = sync_cost(pcfg, args.device)
         largest = max(int(b) for b in args.batches.split(","))
         r["rollout"].append(rollout_rate(pcfg, args.device, largest, args.steps, pipeline=True))

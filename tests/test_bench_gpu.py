@@ -28,6 +28,9 @@ def test_bench_gpu_measures_every_part_on_cpu(tmp_path, monkeypatch):
     assert all(x["env_steps"] >= x["batch"] * 25 and x["env_steps_per_s"] > 0 for x in r["rollout"])
     assert r["update"]["mode"] == "unsharded" and r["update"]["update_s"] > 0
     assert r["update"]["master_dtype"] == "float32"
+    lora = r["update_lora"]  # adapters on the frozen base: far fewer parameters train, in fp32
+    assert lora["mode"] == "unsharded, LoRA rank 32" and lora["master_dtype"] == "float32"
+    assert 0 < lora["trained_params"] < r["update"]["trained_params"] and lora["update_s"] > 0
     assert r["weight_sync"]["colocated"]["bytes"] == 0
     assert r["weight_sync"]["disaggregated"]["bytes"] > 0
     it = r["iteration"]
