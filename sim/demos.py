@@ -24,8 +24,9 @@ actions. Files are written atomically; npz is read with ``allow_pickle=False``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -47,11 +48,15 @@ class DemosConfig:
     obs_offsets: tuple[int, ...] = (5, 10, 15, 20)  # extra replays with shifted chunk boundaries
     out_dir: str = "demos"
     max_attempts: int | None = None  # seeds to try before giving up (None: 2 * num_episodes + 10)
+    # pushcut: the npz folder SFT reads; lerobot: a LeRobot v3.0 dataset (every control step a frame,
+    # fps = the action rate, camera videos) in <out_dir>/<task>, the twin's tasks
+    format: Literal["pushcut", "lerobot"] = "pushcut"
 
     def __post_init__(self) -> None:
         require(all(0 < o < self.chunk_len for o in self.obs_offsets), "obs_offsets must lie in (0, chunk_len)")
         require(self.env.kind == "twin" or len(self.env.task_ids) == 1,
                 "LIBERO demos are recorded one task at a time: give env.task_ids a single id")
+        require(self.format == "pushcut" or self.env.kind == "twin", "format=lerobot records the twin's tasks")
 
 
 def folder_name(env: EnvConfig) -> str:
@@ -140,8 +145,58 @@ def _libero_episode(env, seed: int, cfg: DemosConfig):
     return np.stack(actions).astype(np.float32), keep, [frames[t] for t in keep]
 
 
+def _twin_frames(env, seed: int, actions: np.ndarray, chunk_len: int) -> dict[str, np.ndarray]:
+    """An expert episode frame by frame: its actions replayed from ``seed`` in the expert's own chunks
+    (the same motion), the observation before every action."""
+    obs = [env.reset(seed)]
+    env.on_control_step = lambda: obs.append(env.observe())
+    try:
+        for start in range(0, len(actions), chunk_len):
+            env.step(actions[start : start + chunk_len])
+    finally:
+        env.on_control_step = None
+    n = env.steps  # a success ends the episode inside its last chunk: the frames up to its last action
+    obs = obs[:n]
+    return {"observation.state": np.stack([o.proprio for o in obs]).astype(np.float32), "action": actions[:n],
+            **{f"observation.images.{c}": np.stack([o.images[c] for o in obs]) for c in env.cfg.cameras}}
+
+
+def record_lerobot(cfg: DemosConfig, progress: bool = True) -> Path:
+    """Record ``cfg.num_episodes`` successful expert episodes of a twin task as a LeRobot v3.0
+    dataset at ``<out_dir>/<task>`` (``pushcut.lerobot``); returns it."""
+    from tqdm import tqdm
+
+    from pushcut.lerobot import vector_feature, video_feature, write_dataset
+    from pushcut.sim.registry import make_env
+    from pushcut.spec import dual_arm_names
+
+    env = make_env(cfg.env)
+    episodes, seed = [], cfg.seed_start
+    attempts = cfg.max_attempts or 2 * cfg.num_episodes + 10
+    bar = tqdm(total=cfg.num_episodes, desc=f"lerobot {cfg.env.task}", disable=not progress)
+    try:
+        while len(episodes) < cfg.num_episodes:
+            if seed - cfg.seed_start >= attempts:
+                raise RuntimeError(f"the expert succeeded on {len(episodes)} of {attempts} seeds of {cfg.env.task}")
+            episode = _twin_episode(env, seed, replace(cfg, obs_offsets=()))
+            if episode is not None:
+                episodes.append(_twin_frames(env, seed, episode[0], cfg.chunk_len))
+                bar.update(1)
+            seed += 1
+    finally:
+        bar.close()
+        env.close()
+    h, w = cfg.env.image_size
+    features = {"observation.state": vector_feature(dual_arm_names()), "action": vector_feature(dual_arm_names()),
+                **{f"observation.images.{c}": video_feature(h, w, cfg.env.action_hz) for c in cfg.env.cameras}}
+    return write_dataset(Path(cfg.out_dir) / cfg.env.task, episodes, [env.instruction] * len(episodes), features,
+                         cfg.env.action_hz, robot_type="piper_dual")
+
+
 def record(cfg: DemosConfig, progress: bool = True) -> Path:
     """Record ``cfg.num_episodes`` successful expert episodes; return the task's folder."""
+    if cfg.format == "lerobot":
+        return record_lerobot(cfg, progress)
     from tqdm import tqdm
 
     from pushcut.sim.registry import make_env
@@ -227,6 +282,42 @@ def load(path: str | Path, max_episodes: int | None = None) -> DemoSet:
         with np.load(path / e["file"], allow_pickle=False) as z:
             episodes.append({k: z[k] for k in z.files})
     return DemoSet(meta=meta, episodes=episodes)
+
+
+def from_lerobot(root: str | Path, env: EnvConfig, cameras: dict[str, str], state_key: str = "observation.state",
+                 action_key: str = "action", max_episodes: int | None = None) -> list[DemoSet]:
+    """A LeRobot v3.0 dataset (``pushcut.lerobot``; recorded on a robot with a LeRobot plugin, or by
+    ``pushcut-demos format=lerobot``) as demos, one set per task string: every frame an observation
+    (``state_key`` the proprio, ``cameras`` policy camera -> video feature) and ``action_key`` the
+    actions. Refused, with the reason, where its rate is not the env's action rate or a feature is
+    missing or of another size than the env's."""
+    from pushcut.lerobot import LeRobotFormatError, read_dataset
+    from pushcut.sim.registry import ACTION_DIM, PROPRIO_DIM
+
+    info, episodes, tasks = read_dataset(root)
+    feats, where = info["features"], f"LeRobot dataset {root}"
+    if info["fps"] != env.action_hz:
+        raise LeRobotFormatError(f"{where} is recorded at {info['fps']} fps; the policy acts at "
+                                 f"env.action_hz={env.action_hz}: train at its rate (env.action_hz={info['fps']}) "
+                                 "or resample it")
+    wanted = {state_key: PROPRIO_DIM[env.kind], action_key: ACTION_DIM[env.kind]}
+    for key, dim in wanted.items():
+        if key not in feats:
+            raise LeRobotFormatError(f"{where} has no feature {key!r}; it has {sorted(feats)}")
+        if feats[key]["shape"] != [dim]:
+            raise LeRobotFormatError(f"{where}: {key!r} is {feats[key]['shape']}; the {env.kind} env's is [{dim}]")
+    for cam, key in cameras.items():
+        if feats.get(key, {}).get("dtype") != "video":
+            raise LeRobotFormatError(f"{where} has no video {key!r} for camera {cam!r}; its videos: "
+                                     f"{sorted(k for k, f in feats.items() if f['dtype'] == 'video')}")
+    by_task: dict[str, list[dict]] = {}
+    for ep, task in zip(episodes[:max_episodes] if max_episodes else episodes, tasks):
+        n = len(ep[action_key])
+        by_task.setdefault(task, []).append(
+            {"actions": ep[action_key], "obs_steps": np.arange(n, dtype=np.int32), "obs_proprio": ep[state_key],
+             **{f"images_{cam}": ep[key] for cam, key in cameras.items()}})
+    return [DemoSet(meta={"task": task, "instruction": task, "source": str(root), "episodes": eps}, episodes=eps)
+            for task, eps in by_task.items()]
 
 
 main = hydra_entry("demos", DemosConfig, lambda cfg, run_dir: print(f"wrote demos to {record(cfg)}"))

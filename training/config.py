@@ -35,6 +35,17 @@ def check_mirrorable(option: str, policy: PolicyConfig, env: EnvConfig) -> None:
             f"{option} mirrors only the {list(MIRRORABLE_CAMERAS)} camera(s); the policy reads {list(policy.cameras)}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class LeRobotSourceConfig:
+    """SFT from a LeRobot v3.0 dataset instead of pushcut's demos: where it is and which of its
+    features are the proprio, the actions and each of the policy's cameras (in policy.cameras' order)."""
+
+    root: str | None = None  # the dataset's folder; null: pushcut's demos (demos_dir)
+    state: str = "observation.state"
+    action: str = "action"
+    cameras: tuple[str, ...] = ("observation.images.head",)
+
+
 @ranges(demos_per_task=">=1", steps=">=1", batch_size=">=1", bin_smoothing=">=0", lr=">0", weight_decay=">=0",
         warmup_steps=">=0", grad_clip=">0", seed=">=0", log_every=">=1", save_every=">=1", eval_episodes=">=0",
         num_envs=">=1", eval_temperature=">0")
@@ -62,12 +73,16 @@ class SFTConfig:
     # beside greedy, success sampled at this temperature (GRPO's rollout temperature: what its groups
     # will see; null: greedy only)
     eval_temperature: float | None = 1.6
+    lerobot: LeRobotSourceConfig = field(default_factory=LeRobotSourceConfig)  # root set: train on that dataset
     num_envs: int = 2
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
         require(self.tasks is None or self.env.kind == "twin",
                 "tasks lists twin tasks; a LIBERO suite trains on its env.task_ids")
+        require(self.lerobot.root is None or len(self.lerobot.cameras) == len(self.policy.cameras),
+                f"lerobot.cameras {list(self.lerobot.cameras)} must name one video per policy camera "
+                f"{list(self.policy.cameras)}")
         require(not self.policy.lora.rank or self.init_checkpoint is not None,
                 "policy.lora: adapters fine-tune a base; give init_checkpoint")
         if self.mirror_demos:

@@ -93,8 +93,13 @@ def chunk_targets(actions: np.ndarray, start: int, chunk_len: int) -> np.ndarray
 def demo_sets(cfg: SFTConfig) -> list[demos.DemoSet]:
     """The demos SFT trains on, one set per task (recorded first where missing); with
     ``mirror_demos``, each set also holds its episodes' mirror images, after the originals."""
-    sets = [demos.load(ensure_demos(cfg, env), max_episodes=cfg.demos_per_task)
-            for env in demos.task_envs(cfg.env, cfg.tasks)]
+    if cfg.lerobot.root is not None:
+        src = cfg.lerobot
+        sets = demos.from_lerobot(src.root, cfg.env, dict(zip(cfg.policy.cameras, src.cameras, strict=True)),
+                                  src.state, src.action, max_episodes=cfg.demos_per_task)
+    else:
+        sets = [demos.load(ensure_demos(cfg, env), max_episodes=cfg.demos_per_task)
+                for env in demos.task_envs(cfg.env, cfg.tasks)]
     if cfg.mirror_demos:  # the workcell is left-right symmetric: each demo's mirror image is a demo too
         sets = [replace(s, episodes=s.episodes + [mirror_episode(e, cfg.policy.cameras) for e in s.episodes])
                 for s in sets]

@@ -22,6 +22,8 @@ checked after every control step and latch; each ``Step.info["phases"]`` lists t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import mujoco
 import numpy as np
 
@@ -82,6 +84,7 @@ class TwinEnv:
         self._graspable_body = {b: m.body(b).id for b in self.task.graspable}
         self._renderer: mujoco.Renderer | None = None
         self.randomizer = Randomizer(m, cfg.randomization, cfg.perturbation)
+        self.on_control_step: Callable[[], None] | None = None  # called after every control step
         self.target = np.zeros(self.action_dim)
         self._servo = np.zeros(self.action_dim)  # what the servos are told, speed-limited
         self._max_step = np.full(self.action_dim, np.inf)  # per physics step; grippers unlimited
@@ -161,6 +164,8 @@ class TwinEnv:
             self._update_grasps(waypoints[k])
             if self.task.phases:
                 self.reached |= self.task.progress(self.data, self.held())
+            if self.on_control_step is not None:  # e.g. a per-frame recording (LeRobot datasets)
+                self.on_control_step()
             if self.done:
                 return k + 1
         return len(waypoints)
