@@ -13,7 +13,8 @@ valid rows (a JSON object with a ``task`` string, a positive integer ``trial``, 
 other line with its number and reason: a torn line from a killed writer, bytes that are not UTF-8,
 a value that is not an object. Reading never creates or modifies a file. ``pushcut-trials summary
 LOG`` prints per-task success with Wilson 95% intervals and writes a plot (and uploads to wandb
-when asked).
+when asked); ``pushcut-trials lerobot LOG OUT`` exports the recorded trials as a LeRobot dataset
+(``deploy/trials_lerobot.py``).
 """
 
 from __future__ import annotations
@@ -170,7 +171,16 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("log", help="trials.jsonl")
     s.add_argument("--plot", default=None, help="PNG path (default: beside the log)")
     s.add_argument("--wandb", choices=("offline", "online"), default=None, help="also log to wandb")
+    e = sub.add_parser("lerobot", help="the recorded trials as a LeRobot v3.0 dataset (one episode per trial)")
+    e.add_argument("log", help="trials.jsonl")
+    e.add_argument("out", help="the dataset's folder")
+    e.add_argument("--fps", type=int, default=25, help="frames per second: the policy's action rate")
     args = ap.parse_args(argv)
+    if args.cmd == "lerobot":
+        from pushcut.deploy.trials_lerobot import export_trials
+
+        print(f"wrote {export_trials(args.log, args.out, args.fps)}")
+        return
     log_file = TrialLog(args.log)
     if not log_file.path.is_file():
         raise SystemExit(f"{args.log}: no such trial log")

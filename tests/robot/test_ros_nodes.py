@@ -307,6 +307,18 @@ def test_dry_run_matches_eval_on_the_same_seeds(bundle, tmp_path):
     with open(recs[0], "rb") as f:
         topics = {ch.topic for _, ch, _ in make_reader(f).iter_messages()}
     assert {"/cameras/head/image_raw", "/left/joint_states", "/left/joint_command"} <= topics
+    # the recorded trials as a LeRobot dataset: one episode each, the outcome on its last frame
+    from pushcut.deploy.trials import main as trials_main
+    from pushcut.lerobot import read_dataset
+
+    trials_main(["lerobot", str(tmp_path / "trials.jsonl"), str(tmp_path / "lerobot")])
+    info, episodes, tasks = read_dataset(tmp_path / "lerobot")
+    assert info["total_episodes"] == len(seeds) and info["fps"] == 25 and set(tasks) == {"click the bell"}
+    for ep, ok in zip(episodes, ros):
+        n = len(ep["action"])
+        assert n > 5 and ep["observation.state"].shape == (n, 14) and ep["observation.images.head"].shape[0] == n
+        assert ep["next.success"][-1, 0] == float(ok) and not ep["next.success"][:-1].any()
+        assert not np.allclose(ep["action"], ep["observation.state"])  # the commands, not the state again
 
 
 def test_trial_log_survives_kill_9_mid_trial(bundle, tmp_path):
