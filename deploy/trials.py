@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cmd == "lerobot":
         from pushcut.deploy.trials_lerobot import export_trials
 
-        print(f"wrote {export_trials(args.log, args.out, args.fps)}")
+        print(f"wrote {export_trials(TrialLog(args.log).read(), args.out, args.fps)}")
         return
     log_file = TrialLog(args.log)
     if not log_file.path.is_file():

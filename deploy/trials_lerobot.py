@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from pushcut.deploy.piper.units import gripper_m_to_normalised
-from pushcut.deploy.trials import TrialLog
 from pushcut.spec import ARMS, DOF_PER_ARM, dual_arm_names
 
 
@@ -81,14 +80,14 @@ def episode_frames(topics: dict, cameras: list[str], fps: int, success: bool) ->
     return {k: np.stack(v) if "images" in k else np.asarray(v, dtype=np.float32) for k, v in frames.items()}
 
 
-def export_trials(log_path: str | Path, out: str | Path, fps: int = 25) -> Path:
-    """The log's recorded trials as a LeRobot dataset at ``out``; returns it."""
+def export_trials(trials: list[dict], out: str | Path, fps: int = 25) -> Path:
+    """The trials (rows of a trial log) that have a recording as a LeRobot dataset at ``out``."""
     from pushcut.lerobot import vector_feature, video_feature, write_dataset
     from pushcut.sim.tasks import TASKS
 
-    rows = [r for r in TrialLog(log_path).read() if r.get("recording") and Path(r["recording"]).exists()]
+    rows = [r for r in trials if r.get("recording") and Path(r["recording"]).exists()]
     if not rows:
-        raise SystemExit(f"{log_path}: no trial with a recording to export")
+        raise SystemExit("no trial with a recording to export")
     episodes, tasks, cameras = [], [], None
     for row in rows:
         topics = read_recording(row["recording"])
