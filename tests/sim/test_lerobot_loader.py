@@ -1,6 +1,7 @@
 """A dataset pushcut writes, read by LeRobot's own ``LeRobotDataset`` (lerobot 0.4.4, the last
-release for Python 3.11, in an environment of its own: it needs torchvision, which beside this
-project's CPU torch means the 5 GB CUDA build of torch 2.14.1; hence ``slow``, run by ``make
+release for Python 3.11, in an environment of its own, installed without its pins: it imports
+torchvision, which beside this project's CPU torch means the 5 GB CUDA build of torch 2.14.1, and
+decodes videos with torchcodec on Debian's FFmpeg libraries; hence ``slow``, run by ``make
 test-all``)."""
 
 import json
@@ -15,13 +16,13 @@ from pushcut.sim import demos
 from pushcut.sim.config import EnvConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["torch==2.14.1", "torchvision==0.29.1", "datasets>=4.0,<4.2", "huggingface-hub<0.36", "pyarrow", "av",
-            "jsonlines", "packaging", "draccus==0.10.0", "einops", "deepdiff", "imageio", "termcolor", "pandas",
-            "gymnasium"]
+PACKAGES = ["torch==2.14.1", "torchvision==0.29.1", "torchcodec", "accelerate", "datasets>=4.0,<4.2",
+            "huggingface-hub<0.36", "pyarrow", "av", "jsonlines", "packaging", "draccus==0.10.0", "einops", "deepdiff",
+            "imageio", "termcolor", "pandas", "gymnasium"]
 READER = r"""
 import json, sys
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
-ds = LeRobotDataset("local/pushcut", root=sys.argv[1], video_backend="pyav")
+ds = LeRobotDataset("local/pushcut", root=sys.argv[1], video_backend="torchcodec")
 item = ds[3]
 print(json.dumps({"frames": ds.num_frames, "episodes": ds.num_episodes, "fps": ds.fps,
                   "features": sorted(ds.features), "video_keys": ds.meta.video_keys,
@@ -35,6 +36,9 @@ def lerobot_python() -> str:
     env = ROOT / ".cache" / "lerobot-0.4.4"
     python = env / "bin" / "python"
     ready = env / "ready"
+    if subprocess.run(["dpkg", "-s", "ffmpeg"], capture_output=True, check=False).returncode:  # torchcodec's FFmpeg
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "ffmpeg"], check=True, capture_output=True)
     if not ready.exists() or ready.read_text() != " ".join(PACKAGES):
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(env)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)
