@@ -35,12 +35,16 @@ def check_mirrorable(option: str, policy: PolicyConfig, env: EnvConfig) -> None:
             f"{option} mirrors only the {list(MIRRORABLE_CAMERAS)} camera(s); the policy reads {list(policy.cameras)}")
 
 
+@ranges(share="(0,1)")
 @dataclass(frozen=True, kw_only=True)
 class LeRobotSourceConfig:
     """SFT from a LeRobot v3.0 dataset instead of pushcut's demos: where it is and which of its
     features are the proprio, the actions and each of the policy's cameras (in policy.cameras' order)."""
 
     root: str | None = None  # the dataset's folder; null: pushcut's demos (demos_dir)
+    # null: the dataset alone; a fraction: mixed with demos_dir's demos (e.g. real with sim), this
+    # share of every batch drawn from the dataset
+    share: float | None = None
     state: str = "observation.state"
     action: str = "action"
     cameras: tuple[str, ...] = ("observation.images.head",)

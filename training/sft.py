@@ -93,13 +93,13 @@ def chunk_targets(actions: np.ndarray, start: int, chunk_len: int) -> np.ndarray
 def demo_sets(cfg: SFTConfig) -> list[demos.DemoSet]:
     """The demos SFT trains on, one set per task (recorded first where missing); with
     ``mirror_demos``, each set also holds its episodes' mirror images, after the originals."""
-    if cfg.lerobot.root is not None:
-        src = cfg.lerobot
-        sets = demos.from_lerobot(src.root, cfg.env, dict(zip(cfg.policy.cameras, src.cameras, strict=True)),
-                                  src.state, src.action, max_episodes=cfg.demos_per_task)
-    else:
+    src, sets = cfg.lerobot, []
+    if src.root is None or src.share is not None:
         sets = [demos.load(ensure_demos(cfg, env), max_episodes=cfg.demos_per_task)
                 for env in demos.task_envs(cfg.env, cfg.tasks)]
+    if src.root is not None:
+        sets += demos.from_lerobot(src.root, cfg.env, dict(zip(cfg.policy.cameras, src.cameras, strict=True)),
+                                   src.state, src.action, max_episodes=cfg.demos_per_task)
     if cfg.mirror_demos:  # the workcell is left-right symmetric: each demo's mirror image is a demo too
         sets = [replace(s, episodes=s.episodes + [mirror_episode(e, cfg.policy.cameras) for e in s.episodes])
                 for s in sets]
@@ -204,6 +204,26 @@ def load_base(cfg: SFTConfig, norm_stats: dict) -> VLAPolicy:
     return model
 
 
+def sample_weights(sets: list[demos.DemoSet], share: float | None) -> torch.Tensor | None:
+    """Each sample's draw probability when a LeRobot dataset (``share`` of each batch) is mixed with
+    pushcut's demos (the rest), in ``build_dataset``'s order; None: every sample alike."""
+    if share is None:
+        return None
+    counts = [(("source" in s.meta), sum(len(e["obs_steps"]) for e in s.episodes)) for s in sets]
+    total = {src: sum(n for s, n in counts if s == src) for src in (True, False)}
+    if not all(total.values()):
+        raise ValueError(f"lerobot.share {share} mixes the dataset with demos_dir's demos; one of them is empty")
+    return torch.cat([torch.full((n, ), (share if src else 1 - share) / total[src], dtype=torch.float64)
+                      for src, n in counts])
+
+
+def draw_batch(n: int, size: int, weights: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+    """A batch's sample indices: uniform over the ``n`` samples, or by ``weights`` (a mix)."""
+    if weights is None:
+        return torch.randint(0, n, (min(size, n),), generator=gen)
+    return torch.multinomial(weights, size, replacement=True, generator=gen)
+
+
 def lr_at(step: int, cfg: SFTConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -274,8 +294,9 @@ def train(cfg: SFTConfig, run_dir: str | Path, progress: bool = True) -> Path:
 
     bar = tqdm(range(start, cfg.steps), desc=f"sft {'+'.join(tasks)} ({n} samples)", disable=not progress)
     model.train()
+    weights = sample_weights(sets, cfg.lerobot.share)
     for step in bar:
-        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
+        idx = draw_batch(n, cfg.batch_size, weights, gen)
         logits = model(data["pixels"][idx], data["proprio"][idx], data["input_ids"][idx], data["text_mask"][idx])
         target = data["bins"][idx]  # (B, A)
         loss = token_loss(logits, target, cfg.bin_smoothing)

@@ -109,3 +109,31 @@ def test_sft_on_a_lerobot_dataset_equals_sft_on_the_same_frames_as_pushcut_demos
     losses = [[r["loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if "loss" in r]
               for run in ("npz", "lr")]
     assert len(losses[0]) == 4 and losses[0] == losses[1]
+
+
+def test_a_lerobot_dataset_mixes_with_pushcuts_demos_at_its_share(dataset, tmp_path):
+    """lerobot.share=0.25: a quarter of every batch from the dataset (e.g. real), the rest from
+    demos_dir's demos (e.g. sim), whatever their sizes; the draws follow the weights."""
+    import torch
+
+    from pushcut.training import sft
+    from pushcut.training.config import LeRobotSourceConfig, SFTConfig, WandbConfig
+    from tests.training.conftest import MICRO_POLICY
+
+    real = demos.from_lerobot(dataset, ENV, {"head": "observation.images.head"})
+    sim = [demos.DemoSet(meta={"task": "click_bell"}, episodes=[{"obs_steps": np.arange(90)}])]
+    w = sft.sample_weights(sim + real, 0.25)
+    n_real = sum(len(e["obs_steps"]) for s in real for e in s.episodes)
+    assert w.shape == (90 + n_real,) and float(w.sum()) == pytest.approx(1.0)
+    assert float(w[90:].sum()) == pytest.approx(0.25)
+    idx = sft.draw_batch(len(w), 4000, w, torch.Generator().manual_seed(0))
+    assert abs(float((idx >= 90).float().mean()) - 0.25) < 0.03
+    assert sft.sample_weights(real, None) is None
+    with pytest.raises(ValueError, match="one of them is empty"):
+        sft.sample_weights(real, 0.5)
+    policy = replace(MICRO_POLICY, vision=replace(MICRO_POLICY.vision, image_size=64))
+    cfg = SFTConfig(env=ENV, policy=policy, demos_dir=str(tmp_path / "demos"), demos_per_task=1, steps=2,
+                    batch_size=4, lerobot=LeRobotSourceConfig(root=str(dataset), share=0.5),
+                    wandb=WandbConfig(mode="disabled"))
+    assert {s.meta["task"] for s in sft.demo_sets(cfg)} == {"click_bell", "click the bell"}  # both sources
+    sft.train(cfg, tmp_path / "run", progress=False)
