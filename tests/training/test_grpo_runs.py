@@ -216,7 +216,8 @@ def test_zero_advantage_chunks_skip_the_pass_and_leave_the_update_unchanged(sft_
     for skip in (True, False):
         model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
         rows = []
-        model.register_forward_hook(lambda _m, _args, out, rows=rows: rows.append(out.shape[0]))
+        model.register_forward_hook(  # the update asks for the features too: (logits, features)
+            lambda _m, _args, out, rows=rows: rows.append((out[0] if isinstance(out, tuple) else out).shape[0]))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         cfg = _train_cfg(sft_checkpoint, mini_batches=2)
         grpo.update(model, None, opt, TorchPolicy(model, stats, tok), batch, len(trajs), cfg,
