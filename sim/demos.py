@@ -49,14 +49,13 @@ class DemosConfig:
     out_dir: str = "demos"
     max_attempts: int | None = None  # seeds to try before giving up (None: 2 * num_episodes + 10)
     # pushcut: the npz folder SFT reads; lerobot: a LeRobot v3.0 dataset (every control step a frame,
-    # fps = the action rate, camera videos) in <out_dir>/<task>, the twin's tasks
+    # fps = the action rate, camera videos) in <out_dir>/<task folder>
     format: Literal["pushcut", "lerobot"] = "pushcut"
 
     def __post_init__(self) -> None:
         require(all(0 < o < self.chunk_len for o in self.obs_offsets), "obs_offsets must lie in (0, chunk_len)")
         require(self.env.kind == "twin" or len(self.env.task_ids) == 1,
                 "LIBERO demos are recorded one task at a time: give env.task_ids a single id")
-        require(self.format == "pushcut" or self.env.kind == "twin", "format=lerobot records the twin's tasks")
 
 
 def folder_name(env: EnvConfig) -> str:
@@ -161,9 +160,34 @@ def _twin_frames(env, seed: int, actions: np.ndarray, chunk_len: int) -> dict[st
             **{f"observation.images.{c}": np.stack([o.images[c] for o in obs]) for c in env.cfg.cameras}}
 
 
+# LeRobot feature names of each env kind's state and action
+LEROBOT_NAMES = {"libero": (["eef_x", "eef_y", "eef_z", "eef_rx", "eef_ry", "eef_rz", "finger_l", "finger_r"],
+                            ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"])}
+ROBOT_TYPES = {"twin": "piper_dual", "libero": "libero_panda"}
+
+
+def _libero_frames(env, seed: int) -> dict[str, np.ndarray] | None:
+    """A LIBERO expert episode frame by frame (None where the expert fails)."""
+    from pushcut.sim.libero_expert import run_libero_expert
+
+    obs, actions = [], []
+    if not run_libero_expert(env, seed, on_step=lambda o, a: (obs.append(o), actions.append(a))):
+        return None
+    return {"observation.state": np.stack([o.proprio for o in obs]).astype(np.float32),
+            "action": np.stack(actions).astype(np.float32),
+            **{f"observation.images.{c}": np.stack([o.images[c] for o in obs]) for c in env.cfg.cameras}}
+
+
+def _expert_frames(env, seed: int, cfg: DemosConfig) -> dict[str, np.ndarray] | None:
+    if cfg.env.kind == "libero":
+        return _libero_frames(env, seed)
+    episode = _twin_episode(env, seed, replace(cfg, obs_offsets=()))
+    return None if episode is None else _twin_frames(env, seed, episode[0], cfg.chunk_len)
+
+
 def record_lerobot(cfg: DemosConfig, progress: bool = True) -> Path:
-    """Record ``cfg.num_episodes`` successful expert episodes of a twin task as a LeRobot v3.0
-    dataset at ``<out_dir>/<task>`` (``pushcut.lerobot``); returns it."""
+    """Record ``cfg.num_episodes`` successful expert episodes as a LeRobot v3.0 dataset at
+    ``<out_dir>/<task folder>`` (``pushcut.lerobot``); returns it."""
     from tqdm import tqdm
 
     from pushcut.lerobot import vector_feature, video_feature, write_dataset
@@ -173,24 +197,26 @@ def record_lerobot(cfg: DemosConfig, progress: bool = True) -> Path:
     env = make_env(cfg.env)
     episodes, seed = [], cfg.seed_start
     attempts = cfg.max_attempts or 2 * cfg.num_episodes + 10
-    bar = tqdm(total=cfg.num_episodes, desc=f"lerobot {cfg.env.task}", disable=not progress)
+    bar = tqdm(total=cfg.num_episodes, desc=f"lerobot {folder_name(cfg.env)}", disable=not progress)
     try:
         while len(episodes) < cfg.num_episodes:
             if seed - cfg.seed_start >= attempts:
-                raise RuntimeError(f"the expert succeeded on {len(episodes)} of {attempts} seeds of {cfg.env.task}")
-            episode = _twin_episode(env, seed, replace(cfg, obs_offsets=()))
-            if episode is not None:
-                episodes.append(_twin_frames(env, seed, episode[0], cfg.chunk_len))
+                raise RuntimeError(f"the expert succeeded on {len(episodes)} of {attempts} seeds of "
+                                   f"{folder_name(cfg.env)}")
+            frames = _expert_frames(env, seed, cfg)
+            if frames is not None:
+                episodes.append(frames)
                 bar.update(1)
             seed += 1
     finally:
         bar.close()
         env.close()
     h, w = cfg.env.image_size
-    features = {"observation.state": vector_feature(dual_arm_names()), "action": vector_feature(dual_arm_names()),
+    state, action = LEROBOT_NAMES.get(cfg.env.kind, (dual_arm_names(), dual_arm_names()))
+    features = {"observation.state": vector_feature(state), "action": vector_feature(action),
                 **{f"observation.images.{c}": video_feature(h, w, cfg.env.action_hz) for c in cfg.env.cameras}}
-    return write_dataset(Path(cfg.out_dir) / cfg.env.task, episodes, [env.instruction] * len(episodes), features,
-                         cfg.env.action_hz, robot_type="piper_dual")
+    return write_dataset(Path(cfg.out_dir) / folder_name(cfg.env), episodes, [env.instruction] * len(episodes),
+                         features, cfg.env.action_hz, robot_type=ROBOT_TYPES[cfg.env.kind])
 
 
 def record(cfg: DemosConfig, progress: bool = True) -> Path:

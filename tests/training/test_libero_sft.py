@@ -125,3 +125,28 @@ def test_libero_grpo_iteration_on_a_micro_config(libero_sft, tmp_path):
     metrics = grpo.update(model, None, opt, TorchPolicy(model, stats, tok), grpo.flatten(trajs, adv), len(trajs), cfg,
                           torch.Generator().manual_seed(0))
     assert np.isfinite(metrics["pg_loss"]) and metrics["grad_norm"] > 0
+
+
+def test_libero_expert_demos_as_a_lerobot_dataset(tmp_path):
+    """format=lerobot on LIBERO: every step a frame at the env's action rate, the panda's state and delta actions
+    named, the agentview video; the dataset's actions replayed from its seed succeed again, and it
+    maps back onto pushcut's demos for SFT."""
+    from pushcut.lerobot import read_dataset
+    from pushcut.sim.libero import LiberoEnv
+
+    env_cfg = replace(LIBERO_OBJECT_0, image_size=(64, 64))
+    root = demos.record(demos.DemosConfig(env=env_cfg, num_episodes=1, chunk_len=8, obs_offsets=(),
+                                          out_dir=str(tmp_path), format="lerobot"), progress=False)
+    assert root.name == "libero_object_task0"
+    info, (ep,), tasks = read_dataset(root)
+    assert info["fps"] == env_cfg.action_hz and info["robot_type"] == "libero_panda"
+    assert info["features"]["action"]["names"] == ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]
+    n = len(ep["action"])
+    assert ep["observation.state"].shape == (n, 8) and ep["observation.images.agentview"].shape == (n, 64, 64, 3)
+    assert tasks == ["pick up the alphabet soup and place it in the basket"]
+    env = LiberoEnv(env_cfg)
+    env.reset(0)
+    assert env.step(ep["action"]).success
+    env.close()
+    (back,) = demos.from_lerobot(root, env_cfg, {"agentview": "observation.images.agentview"})
+    assert len(back.episodes[0]["obs_steps"]) == n and back.meta["instruction"] == tasks[0]
