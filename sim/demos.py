@@ -188,28 +188,16 @@ def _expert_frames(env, seed: int, cfg: DemosConfig) -> dict[str, np.ndarray] | 
 def record_lerobot(cfg: DemosConfig, progress: bool = True) -> Path:
     """Record ``cfg.num_episodes`` successful expert episodes as a LeRobot v3.0 dataset at
     ``<out_dir>/<task folder>`` (``pushcut.lerobot``); returns it."""
-    from tqdm import tqdm
 
     from pushcut.lerobot import vector_feature, video_feature, write_dataset
     from pushcut.sim.registry import make_env
     from pushcut.spec import dual_arm_names
 
     env = make_env(cfg.env)
-    episodes, seed = [], cfg.seed_start
-    attempts = cfg.max_attempts or 2 * cfg.num_episodes + 10
-    bar = tqdm(total=cfg.num_episodes, desc=f"lerobot {folder_name(cfg.env)}", disable=not progress)
     try:
-        while len(episodes) < cfg.num_episodes:
-            if seed - cfg.seed_start >= attempts:
-                raise RuntimeError(f"the expert succeeded on {len(episodes)} of {attempts} seeds of "
-                                   f"{folder_name(cfg.env)}")
-            frames = _expert_frames(env, seed, cfg)
-            if frames is not None:
-                episodes.append(frames)
-                bar.update(1)
-            seed += 1
+        episodes = [frames for _, frames in expert_runs(cfg, lambda seed: _expert_frames(env, seed, cfg), progress,
+                                                        "lerobot") if frames is not None]
     finally:
-        bar.close()
         env.close()
     h, w = cfg.env.image_size
     state, action = LEROBOT_NAMES.get(cfg.env.kind, (dual_arm_names(), dual_arm_names()))
@@ -219,11 +207,30 @@ def record_lerobot(cfg: DemosConfig, progress: bool = True) -> Path:
                          features, cfg.env.action_hz, robot_type=ROBOT_TYPES[cfg.env.kind])
 
 
+def expert_runs(cfg: DemosConfig, run, progress: bool, label: str):
+    """``(seed, run(seed))`` from ``seed_start`` on until ``num_episodes`` runs have returned an
+    episode (the expert succeeded; None: it failed); refused past ``max_attempts`` seeds."""
+    from tqdm import tqdm
+
+    attempts = cfg.max_attempts or 2 * cfg.num_episodes + 10
+    kept, seed = 0, cfg.seed_start
+    with tqdm(total=cfg.num_episodes, desc=f"{label} {folder_name(cfg.env)}", disable=not progress) as bar:
+        while kept < cfg.num_episodes:
+            if seed - cfg.seed_start >= attempts:
+                raise RuntimeError(f"the expert succeeded on {kept} of {attempts} seeds of {folder_name(cfg.env)}; "
+                                   f"{cfg.num_episodes} were asked for")
+            result = run(seed)
+            if result is not None:
+                kept += 1
+                bar.update(1)
+            yield seed, result
+            seed += 1
+
+
 def record(cfg: DemosConfig, progress: bool = True) -> Path:
     """Record ``cfg.num_episodes`` successful expert episodes; return the task's folder."""
     if cfg.format == "lerobot":
         return record_lerobot(cfg, progress)
-    from tqdm import tqdm
 
     from pushcut.sim.registry import make_env
 
@@ -232,15 +239,8 @@ def record(cfg: DemosConfig, progress: bool = True) -> Path:
     env = make_env(cfg.env)
     run_episode = _twin_episode if cfg.env.kind == "twin" else _libero_episode
     episodes, all_actions, all_proprio, failures = [], [], [], []
-    seed = cfg.seed_start
-    bar = tqdm(total=cfg.num_episodes, desc=f"demos {folder_name(cfg.env)}", disable=not progress)
     try:
-        attempts = cfg.max_attempts or 2 * cfg.num_episodes + 10
-        while len(episodes) < cfg.num_episodes:
-            if seed - cfg.seed_start >= attempts:
-                raise RuntimeError(f"the expert succeeded on {len(episodes)} of {attempts} seeds "
-                                   f"of {folder_name(cfg.env)}; {cfg.num_episodes} were asked for")
-            episode = run_episode(env, seed, cfg)
+        for seed, episode in expert_runs(cfg, lambda seed: run_episode(env, seed, cfg), progress, "demos"):
             if episode is not None:
                 acts, steps, frames = episode
                 order = np.argsort(steps, kind="stable")
@@ -258,12 +258,9 @@ def record(cfg: DemosConfig, progress: bool = True) -> Path:
                 episodes.append({"file": name, "seed": seed, "steps": len(acts)})
                 all_actions.append(acts)
                 all_proprio.append(np.stack([f.proprio for f in frames]))
-                bar.update(1)
             else:
                 failures.append(seed)
-            seed += 1
     finally:
-        bar.close()
         env.close()
     meta = {
         "format": DEMO_FORMAT,
