@@ -102,14 +102,6 @@ def adapter_params(pcfg: PolicyConfig) -> int:
     return llm.num_layers * sum(r * (i + o) for t, (i, o) in shapes.items() if t in pcfg.lora.targets)
 
 
-def trainable_params(pcfg: PolicyConfig, total: int, module_params: dict[str, int]) -> int:
-    """Parameters a LoRA run trains: the adapters and the ``trainable`` modules (``module_params``:
-    their sizes); ``total`` without adapters."""
-    if not pcfg.lora.rank:
-        return total
-    return adapter_params(pcfg) + sum(module_params.get(t, 0) for t in pcfg.lora.trainable)
-
-
 def base_hash(meta: dict) -> str:
     """The base a run's adapters sit on: the sha256 of its init checkpoint's weights."""
     return meta["files"]["model.safetensors"]

@@ -388,15 +388,15 @@ def update(model, ref_model, opt, policy: TorchPolicy, batch: dict, n_traj: int,
     sharded = is_sharded(model)
     temp = cfg.temperature if temperature is None else temperature
     carries = carries_gradient(batch["adv"], cfg, skip_zero_advantage)
-    passes = [mini_batch_rows(np.asarray(batch["traj"]), cfg.mini_batches, cfg.minibatch_split, gen)
-              for _ in range(cfg.ppo_epochs)]
+    traj = np.asarray(batch["traj"])
+    passes = [mini_batch_rows(traj, cfg.mini_batches, cfg.minibatch_split, gen) for _ in range(cfg.ppo_epochs)]
     metrics: dict[str, list[float]] = {}
     steps = 0
     model.train()
     for mb in (mb for minibatches in passes for mb in minibatches):
         if len(mb) == 0:  # fewer chunks than mini-batches (the same on every rank)
             continue
-        divisor = step_divisor(np.asarray(batch["traj"])[mb], n_traj, cfg)
+        divisor = step_divisor(traj[mb], n_traj, cfg)
         shares = [s[carries[s]] for s in (mb[r::world] for r in range(world))]  # each rank's rows
         opt.zero_grad(set_to_none=True)
         if critic is not None:

@@ -17,14 +17,7 @@ from tqdm import tqdm
 
 from pushcut.policy import checkpoint
 from pushcut.policy.inference import TorchPolicy
-from pushcut.policy.lora import (
-    add_adapters,
-    base_hash,
-    has_adapters,
-    load_trainable,
-    optimised_parameters,
-    trainable_tensors,
-)
+from pushcut.policy.lora import add_adapters, base_hash, has_adapters, optimised_parameters, trainable_tensors
 from pushcut.training.config import TrainConfig
 from pushcut.training.critic import ValueHead, critic_tensors, load_critic
 from pushcut.training.learner import (
@@ -34,6 +27,7 @@ from pushcut.training.learner import (
     init_distributed,
     is_sharded,
     learner_device,
+    load_adapters,
     load_optimizer_and_rng,
     load_weights,
     save_best,
@@ -160,24 +154,17 @@ def load_run_state(cfg: TrainConfig, run_dir: Path, model, init_meta: dict) -> t
     state = {"iteration": 0, "next_group": 0, "wall_s": 0.0, "env_steps": 0}
     ckpt, lora = run_dir / "checkpoint", cfg.policy.lora
     resume, extra = (ckpt / "meta.json").exists(), None
-    if resume and not lora.rank:
-        meta, extra = load_weights(ckpt, model, "grpo")
-        state = meta["trainer"]
-    elif resume:
-        meta = checkpoint.read_meta(ckpt)
-        if meta.get("job") != "grpo":
-            raise checkpoint.CheckpointError(f"{ckpt} is not a grpo checkpoint (job {meta.get('job')!r})")
-        state, extra = meta["trainer"], checkpoint.load_extra(ckpt)
-    if lora.rank:
-        base = base_hash(init_meta)
-        if resume and state.get("lora_base") != base:
-            raise checkpoint.CheckpointError(
-                f"{ckpt}: its adapters were trained on a base whose weights hash {state.get('lora_base')}; "
-                f"init_checkpoint {cfg.init_checkpoint} hashes {base}: resume from the run's own start")
-        state["lora_base"] = base
-        add_adapters(model, lora, seed=cfg.seed, frozen_dtype=cfg.policy.dtype)
+    if not lora.rank:
         if resume:
-            load_trainable(model, extra)
+            meta, extra = load_weights(ckpt, model, "grpo")
+            state = meta["trainer"]
+        return state, extra, resume
+    base = base_hash(init_meta)
+    add_adapters(model, lora, seed=cfg.seed, frozen_dtype=cfg.policy.dtype)
+    if resume:
+        meta, extra = load_adapters(ckpt, model, "grpo", base, lambda m: m["trainer"].get("lora_base"))
+        state = meta["trainer"]
+    state["lora_base"] = base
     return state, extra, resume
 
 

@@ -227,16 +227,39 @@ def resume_tensors(model, opt, gen: torch.Generator) -> dict[str, torch.Tensor]:
     return {**_opt_tensors(model, opt), "rng.torch": torch.get_rng_state(), "rng.update": gen.get_state()}
 
 
-def load_weights(ckpt: Path, model, job: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Resume, part 1 (before sharding): the weights of a ``job`` checkpoint (``grpo``, ``sft``);
-    returns its meta and its extras (:func:`resume_tensors`)."""
-    meta = checkpoint.read_meta(ckpt, verify=False)  # load() below verifies every file
+def job_meta(ckpt: Path, job: str, verify: bool = True) -> dict:
+    """The meta of a ``job`` checkpoint (``grpo``, ``sft``), refused when another job wrote it."""
+    meta = checkpoint.read_meta(ckpt, verify=verify)
     if meta.get("job") != job:
         raise checkpoint.CheckpointError(f"{ckpt} is not a {job} checkpoint (job {meta.get('job')!r}); "
                                          "resume in the run directory that wrote it, or start a fresh one")
+    return meta
+
+
+def load_weights(ckpt: Path, model, job: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Resume, part 1 (before sharding): the weights of a ``job`` checkpoint (``grpo``, ``sft``);
+    returns its meta and its extras (:func:`resume_tensors`)."""
+    meta = job_meta(ckpt, job, verify=False)  # load() below verifies every file
     loaded, _, _, _, _ = checkpoint.load(ckpt, expected=model.cfg)
     model.load_state_dict(loaded.state_dict())
     return meta, checkpoint.load_extra(ckpt)
+
+
+def load_adapters(ckpt: Path, model, job: str, base: str, recorded_base) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Resume, part 1, of a LoRA run (``policy/lora.py``): ``model`` (its start, the base, with fresh
+    adapters) gets the adapters and trainable modules the ``job`` checkpoint kept, refused when the
+    base's weights hash, ``base``, is not the one the checkpoint records (``recorded_base(meta)``);
+    returns its meta and its extras."""
+    from pushcut.policy.lora import load_trainable
+
+    meta = job_meta(ckpt, job)
+    if recorded_base(meta) != base:
+        raise checkpoint.CheckpointError(f"{ckpt}: its adapters were trained on a base whose weights hash "
+                                         f"{recorded_base(meta)}; init_checkpoint hashes {base}: resume from "
+                                         "the run's own start")
+    extra = checkpoint.load_extra(ckpt)
+    load_trainable(model, extra)
+    return meta, extra
 
 
 def load_optimizer_and_rng(model, opt, gen: torch.Generator, extra: dict[str, torch.Tensor]) -> None:

@@ -27,14 +27,7 @@ from pushcut.configs import hydra_entry, to_dataclass, to_dict
 from pushcut.policy import checkpoint
 from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer, encode_chunks
 from pushcut.policy.config import PolicyConfig
-from pushcut.policy.lora import (
-    add_adapters,
-    base_hash,
-    load_trainable,
-    merged_weights,
-    optimised_parameters,
-    trainable_tensors,
-)
+from pushcut.policy.lora import add_adapters, base_hash, merged_weights, optimised_parameters, trainable_tensors
 from pushcut.policy.modeling import VLAPolicy
 from pushcut.policy.preprocess import ByteTokenizer, build_inputs, proprio_normalizer
 from pushcut.sim import demos
@@ -42,7 +35,7 @@ from pushcut.sim.config import read_env, upgrade_env_record
 from pushcut.sim.registry import action_mask, robot_bounds
 from pushcut.sim.twin.mirror import mirror_episode
 from pushcut.training.config import SFTConfig
-from pushcut.training.learner import load_optimizer_and_rng, load_weights, resume_tensors
+from pushcut.training.learner import load_adapters, load_optimizer_and_rng, load_weights, resume_tensors
 from pushcut.training.run_log import RunLogger, keep_metrics_before, plot_curves
 
 
@@ -250,11 +243,7 @@ def resume_state(ckpt: Path, cfg: SFTConfig, model: VLAPolicy, opt, gen: torch.G
     if lora_base is None:
         meta, extra = load_weights(ckpt, model, "sft")
     else:
-        meta, extra = checkpoint.read_meta(ckpt), checkpoint.load_extra(ckpt)
-        if meta.get("lora_base") != lora_base:
-            raise checkpoint.CheckpointError(f"{ckpt}: its adapters were trained on a base whose weights hash "
-                                             f"{meta.get('lora_base')}; init_checkpoint hashes {lora_base}")
-        load_trainable(model, extra)
+        meta, extra = load_adapters(ckpt, model, "sft", lora_base, lambda m: m.get("lora_base"))
     done = int(meta.get("step", meta.get("steps", 0)))  # a checkpoint without "step" is a finished one
     if done < cfg.steps:
         load_optimizer_and_rng(model, opt, gen, extra)
