@@ -24,23 +24,26 @@ def _stamp(msg) -> float:
     return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
 
 
-def read_recording(path: str | Path) -> dict[str, list[tuple[float, object]]]:
-    """Every message of an MCAP recording by topic, decoded, as (header stamp s, message) in order."""
+def read_recording(path: str | Path) -> dict[str, tuple[list[float], list]]:
+    """Every message of an MCAP recording by topic, decoded: (header stamps in s, messages), in
+    stamp order."""
     from mcap.reader import make_reader
     from mcap_ros2.decoder import DecoderFactory
 
-    out: dict[str, list[tuple[float, object]]] = {}
+    by_topic: dict[str, list[tuple[float, object]]] = {}
     with open(path, "rb") as f:
         for _, channel, _, msg in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
-            out.setdefault(channel.topic, []).append((_stamp(msg), msg))
-    for msgs in out.values():
+            by_topic.setdefault(channel.topic, []).append((_stamp(msg), msg))
+    out = {}
+    for topic, msgs in by_topic.items():
         msgs.sort(key=lambda m: m[0])
+        out[topic] = ([m[0] for m in msgs], [m[1] for m in msgs])
     return out
 
 
-def _latest(msgs: list[tuple[float, object]], t: float):
-    i = bisect.bisect_right([m[0] for m in msgs], t) - 1
-    return msgs[i][1] if i >= 0 else None
+def _latest(stamped: tuple[list[float], list], t: float):
+    i = bisect.bisect_right(stamped[0], t) - 1
+    return stamped[1][i] if i >= 0 else None
 
 
 def _arm_vector(msg) -> np.ndarray:
@@ -56,13 +59,14 @@ def _image(msg) -> np.ndarray:
 
 def episode_frames(topics: dict, cameras: list[str], fps: int, success: bool) -> dict[str, np.ndarray] | None:
     """One trial's frames (None where a stream it needs is missing)."""
-    cams = {c: topics.get(f"/cameras/{c}/image_raw", []) for c in cameras}
-    states = {a: topics.get(f"/{a}/joint_states", []) for a in ARMS}
-    commands = {a: topics.get(f"/{a}/joint_command", []) for a in ARMS}
-    if not all(cams.values()) or not all(states.values()):
+    none = ([], [])
+    cams = {c: topics.get(f"/cameras/{c}/image_raw", none) for c in cameras}
+    states = {a: topics.get(f"/{a}/joint_states", none) for a in ARMS}
+    commands = {a: topics.get(f"/{a}/joint_command", none) for a in ARMS}
+    if not all(s[0] for s in [*cams.values(), *states.values()]):
         return None
-    start = max(msgs[0][0] for msgs in [*cams.values(), *states.values()])
-    end = max(m[-1][0] for m in topics.values())
+    start = max(s[0][0] for s in [*cams.values(), *states.values()])
+    end = max(s[0][-1] for s in topics.values())
     times = start + np.arange(int((end - start) * fps) + 1) / fps
     frames: dict[str, list] = {"observation.state": [], "action": [], "next.success": [],
                                **{f"observation.images.{c}": [] for c in cameras}}
