@@ -65,7 +65,6 @@ def folder_name(env: EnvConfig) -> str:
 
 def task_envs(env: EnvConfig, tasks: tuple[str, ...] | None = None) -> list[EnvConfig]:
     """One env config per demo folder: each twin task of ``tasks``, or each id of a LIBERO suite."""
-    from dataclasses import replace
 
     if env.kind == "twin":
         return [replace(env, task=t) for t in (tasks or (env.task,))]
@@ -144,20 +143,31 @@ def _libero_episode(env, seed: int, cfg: DemosConfig):
     return np.stack(actions).astype(np.float32), keep, [frames[t] for t in keep]
 
 
-def _twin_frames(env, seed: int, actions: np.ndarray, chunk_len: int) -> dict[str, np.ndarray]:
-    """An expert episode frame by frame: its actions replayed from ``seed`` in the expert's own chunks
-    (the same motion), the observation before every action."""
-    obs = [env.reset(seed)]
+def _frame_arrays(obs: list, actions, cameras) -> dict[str, np.ndarray]:
+    """One LeRobot episode's features: the observation before every action, and the action."""
+    return {"observation.state": np.stack([o.proprio for o in obs]).astype(np.float32),
+            "action": np.asarray(actions, dtype=np.float32),
+            **{f"observation.images.{c}": np.stack([o.images[c] for o in obs]) for c in cameras}}
+
+
+def _twin_frames(env, seed: int, chunk_len: int) -> dict[str, np.ndarray] | None:
+    """A twin expert episode frame by frame, observed as it runs (None where the expert fails)."""
+    from pushcut.sim.expert import run_expert
+
+    obs, actions = [], []
+
+    def on_chunk(o, chunk):
+        if not obs:  # the reset observation; every other one comes after a control step
+            obs.append(o)
+        actions.append(chunk)
+
     env.on_control_step = lambda: obs.append(env.observe())
     try:
-        for start in range(0, len(actions), chunk_len):
-            env.step(actions[start : start + chunk_len])
+        succeeded = run_expert(env, seed, chunk_len, on_chunk=on_chunk)
     finally:
         env.on_control_step = None
     n = env.steps  # a success ends the episode inside its last chunk: the frames up to its last action
-    obs = obs[:n]
-    return {"observation.state": np.stack([o.proprio for o in obs]).astype(np.float32), "action": actions[:n],
-            **{f"observation.images.{c}": np.stack([o.images[c] for o in obs]) for c in env.cfg.cameras}}
+    return _frame_arrays(obs[:n], np.concatenate(actions)[:n], env.cfg.cameras) if succeeded else None
 
 
 # LeRobot feature names of each env kind's state and action
@@ -173,16 +183,11 @@ def _libero_frames(env, seed: int) -> dict[str, np.ndarray] | None:
     obs, actions = [], []
     if not run_libero_expert(env, seed, on_step=lambda o, a: (obs.append(o), actions.append(a))):
         return None
-    return {"observation.state": np.stack([o.proprio for o in obs]).astype(np.float32),
-            "action": np.stack(actions).astype(np.float32),
-            **{f"observation.images.{c}": np.stack([o.images[c] for o in obs]) for c in env.cfg.cameras}}
+    return _frame_arrays(obs, np.stack(actions), env.cfg.cameras)
 
 
 def _expert_frames(env, seed: int, cfg: DemosConfig) -> dict[str, np.ndarray] | None:
-    if cfg.env.kind == "libero":
-        return _libero_frames(env, seed)
-    episode = _twin_episode(env, seed, replace(cfg, obs_offsets=()))
-    return None if episode is None else _twin_frames(env, seed, episode[0], cfg.chunk_len)
+    return _libero_frames(env, seed) if cfg.env.kind == "libero" else _twin_frames(env, seed, cfg.chunk_len)
 
 
 def record_lerobot(cfg: DemosConfig, progress: bool = True) -> Path:
