@@ -1,13 +1,15 @@
 """``make bench-transfer``: does domain randomisation in training buy transfer?
 
 Per task, the tiny policy is SFT'd twice on the same number of expert demos (the same seeds) for the
-same number of steps: on the nominal twin, and on the randomised one (``env.randomization.enabled``:
-light, colours of table and objects, camera pose, object mass and friction, per episode; its demos
-are recorded randomised, in a folder of their own). Both are measured by ``pushcut-eval
+same number of steps: on the nominal twin, and on the randomised one (``env.randomization.enabled``,
+per episode: light, colours, camera pose and field of view, object mass and friction, joint speed,
+action latency, pixel noise, blur, JPEG, distractors; its demos are recorded randomised, in a folder
+of their own). Both are measured by ``pushcut-eval
 suite=transfer`` (``training.config.SUITES``: camera moved and tilted, light, colours, pixel noise,
 latency, arm speed, each beyond what the randomisation samples) on the same held-out seeds. Writes
-``bench/results/transfer.json``: per task, ``policies`` {nominal, randomized}, each with every
-setting's success, Wilson interval and the share of its own nominal success it keeps.
+``bench/results/transfer.json``: per task, ``policies`` {nominal, randomized}, each with
+``randomized``, its ``nominal`` success, ``perturbations`` {setting: success} and ``settings`` (every
+setting's successes, Wilson interval and the share of its own nominal success it keeps).
 
     make bench-transfer ARGS="--tasks click_bell,stack_bowls_two --demos 50 --steps 1500 --episodes 50"
 """
@@ -52,13 +54,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--policy", default="tiny", help="policy preset (configs/policy/)")
     ap.add_argument("--name", default="transfer")
     args = ap.parse_args(argv)
-    result = {"demos": args.demos, "sft_steps": args.steps, "episodes": args.episodes, "tasks": []}
+    result = {"demos": args.demos, "sft_steps": args.steps, "episodes": args.episodes, "policy": args.policy,
+              "tasks": []}
     for task in args.tasks.split(","):
         policies = {}
         for variant in VARIANTS:
             ckpt = train(task, variant, args.demos, args.steps, args.policy)
-            policies[variant] = {"checkpoint": str(ckpt),
-                                 "settings": measure(ckpt, task, args.episodes, CACHE / f"transfer_{task}_{variant}")}
+            settings = measure(ckpt, task, args.episodes, CACHE / f"transfer_{task}_{variant}")
+            policies[variant] = {
+                "randomized": variant == "randomized", "checkpoint": str(ckpt),
+                "nominal": settings["nominal"]["success_rate"],
+                "perturbations": {k: s["success_rate"] for k, s in settings.items() if k != "nominal"},
+                "settings": settings,
+            }
         worst = {v: min(s["kept_of_nominal"] or 0.0 for s in p["settings"].values()) for v, p in policies.items()}
         result["tasks"].append({"task": task, "policies": policies, "worst_kept_of_nominal": worst})
     write(args.name, result)

@@ -22,20 +22,26 @@ def upgrade_env_record(record: dict) -> dict:
     return {RENAMED_FIELDS.get(k, k): v for k, v in record.items()}
 
 
-@ranges(light=">=0", color=">=0", camera_pos=">=0", camera_rot_deg=">=0", mass=">=0", friction=">=0",
-        latency_steps=">=0")
+@ranges(light=">=0", color=">=0", camera_pos=">=0", camera_rot_deg=">=0", fov_deg=">=0", mass=">=0", friction=">=0",
+        latency_steps=">=0", speed="[0,1)", image_noise=">=0", blur=">=0", jpeg_quality="[1,100]", distractors=">=0")
 @dataclass(frozen=True, kw_only=True)
 class RandomizationConfig:
-    """Domain randomisation for sim-to-real; everything off unless ``enabled``."""
+    """Domain randomisation for sim-to-real, drawn per episode; everything off unless ``enabled``."""
 
     enabled: bool = False
     light: float = 0.3  # relative jitter of light intensity
     color: float = 0.15  # jitter of rgb of table and objects
     camera_pos: float = 0.01  # m, std of camera position jitter
     camera_rot_deg: float = 1.0  # deg, std of camera orientation jitter
+    fov_deg: float = 0.0  # deg, std of the cameras' vertical field of view (intrinsics)
     mass: float = 0.2  # relative jitter of object mass
     friction: float = 0.2  # relative jitter of sliding friction
     latency_steps: int = 0  # max action latency (control steps), sampled per episode
+    speed: float = 0.0  # the joints' top speed drawn from (1 - speed .. 1) x the env's speed_percent
+    image_noise: float = 0.0  # max std of Gaussian pixel noise (0-255)
+    blur: float = 0.0  # max std of a Gaussian blur, pixels
+    jpeg_quality: int = 100  # JPEG round trip at a quality drawn from (jpeg_quality .. 100); 100: none
+    distractors: int = 0  # up to this many visual-only objects (boxes, cylinders) on the free table
 
 
 @ranges(camera_shift="[-0.5,0.5]", camera_tilt_deg="[-45,45]", light_scale=">0", color_shift="[0,1]", image_noise=">=0",
@@ -54,7 +60,7 @@ class PerturbationConfig:
 
 
 @ranges(task_ids=">=0", image_size=">=1", max_steps=">=1", physics_hz=">=1", action_hz=">=1", num_wait_steps=">=0",
-        lead_steps=">=0", speed_percent="[1,100]")
+        lead_steps=">=0", speed_percent="[1,100]", grasp_force_limit=">0")
 @dataclass(frozen=True, kw_only=True)
 class EnvConfig:
     """One environment: the MuJoCo twin (``kind: twin``) or a LIBERO suite (``kind: libero``)."""
@@ -72,6 +78,9 @@ class EnvConfig:
     speed_percent: int = 100
     num_wait_steps: int = 10  # LIBERO: no-op steps after reset
     head_calibration: str | None = None  # twin: camera_head.json from pushcut-calibrate (sim-to-real)
+    # twin: the largest force (N) a grasp holds its object with before it slips (the weld lets go
+    # and re-grips where the object then is, if the pads still pinch it); None: it never slips
+    grasp_force_limit: float | None = None
     randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
     perturbation: PerturbationConfig = field(default_factory=PerturbationConfig)  # twin: a fixed change (eval suites)
     # twin: how chunks are executed, as the robot's policy node does (pushcut.motion).

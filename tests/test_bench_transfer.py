@@ -14,8 +14,11 @@ def test_bench_transfer_trains_both_variants_and_measures_each_setting(tmp_path,
     r = json.loads((tmp_path / "results" / "transfer.json").read_text())
     (task,) = r["tasks"]
     assert task["task"] == "click_bell" and set(task["policies"]) == {"nominal", "randomized"}
-    for p in task["policies"].values():
-        assert "nominal" in p["settings"] and "camera_tilt_5deg" in p["settings"]
+    for name, p in task["policies"].items():
+        assert p["randomized"] is (name == "randomized")
+        assert "nominal" in p["settings"] and "camera_tilt_5deg" in p["perturbations"]
+        assert set(p["perturbations"]) == set(p["settings"]) - {"nominal"}
+        assert p["nominal"] == p["settings"]["nominal"]["success_rate"] in (0.0, 1.0)
         assert all(s["episodes"] == 1 for s in p["settings"].values())
     # the randomised policy learned from demos recorded randomised, in their own folder
     meta = json.loads((tmp_path / "cache" / "demos_randomized" / "click_bell" / "meta.json").read_text())

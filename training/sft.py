@@ -42,8 +42,11 @@ from pushcut.training.run_log import RunLogger, keep_metrics_before, plot_curves
 def env_differences(recorded: dict, wanted) -> dict[str, tuple]:
     """The env fields on which demos recorded with the env config ``recorded`` (as their meta stores
     it) differ from ``wanted``: name -> (recorded, wanted). ``max_steps`` does not count, nor
-    recorded cameras beyond the wanted ones (training reads the policy's)."""
+    recorded cameras beyond the wanted ones (training reads the policy's), nor the randomisation's
+    ranges where both have it off."""
     have, want = to_dict(read_env(recorded, "the demos' meta.json env")), to_dict(wanted)
+    if not (have["randomization"]["enabled"] or want["randomization"]["enabled"]):
+        have["randomization"] = want["randomization"]
     out = {k: (have.get(k), v) for k, v in want.items() if k != "max_steps" and have.get(k) != v}
     if "cameras" in out and set(want["cameras"]) <= set(have["cameras"]):
         del out["cameras"]

@@ -14,7 +14,9 @@ and latches.
 Grasping: a closed gripper whose two pads both touch the same graspable object turns on a weld
 between the hand and the object (MuJoCo equality), and opening the gripper turns it off. This
 "grasp assist" stands in for finger friction, which a primitive-geometry twin does not model
-faithfully; contacts, collisions and nesting stay fully physical.
+faithfully; contacts, collisions and nesting stay fully physical. With ``grasp_force_limit`` the
+grasp slips as a friction grip does: a weld that transmits more than the limit at a control step
+lets go, and grips again at the next one where the object then is, if both pads still touch it.
 
 A task's milestones short of success (``Task.phases``: grasped, lifted, placed for stacking) are
 checked after every control step and latch; each ``Step.info["phases"]`` lists those reached.
@@ -33,7 +35,7 @@ from pushcut.sim.config import EnvConfig
 from pushcut.sim.core import Obs, Step, as_chunk
 from pushcut.sim.tasks import TASKS
 from pushcut.sim.twin.kinematics import HOME
-from pushcut.sim.twin.model import FINGER_TRAVEL, HeadCamera, build_mjcf
+from pushcut.sim.twin.model import FINGER_TRAVEL, HeadCamera, build_mjcf, distractor_bodies
 from pushcut.sim.twin.randomize import Randomizer
 
 _LO, _HI = (np.array(v) for v in spec.dual_arm_limits())
@@ -59,9 +61,10 @@ class TwinEnv:
 
             head = HeadCamera.from_calibration(load_intrinsics(cfg.head_calibration))
         h, w = cfg.image_size
-        self.model = mujoco.MjModel.from_xml_string(
-            build_mjcf(self.task.scene_objects(), head or HeadCamera(), offscreen=(w, h))
-        )
+        objects = self.task.scene_objects()
+        if cfg.randomization.enabled:
+            objects.bodies += distractor_bodies(cfg.randomization.distractors)
+        self.model = mujoco.MjModel.from_xml_string(build_mjcf(objects, head or HeadCamera(), offscreen=(w, h)))
         self.model.opt.timestep = 1.0 / cfg.physics_hz
         self.data = mujoco.MjData(self.model)
         self.task.bind(self.model)
@@ -88,10 +91,12 @@ class TwinEnv:
         self.target = np.zeros(self.action_dim)
         self._servo = np.zeros(self.action_dim)  # what the servos are told, speed-limited
         self._max_step = np.full(self.action_dim, np.inf)  # per physics step; grippers unlimited
-        self._max_step[_ARM_DIMS] = spec.JOINT_MAX_SPEED * cfg.speed_percent / 100.0 / cfg.physics_hz
+        self._top_step = spec.JOINT_MAX_SPEED * cfg.speed_percent / 100.0 / cfg.physics_hz  # rad per physics step
+        self._max_step[_ARM_DIMS] = self._top_step
         self._min_step = -self._max_step
         self.steps = 0
         self._physics = 0
+        self.slips = 0
         self.succeeded = False
         self.reached: set[str] = set()
         self.layout: dict = {}
@@ -108,10 +113,14 @@ class TwinEnv:
         self._servo = home.copy()
         self._apply_ctrl(home)
         mujoco.mj_forward(self.model, self.data)
+        self.randomizer.place_distractors(self._keep_clear())
+        self._max_step[_ARM_DIMS] = self._top_step * self.randomizer.speed_scale
+        self._min_step = -self._max_step
         for _ in range(int(0.2 * self.cfg.physics_hz)):  # let objects settle
             mujoco.mj_step(self.model, self.data)
         self.steps = 0
         self._physics = 0
+        self.slips = 0  # grasps that let go under more than grasp_force_limit this episode
         self.succeeded = False
         self.reached: set[str] = set()
         self._pending = np.zeros((0, self.action_dim))  # async: waypoints of the chunk not yet run
@@ -242,6 +251,12 @@ class TwinEnv:
         )
 
     # --- internals ----------------------------------------------------------------------------
+    def _keep_clear(self) -> list[np.ndarray]:
+        """Where no distractor may stand: the task's movable objects and the arm bases (x, y)."""
+        bodies = [b for b in range(1, self.model.nbody) if self.model.body_dofnum[b] > 0
+                  and self.model.body_parentid[b] == 0 or self.model.body(b).name.endswith("_base")]
+        return [self.data.xpos[b, :2].copy() for b in bodies]
+
     def _set_arm_qpos(self, q14: np.ndarray) -> None:
         self.data.qpos[self._arm_q] = q14[_ARM_DIMS]
         self.data.qpos[self._finger_adr] = q14[_FINGER_SRC] * FINGER_TRAVEL
@@ -249,11 +264,23 @@ class TwinEnv:
     def _apply_ctrl(self, q14: np.ndarray) -> None:
         self.data.ctrl[self._ctrl_idx] = q14[self._ctrl_src] * self._ctrl_scale
 
+    def grasp_force(self, arm: str, body: str) -> float:
+        """The force (N) the grasp weld of ``arm`` on ``body`` transmits now (0 when it is off)."""
+        eq = self._welds[(arm, body)]
+        d = self.data
+        rows = np.flatnonzero((d.efc_type == mujoco.mjtConstraint.mjCNSTR_EQUALITY) & (d.efc_id == eq))
+        return float(np.linalg.norm(d.efc_force[rows[:3]])) if len(rows) else 0.0
+
     def _update_grasps(self, command: np.ndarray) -> None:
         if not self._welds:
             return
+        limit = self.cfg.grasp_force_limit
         for a, g in (("left", command[6]), ("right", command[13])):
             held = [b for b in self.task.graspable if self.data.eq_active[self._welds[(a, b)]]]
+            if held and limit is not None and g < GRIP_CLOSE_CMD and self.grasp_force(a, held[0]) > limit:
+                self.data.eq_active[self._welds[(a, held[0])]] = 0  # it slips; re-gripped next step if pinched
+                self.slips += 1
+                continue
             if g >= GRIP_CLOSE_CMD:
                 for b in held:
                     self.data.eq_active[self._welds[(a, b)]] = 0

@@ -127,6 +127,13 @@ class SceneObjects:
     equalities: list[str] = field(default_factory=list)
 
 
+def distractor_bodies(n: int) -> list[str]:
+    """``n`` visual-only bodies (no collisions, no mass to speak of) below the floor, where nothing
+    sees them until domain randomisation places some on the table (``sim.twin.randomize``)."""
+    return [f'<body name="distractor_{i}" pos="0 0 -1"><geom type="box" size="0.02 0.02 0.02" '
+            f'contype="0" conaffinity="0" mass="0.001" rgba="0.5 0.5 0.5 1"/></body>' for i in range(n)]
+
+
 def _fmt(v) -> str:
     return " ".join(f"{x:.6g}" for x in v)
 

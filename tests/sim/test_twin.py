@@ -1,5 +1,6 @@
 """The twin: every task resets and steps, seeds are reproducible, success checks go both ways."""
 
+import dataclasses
 import itertools
 
 import mujoco
@@ -180,6 +181,65 @@ def test_randomization_changes_scene_and_restores():
     np.testing.assert_array_equal(a.images["head"], c.images["head"])  # seeded
     for e in (env, plain, env2):
         e.close()
+
+
+_NO_RANGES = {"light": 0.0, "color": 0.0, "camera_pos": 0.0, "camera_rot_deg": 0.0, "fov_deg": 0.0, "mass": 0.0,
+              "friction": 0.0, "latency_steps": 0, "speed": 0.0, "image_noise": 0.0, "blur": 0.0, "jpeg_quality": 100,
+              "distractors": 0}
+
+
+@pytest.mark.parametrize("field,value", [("fov_deg", 3.0), ("speed", 0.3), ("image_noise", 8.0), ("blur", 1.0),
+                                         ("jpeg_quality", 30), ("distractors", 3)])
+def test_each_randomization_field_changes_what_it_names_and_restores(field, value):
+    """With every other range at zero, the field alone moves what it names (the cameras' field of
+    view, the joints' top speed, the image pipeline, distractors on the table clear of the task's
+    objects); the layout is the plain episode's; an episode of another seed and back gives the same
+    model again (nothing accumulates)."""
+    cfg = EnvConfig(task="stack_bowls_two", image_size=(32, 32),
+                    randomization=RandomizationConfig(enabled=True, **_NO_RANGES))
+    plain, env = TwinEnv(cfg), TwinEnv(dataclasses.replace(cfg, randomization=RandomizationConfig(
+        enabled=True, **{**_NO_RANGES, field: value})))
+    seeds = range(6)
+    images = [(plain.reset(s).images["head"], env.reset(s).images["head"]) for s in seeds]
+    np.testing.assert_array_equal(plain.data.qpos[: plain.model.nq], env.data.qpos[: env.model.nq])
+    differs = [not np.array_equal(a, b) for a, b in images]
+    assert any(differs) == (field != "speed")  # speed changes how the arm moves, not the picture
+    fovy = env.model.cam_fovy.copy()
+    assert np.array_equal(fovy, plain.model.cam_fovy) == (field != "fov_deg")
+    assert (env._max_step[:6] < plain._max_step[:6]).all() == (field == "speed")
+    if field == "speed":
+        assert 0.7 <= env.randomizer.speed_scale < 1.0
+    elif field == "distractors":
+        bodies = env.randomizer._distractors
+        assert len(bodies) == value and plain.randomizer._distractors.size == 0
+        on_table = [b for b in bodies if env.data.xpos[b, 2] > 0]
+        objects = [env.data.xpos[env.model.body(b).id, :2] for b in env.task.graspable]
+        assert all(np.linalg.norm(env.data.xpos[b, :2] - o) >= 0.1 for b in on_table for o in objects)
+        assert not any(env.model.geom_contype[env.model.body_geomadr[b]] for b in bodies)  # visual only
+    env.reset(99)
+    again = env.reset(seeds[-1]).images["head"]
+    np.testing.assert_array_equal(env.model.cam_fovy, fovy)
+    np.testing.assert_array_equal(again, images[-1][1])
+    for e in (plain, env):
+        e.close()
+
+
+def test_grasp_slips_over_its_force_limit():
+    """The expert's stacking grasps hold under the configured 15 N (they transmit at most ~12.5);
+    under a 1 N limit the weld lets go again and again while the bowl is carried, and the bowl
+    slides down in the hand (its highest point > 1 cm lower)."""
+    from pushcut.sim.expert import run_expert
+
+    top = {}
+    for limit in (15.0, 1.0):
+        env = TwinEnv(EnvConfig(task="stack_bowls_two", image_size=(16, 16), grasp_force_limit=limit))
+        heights = []
+        env.on_control_step = lambda env=env, h=heights: h.append(env.task.bowl_positions(env.data)[:, 2].max())
+        ok = run_expert(env, 0, chunk_len=25)
+        top[limit] = (ok, env.slips, max(heights))
+        env.close()
+    assert top[15.0][:2] == (True, 0)
+    assert top[1.0][1] > 5 and top[1.0][2] < top[15.0][2] - 0.01
 
 
 def test_stacking_phases_latch_in_order():

@@ -128,6 +128,11 @@ def test_demos_recorded_on_another_env_are_refused_not_reused(tmp_path):
                      steps=1, batch_size=2, wandb=WandbConfig(mode="disabled"))
     folder = sft.ensure_demos(base, MICRO_ENV)
     assert sft.ensure_demos(base, dc_replace(MICRO_ENV, max_steps=30)) == folder  # the step limit does not count
+    # nor the randomisation's ranges while it is off on both sides
+    ranges_only = RandomizationConfig(light=0.9, distractors=2)
+    assert sft.ensure_demos(base, dc_replace(MICRO_ENV, randomization=ranges_only)) == folder
+    with pytest.raises(ValueError, match=r"grasp_force_limit: None there, 5.0 here"):
+        sft.ensure_demos(base, dc_replace(MICRO_ENV, grasp_force_limit=5.0))
     randomised = dc_replace(MICRO_ENV, randomization=RandomizationConfig(enabled=True))
     with pytest.raises(ValueError, match=r"holds demos recorded on another env \(randomization: .*'enabled': False"):
         sft.ensure_demos(base, randomised)
