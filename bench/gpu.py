@@ -16,7 +16,11 @@ For each preset:
 - weight sync: colocated moves nothing; disaggregated broadcasts the full weights in the workers'
   dtype to one worker process (gloo over the host: NCCL cannot put two ranks on one GPU);
 - one iteration's shares: the recipe's batch (8 groups x 8 samples, ``--horizon`` control steps
-  each) at the largest batch's rollout rate, its chunks at the measured update rate, one sync.
+  each) at the largest batch's rollout rate, its chunks at the measured update rate, one sync;
+- engine (the presets in ``--engine-presets``): the preset exported (random weights, fp32 and fp16
+  models), then chunk latency at batch 1 (p50/p99 of ``--engine-calls``) on each provider set,
+  CUDA and TensorRT+CUDA on a GPU, CPU on a CPU, each variant after its parity gate, against torch
+  in ``policy.dtype`` (bf16 where the preset says so) on the same device and observation.
 
 Writes ``bench/results/gpu.json`` (``--name`` to change).
 """
@@ -27,8 +31,10 @@ import argparse
 import dataclasses
 import gc
 import os
+import tempfile
 import time
 
+import numpy as np
 import torch
 
 from bench.common import write
@@ -220,6 +226,66 @@ def iteration_shares(pcfg: PolicyConfig, rollout: dict, update: dict, sync_s: fl
             "update": update_s / total, "sync": sync_s / total}
 
 
+def _latency_ms(fn, calls: int, device: str) -> dict:
+    fn()  # warm-up: kernels, TensorRT's engine build (cached), allocator
+    times = []
+    for _ in range(calls):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    p50, p99 = np.percentile(times, [50, 99])
+    return {"calls": calls, "p50_ms": float(p50), "p99_ms": float(p99)}
+
+
+def engine_latency(pcfg: PolicyConfig, device: str, calls: int, workdir) -> dict:
+    """Batch-1 chunk latency of the exported preset on each provider set and variant, against torch
+    in ``policy.dtype`` on ``device``; every engine is parity-gated as it loads (its report kept)."""
+    from pathlib import Path
+
+    from pushcut.deploy.engine import Engine
+    from pushcut.policy import checkpoint
+    from pushcut.policy.export import ExportConfig, export
+    from pushcut.policy.inference import TorchPolicy
+    from pushcut.policy.modeling import VLAPolicy
+    from pushcut.policy.preprocess import ByteTokenizer
+    from pushcut.sim.registry import make_env
+
+    workdir, env = Path(workdir), env_for(pcfg)
+    model = VLAPolicy(pcfg)
+    stats, tok = robot_stats(env), ByteTokenizer(max_len=pcfg.max_prompt_len)
+    ckpt = checkpoint.save(workdir / "checkpoint", model, stats, tok)
+    t0 = time.perf_counter()
+    bundle = export(ExportConfig(checkpoint=str(ckpt), env=env, out_dir=str(workdir / "bundle"), int8=False,
+                                 parity_env_samples=2, parity_random_samples=2), progress=False)
+    out = {"export_s": time.perf_counter() - t0}
+    sim = make_env(env)
+    obs = sim.reset(0).as_dict()
+    sim.close()
+    torch_policy = TorchPolicy(model.to(torch_dtype(pcfg.dtype)) if device == "cuda" else model, stats, tok,
+                               device=device)
+    out["torch"] = {"dtype": pcfg.dtype, **_latency_ms(lambda: torch_policy.infer(obs), calls, device)}
+    sets = ([["CUDAExecutionProvider"], ["TensorrtExecutionProvider", "CUDAExecutionProvider"]]
+            if device == "cuda" else [["CPUExecutionProvider"]])
+    out["engine"] = []
+    for providers in sets:
+        for variant in ("fp32", "fp16"):
+            row = {"providers": providers, "variant": variant}
+            try:
+                t0 = time.perf_counter()
+                engine = Engine(bundle, providers=providers, variant=variant, cache_dir=workdir / "tensorrt")
+                row.update(source=engine.source, load_s=time.perf_counter() - t0, parity=engine.parity)
+                if engine.source == providers[0]:
+                    row.update(_latency_ms(lambda e=engine: e.infer(obs), calls, device))
+                    row["vs_torch"] = row["p50_ms"] / out["torch"]["p50_ms"]
+                del engine
+            except Exception as exc:  # noqa: BLE001 - a provider that cannot run here: reported, the others go on
+                row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            out["engine"].append(row)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -230,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--horizon", type=int, default=100, help="control steps per episode of the iteration's estimate")
     p.add_argument("--lora", type=int, default=32, help="also one update with LoRA adapters of this rank (0: not)")
+    p.add_argument("--engine-presets", default="tiny", help="presets exported and timed on the engine ('' : none)")
+    p.add_argument("--engine-calls", type=int, default=200)
     p.add_argument("--name", default="gpu")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -255,6 +323,9 @@ def main(argv: list[str] | None = None) -> None:
         r["iteration"] = iteration_shares(pcfg, best, r["update"], r["weight_sync"]["disaggregated"]["sync_s"],
                                           args.horizon)
         r["iteration"].update(rollout_batch=best["batch"], rollout_pipeline=best["pipeline"])
+        if name in args.engine_presets.split(","):
+            with tempfile.TemporaryDirectory() as tmp:
+                r["engine"] = engine_latency(pcfg, args.device, args.engine_calls, tmp)
         r["bench_s"] = time.perf_counter() - t0
         out["presets"][name] = r
         print(f"bench-gpu {name}: {r}", flush=True)

@@ -5,6 +5,12 @@ providers in order of preference (TensorRT, CUDA, CPU by default on GPU machines
 ones it actually got (onnxruntime silently falls back to CPU when CUDA is missing), pre-processes
 observations exactly as training did (``pushcut.policy.preprocess``), decodes greedily or by
 sampling, un-normalises with the bundle's statistics and returns an action chunk.
+
+Parity gate: before it serves, the engine runs the bundle's parity samples (``parity.npz``: the
+export's inputs and the torch model's fp32 logits) on the provider it got and refuses to start
+where the variant is outside the gate the export wrote (fp32: its ``parity_atol``, every greedy bin
+the same; fp16: ``FP16_GATE``), so a CUDA or TensorRT session is held to what the CPU one was at
+export. TensorRT builds its engines into ``cache_dir`` (a run folder, never the bundle).
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from pushcut.artefacts import PARITY_SAMPLES
 from pushcut.deploy.bundle import BundleError, load_manifest
+from pushcut.devices import onnxruntime
 from pushcut.interface import Policy
 from pushcut.policy.action_tokenizer import ActionTokenizer, Normalizer, decode_chunks
 from pushcut.policy.preprocess import build_inputs, instruction_problem, load_tokenizer, proprio_normalizer
 
 log = logging.getLogger(__name__)
+ort = onnxruntime()
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 OPT_LEVELS = {
@@ -30,6 +38,39 @@ OPT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+
+def provider_options(providers: Sequence[str], variant: str, cache_dir: str | Path, device_id: int) -> list[dict]:
+    """Each provider's options: TensorRT builds fp16 kernels for the fp16 variant and caches its
+    engines (and timing) in ``cache_dir``; CUDA keeps fp32 matmuls in fp32 (no TF32), so the fp32
+    variant meets the export's fp32 gate."""
+    out = []
+    for p in providers:
+        if p == "TensorrtExecutionProvider":
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            out.append({"device_id": device_id, "trt_fp16_enable": variant == "fp16",
+                        "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+                        "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache_dir)})
+        elif p == "CUDAExecutionProvider":
+            out.append({"device_id": device_id, "use_tf32": 0})
+        else:
+            out.append({})
+    return out
+
+
+def gpu_build_hint(providers: Sequence[str]) -> str:
+    """Why a GPU provider is missing, where the installed onnxruntime says."""
+    from importlib import metadata
+
+    if not set(providers) & {"TensorrtExecutionProvider", "CUDAExecutionProvider"}:
+        return ""
+    dists = {d.metadata["Name"].lower() for d in metadata.distributions()} & {"onnxruntime", "onnxruntime-gpu"}
+    if dists == {"onnxruntime", "onnxruntime-gpu"}:
+        return ("; onnxruntime and onnxruntime-gpu are both installed and share one module: "
+                "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'pushcut[gpu]'")
+    if "onnxruntime-gpu" not in dists:
+        return "; this is the CPU build of onnxruntime: pip uninstall -y onnxruntime && pip install 'pushcut[gpu]'"
+    return "; onnxruntime-gpu found no CUDA/TensorRT libraries it can load (see its requirements for this CUDA)"
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -50,6 +91,8 @@ class Engine(Policy):
         inter_op_threads: int = 0,
         temperature: float = 0.0,  # 0: greedy
         seed: int = 0,
+        cache_dir: str | Path | None = None,  # TensorRT's engine cache; None: ~/.cache/pushcut/tensorrt/<model hash>
+        device_id: int = 0,  # the GPU of CUDA and TensorRT
     ):
         self.path = Path(bundle)
         self.manifest = load_manifest(self.path)
@@ -66,12 +109,18 @@ class Engine(Policy):
         available = ort.get_available_providers()
         wanted = [p for p in providers if p in available]
         if not wanted:
-            raise BundleError(f"none of the providers {list(providers)} is available; onnxruntime has {available}")
-        self.session = ort.InferenceSession(str(self.path / models[variant]), sess_options=opts, providers=wanted)
+            raise BundleError(f"none of the providers {list(providers)} is available; onnxruntime has {available}"
+                              f"{gpu_build_hint(providers)}")
+        if cache_dir is None:
+            cache_dir = Path.home() / ".cache" / "pushcut" / "tensorrt" / m["files"][models[variant]][:16]
+        self.session = ort.InferenceSession(str(self.path / models[variant]), sess_options=opts,
+                                            providers=wanted,
+                                            provider_options=provider_options(wanted, variant, cache_dir, device_id))
         self.providers = self.session.get_providers()
         self.source = self.providers[0]
-        if self.providers[0] != wanted[0]:
-            log.warning("asked for %s, onnxruntime runs on %s", wanted[0], self.providers[0])
+        if self.providers[0] != providers[0]:
+            log.warning("asked for %s, onnxruntime runs on %s%s", providers[0], self.providers[0],
+                        gpu_build_hint(providers[:1]))
         if variant == "fp16" and self.providers[0] == "CPUExecutionProvider":
             log.warning("the fp16 model is meant for GPU providers; on CPU it is usually slower than fp32")
         self.variant = variant
@@ -88,6 +137,31 @@ class Engine(Policy):
         self.action_tokenizer = ActionTokenizer(self.n_bins, space["vocab_size"])
         self.temperature = temperature
         self.rng = np.random.default_rng(seed)
+        self.parity = self._check_parity()
+
+    def _check_parity(self) -> dict | None:
+        """The bundle's parity samples through this session, refused outside the variant's gate."""
+        gate = self.manifest["parity"].get("gate", {}).get(self.variant)
+        if PARITY_SAMPLES not in self.manifest["files"]:
+            if self.source != "CPUExecutionProvider":
+                raise BundleError(f"{self.path} carries no parity samples (exported before {PARITY_SAMPLES}): "
+                                  f"it is not run on {self.source} unchecked; re-export it")
+            return None  # its fp32 model was gated on CPU at export
+        with np.load(self.path / PARITY_SAMPLES) as data:
+            reference = data["logits"]
+            out = self.session.run(["logits"], {k: data[k] for k in data.files if k != "logits"})[0]
+        report = {"provider": self.source, "variant": self.variant, "samples": len(reference),
+                  "max_abs_logit_diff": float(np.abs(out.astype(np.float64) - reference).max()),
+                  "greedy_agreement": float((out.argmax(-1) == reference.argmax(-1)).mean()), "gate": gate}
+        if gate and (not report["max_abs_logit_diff"] <= gate["atol"]
+                     or report["greedy_agreement"] < gate["greedy_agreement"]):
+            raise BundleError(
+                f"{self.path}: the {self.variant} model on {self.source} fails the parity gate: max |logit diff| "
+                f"{report['max_abs_logit_diff']:.3g} (allowed {gate['atol']:g}), greedy agreement "
+                f"{report['greedy_agreement']:.2%} (need {gate['greedy_agreement']:.0%}) against the exported torch "
+                "model; it is not served")
+        log.info("parity on %s (%s): %s", self.source, self.variant, report)
+        return report
 
     def _check_model_shapes(self, model_file: str) -> None:
         """The ONNX graph's input and output shapes must be the manifest's: a mismatch is refused

@@ -30,10 +30,12 @@ def load_policy(
     variant: str = "fp32",
     timeout_s: float = 1.0,
     wait_s: float = 0.0,
+    cache_dir: str | Path | None = None,
 ) -> Policy:
     """The policy ``source`` names:
 
-    - an exported bundle (a folder with ``manifest.json``): onnxruntime on ``providers``, ``variant``;
+    - an exported bundle (a folder with ``manifest.json``): onnxruntime on ``providers``, ``variant``
+      (TensorRT's engine cache in ``cache_dir``, the caller's run folder; see ``Engine``);
     - a training checkpoint (a folder with ``meta.json``): torch on ``device``;
     - ``host:port`` of a ``pushcut-serve`` server: a client (``timeout_s`` per reply), retried for
       ``wait_s`` while the server is still starting.
@@ -46,7 +48,7 @@ def load_policy(
     if kind == "bundle":
         from pushcut.deploy.engine import Engine
 
-        return Engine(source, providers=providers, variant=variant)
+        return Engine(source, providers=providers, variant=variant, cache_dir=cache_dir)
     if kind == "checkpoint":
         from pushcut.policy.inference import TorchPolicy
 

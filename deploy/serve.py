@@ -154,7 +154,7 @@ class ServeConfig:
 def _main(cfg: ServeConfig, run_dir: Path) -> None:
     source = cfg.bundle or cfg.checkpoint
     policy = load_policy(source, kind="bundle" if cfg.bundle else "checkpoint", device=cfg.device,
-                         providers=cfg.providers, variant=cfg.variant)
+                         providers=cfg.providers, variant=cfg.variant, cache_dir=run_dir / "tensorrt")
     server = PolicyServer(policy, cfg.host, cfg.port, cfg.token or os.environ.get(TOKEN_ENV), cfg.added_latency_s)
     auth = "token required" if server.token else "no token (loopback only)"
     print(f"serving {source} on {policy.source} at ws://{cfg.host}:{server.port} ({auth})", flush=True)

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pushcut.artefacts import BUNDLE_FORMAT, BUNDLE_MANIFEST, BUNDLE_VERSION, write_signed_manifest
+from pushcut.artefacts import BUNDLE_FORMAT, BUNDLE_MANIFEST, BUNDLE_VERSION, PARITY_SAMPLES, write_signed_manifest
 from pushcut.configs import hydra_entry, ranges, require, to_dict
+from pushcut.devices import onnxruntime
 from pushcut.policy import checkpoint
 from pushcut.policy.config import check_policy_fits_env
 from pushcut.policy.inference import TorchPolicy, interface, trained_env
@@ -53,6 +54,11 @@ class ExportConfig:
         require(self.exporter in ("dynamo", "legacy"), "exporter must be 'dynamo' or 'legacy'")
         require(self.exporter == "legacy" or self.opset >= 18, "the dynamo exporter needs opset >= 18")
         require(self.parity_env_samples + self.parity_random_samples >= 1, "parity needs samples")
+
+
+# fp16 against the fp32 torch model: measured on CPU at export, 0.47 logits at most and 99.6% of greedy
+# bins the same (tiny, stack_bowls_two); a bin-level flip between near-equal logits is allowed
+FP16_GATE = {"atol": 1.0, "greedy_agreement": 0.98}
 
 
 class ParityError(RuntimeError):
@@ -101,22 +107,32 @@ def parity_observations(policy: TorchPolicy, env_cfg: EnvConfig, n_env: int, n_r
     return obs
 
 
-def compare(policy: TorchPolicy, session, observations: list[dict]) -> dict:
+def reference_logits(policy: TorchPolicy, observations: list[dict]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The model inputs of ``observations`` and the torch model's logits on them."""
     inputs = policy.inputs(observations)
     with torch.no_grad():
         ref = policy.model(**inputs).numpy()
-    out = session.run(["logits"], {k: v.numpy() for k, v in inputs.items()})[0]
+    return {k: v.numpy() for k, v in inputs.items()}, ref
+
+
+def compare(session, inputs: dict[str, np.ndarray], ref: np.ndarray) -> dict:
+    """onnxruntime's logits on ``inputs`` against the reference's ``ref``."""
+    out = session.run(["logits"], inputs)[0]
     return {
-        "samples": len(observations),
+        "samples": len(ref),
         "max_abs_logit_diff": float(np.abs(out - ref).max()),
         "greedy_agreement": float((out.argmax(-1) == ref.argmax(-1)).mean()),
     }
 
 
-def _variants(tmp: Path, reference: TorchPolicy, obs: list, cfg: ExportConfig, parity: dict) -> dict[str, str]:
+def _subset(inputs: dict[str, np.ndarray], rows: slice) -> dict[str, np.ndarray]:
+    return {k: v[rows] for k, v in inputs.items()}
+
+
+def _variants(tmp: Path, inputs: dict, ref: np.ndarray, cfg: ExportConfig, parity: dict) -> dict[str, str]:
     """The int8 and fp16 models derived from ``model.onnx`` (as ``cfg`` asks), their parity against
-    ``reference`` recorded in ``parity``; returns their entries for the manifest."""
-    import onnxruntime as ort
+    the reference logits ``ref`` recorded in ``parity``; returns their entries for the manifest."""
+    ort = onnxruntime()
 
     models = {}
     if cfg.int8:
@@ -124,7 +140,7 @@ def _variants(tmp: Path, reference: TorchPolicy, obs: list, cfg: ExportConfig, p
 
         quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8)
         q = ort.InferenceSession(str(tmp / "model.int8.onnx"), providers=["CPUExecutionProvider"])
-        parity["int8"] = compare(reference, q, obs)
+        parity["int8"] = compare(q, inputs, ref)
         models["int8"] = "model.int8.onnx"
     if cfg.fp16:
         import onnx
@@ -137,8 +153,8 @@ def _variants(tmp: Path, reference: TorchPolicy, obs: list, cfg: ExportConfig, p
         onnx.checker.check_model(str(tmp / "model.fp16.onnx"), full_check=True)
         models["fp16"] = "model.fp16.onnx"
         try:  # measured on CPU here; the variant is meant for CUDA/TensorRT
-            parity["fp16"] = compare(reference, ort.InferenceSession(str(tmp / "model.fp16.onnx"),
-                                                                  providers=["CPUExecutionProvider"]), obs)
+            parity["fp16"] = compare(ort.InferenceSession(str(tmp / "model.fp16.onnx"),
+                                                          providers=["CPUExecutionProvider"]), inputs, ref)
         except Exception as exc:  # noqa: BLE001 - an op without a CPU fp16 kernel: report, do not fail the export
             parity["fp16"] = {"error": f"not measurable on CPU: {exc}"}
     return models
@@ -150,7 +166,7 @@ def write_manifest(bundle: Path, manifest: dict) -> Path:
 
 
 def export(cfg: ExportConfig, progress: bool = True) -> Path:
-    import onnxruntime as ort
+    ort = onnxruntime()
 
     t0 = time.perf_counter()
     ckpt = Path(cfg.checkpoint)
@@ -177,10 +193,15 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
     ref_model.compute_dtype = torch.float32
     reference = TorchPolicy(ref_model.eval(), ref_stats, ref_tok)
     session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs, ref = reference_logits(reference, obs)
+    n = cfg.parity_env_samples
     parity = {
-        "env": compare(reference, session, obs[: cfg.parity_env_samples]) if cfg.parity_env_samples else None,
-        "random": compare(reference, session, obs[cfg.parity_env_samples :]) if cfg.parity_random_samples else None,
+        "env": compare(session, _subset(inputs, slice(0, n)), ref[:n]) if n else None,
+        "random": compare(session, _subset(inputs, slice(n, None)), ref[n:]) if cfg.parity_random_samples else None,
         "atol": cfg.parity_atol,
+        # what the engine holds each variant to on the provider it runs on (PARITY_SAMPLES);
+        # int8 is reported, not gated
+        "gate": {"fp32": {"atol": cfg.parity_atol, "greedy_agreement": 1.0}, "fp16": FP16_GATE},
     }
     for name in ("env", "random"):
         p = parity[name]
@@ -190,7 +211,8 @@ def export(cfg: ExportConfig, progress: bool = True) -> Path:
                 f"export parity failed on {name} inputs: max |logit diff| {p['max_abs_logit_diff']:.3g} "
                 f"(allowed {cfg.parity_atol:g}), greedy agreement {p['greedy_agreement']:.2%} (need 100%)"
             )
-    models = {"fp32": "model.onnx", **_variants(tmp, reference, obs, cfg, parity)}
+    models = {"fp32": "model.onnx", **_variants(tmp, inputs, ref, cfg, parity)}
+    np.savez(tmp / PARITY_SAMPLES, **inputs, logits=ref)
     (tmp / "tokenizer.json").write_text(tokenizer.to_json())
     manifest = {
         "models": models,

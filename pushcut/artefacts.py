@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 BUNDLE_FORMAT, BUNDLE_VERSION, BUNDLE_MANIFEST = "pushcut-bundle", 1, "manifest.json"
+PARITY_SAMPLES = "parity.npz"  # a bundle's parity inputs and the torch logits on them (the engine's gate)
 
 
 def sha256(path: Path) -> str:

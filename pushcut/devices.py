@@ -24,10 +24,21 @@ def check_device(device: str, name: str) -> None:
             raise ValueError(f"{name}: {device!r} asked for, but this machine has {count} CUDA device(s)")
 
 
+def onnxruntime():
+    """The onnxruntime module, from whichever build is installed: ``pushcut[cpu]`` brings
+    ``onnxruntime``, ``pushcut[gpu]`` ``onnxruntime-gpu`` (CUDA and TensorRT providers); both provide
+    the one module, so exactly one of them is installed."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ImportError("onnxruntime is not installed: pip install 'pushcut[cpu]', or 'pushcut[gpu]' on a "
+                          "CUDA machine (onnxruntime-gpu)") from exc
+    return ort
+
+
 def check_providers(providers: tuple[str, ...], name: str) -> None:
     """onnxruntime execution provider names (the engine reports which of them it actually got)."""
-    import onnxruntime as ort
-
+    ort = onnxruntime()
     known = ort.get_all_providers()
     bad = [p for p in providers if p not in known]
     if not providers or bad:

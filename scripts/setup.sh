@@ -31,7 +31,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   : >"$log"
   run .venv/bin/pip install -q --upgrade pip
   run .venv/bin/pip install -q torch==2.13.0
-  run .venv/bin/pip install -q -e ".[dev,libero]"
+  run .venv/bin/pip install -q -e ".[dev,libero,cpu]"
   run .venv/bin/python -c "import torch, mujoco, rclpy, onnxruntime, libero.libero; assert torch.__version__.startswith('2.13.0')"
   touch "$stamp"
   echo "setup: done"

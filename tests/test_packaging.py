@@ -67,3 +67,14 @@ def test_the_wheel_installs_imports_every_module_and_runs_an_entry_point(tmp_pat
                        check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "demos" / "click_bell" / "meta.json").exists()
+
+
+def test_onnxruntime_comes_from_one_build_chosen_by_an_extra():
+    """``onnxruntime`` and ``onnxruntime-gpu`` share one module, so neither is a base requirement:
+    ``pushcut[cpu]`` brings the one, ``pushcut[gpu]`` the other, and the CPU setup installs [cpu]."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("onnxruntime")]
+    extras = project["optional-dependencies"]
+    assert [d.split(">")[0] for d in extras["cpu"]] == ["onnxruntime"]
+    assert [d.split(">")[0] for d in extras["gpu"]] == ["onnxruntime-gpu"]
+    assert '".[dev,libero,cpu]"' in (ROOT / "scripts" / "setup.sh").read_text()

@@ -89,10 +89,12 @@ def summarize(results: list[dict], task: str) -> dict:
     return {"success_rate": rate, "episodes": len(results), "per_task": {task: rate}, "results": results}
 
 
-def load_policy(cfg: EvalConfig) -> Policy:
-    """The checkpoint's or bundle's policy, refused before any env step unless it fits ``cfg.env``."""
+def load_policy(cfg: EvalConfig, run_dir: str | Path | None = None) -> Policy:
+    """The checkpoint's or bundle's policy, refused before any env step unless it fits ``cfg.env``
+    (TensorRT's engines cached in ``run_dir``/tensorrt)."""
     policy = deploy_load.load_policy(cfg.checkpoint or cfg.bundle, kind="checkpoint" if cfg.checkpoint else "bundle",
-                                     device=cfg.device, providers=cfg.providers)
+                                     device=cfg.device, providers=cfg.providers,
+                                     cache_dir=Path(run_dir) / "tensorrt" if run_dir else None)
     if cfg.checkpoint:
         check_policy_fits_env(policy.cfg, cfg.env, source=f"checkpoint {cfg.checkpoint}")
     else:
@@ -144,7 +146,7 @@ def evaluate_suite(policy, cfg: EvalConfig, seeds: list[int], progress: bool) ->
 
 
 def evaluate(cfg: EvalConfig, run_dir: str | Path, progress: bool = True) -> dict:
-    policy = load_policy(cfg)
+    policy = load_policy(cfg, run_dir)
     source = policy_source(cfg, policy)
     seeds = list(range(cfg.seed_start, cfg.seed_start + cfg.episodes))
     if cfg.suite:

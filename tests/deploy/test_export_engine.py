@@ -311,3 +311,51 @@ def test_the_parity_gate_compares_with_the_checkpoint_reloaded_from_disk(sft_che
     with pytest.raises(ParityError, match="export parity failed"):
         export(cfg)
     assert not (tmp_path / "b").exists()
+
+
+def test_the_engine_gates_each_variant_on_the_provider_it_runs_on(bundle, tmp_path):
+    """The bundle carries its parity samples (hashed like every file); the engine runs them on the
+    provider it got before it serves: fp32 within the export's atol with every greedy bin equal,
+    fp16 within FP16_GATE, int8 reported only; a variant outside its gate is refused, naming the
+    provider and both figures; a bundle from before parity samples still runs on CPU."""
+    from pushcut.policy.export import FP16_GATE
+
+    m = load_manifest(bundle)
+    assert "parity.npz" in m["files"]
+    fp32 = Engine(bundle).parity
+    assert fp32["provider"] == "CPUExecutionProvider"
+    assert fp32["samples"] == sum(m["parity"][k]["samples"] for k in ("env", "random") if m["parity"][k])
+    assert fp32["max_abs_logit_diff"] < 1e-4 and fp32["greedy_agreement"] == 1.0 and fp32["gate"]["atol"] == 1e-4
+    half = Engine(bundle, variant="fp16").parity
+    assert half["gate"] == FP16_GATE and 0 < half["max_abs_logit_diff"] <= FP16_GATE["atol"]
+    assert Engine(bundle, variant="int8").parity["gate"] is None
+    strict = _copy(bundle, tmp_path)
+    _edit_manifest(strict, lambda m: m["parity"]["gate"]["fp16"].__setitem__("atol", 1e-9), resign=True)
+    with pytest.raises(BundleError, match=r"fp16 model on CPUExecutionProvider fails the parity gate: max \|logit "
+                                          r"diff\| .* \(allowed 1e-09\)"):
+        Engine(strict, variant="fp16")
+    Engine(strict)  # fp32 keeps its own gate
+    from tests.deploy.test_record_versions import FIXTURES
+
+    assert Engine(FIXTURES / "bundle_v1_29e828d").parity is None
+
+
+def test_gpu_provider_options_and_a_cpu_build_asked_for_them(bundle, tmp_path, caplog):
+    """TensorRT caches its engines in the caller's folder (created; never the bundle) and builds
+    fp16 kernels for the fp16 variant only; CUDA runs fp32 without TF32. On this CPU-only build the
+    GPU providers fall back to CPU with the reason, and asking for GPU providers alone is refused
+    with it."""
+    from pushcut.deploy.engine import GPU_PROVIDERS, provider_options
+
+    trt, cuda, cpu = provider_options(GPU_PROVIDERS, "fp16", tmp_path / "run" / "tensorrt", 1)
+    assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"] == str(tmp_path / "run" / "tensorrt")
+    assert (tmp_path / "run" / "tensorrt").is_dir() and trt["trt_fp16_enable"] and trt["device_id"] == 1
+    assert cuda == {"device_id": 1, "use_tf32": 0} and cpu == {}
+    assert provider_options(GPU_PROVIDERS[:1], "fp32", tmp_path, 0)[0]["trt_fp16_enable"] is False
+    with caplog.at_level("WARNING", logger="pushcut.deploy.engine"):
+        e = Engine(bundle, providers=GPU_PROVIDERS, cache_dir=tmp_path / "c")
+    assert e.source == "CPUExecutionProvider"
+    assert "asked for TensorrtExecutionProvider, onnxruntime runs on CPUExecutionProvider" in caplog.text
+    assert "this is the CPU build of onnxruntime" in caplog.text
+    with pytest.raises(BundleError, match=r"none of the providers \['CUDAExecutionProvider'\].*CPU build"):
+        Engine(bundle, providers=["CUDAExecutionProvider"])
