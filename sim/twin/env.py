@@ -24,6 +24,7 @@ checked after every control step and latch; each ``Step.info["phases"]`` lists t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import mujoco
@@ -31,7 +32,7 @@ import numpy as np
 
 from pushcut import spec
 from pushcut.motion import smooth_path, spline
-from pushcut.sim.config import EnvConfig
+from pushcut.sim.config import EnvConfig, RandomizationConfig
 from pushcut.sim.core import Obs, Step, as_chunk
 from pushcut.sim.tasks import TASKS
 from pushcut.sim.twin.kinematics import HOME
@@ -45,6 +46,14 @@ _FINGER_SRC = np.repeat(_GRIPPER_DIMS, 2)  # the action dim of each finger joint
 GRIP_CLOSE_CMD = 0.5  # commanded opening below this closes a grasp
 
 
+def calibrated_pose_noise(cfg: RandomizationConfig, extrinsics_error: dict) -> RandomizationConfig:
+    """The camera-pose jitter no smaller than the hand-eye calibration's residual (``residual_mm``,
+    ``residual_deg`` of ``pushcut-calibrate``'s report): the twin's camera is known no better."""
+    return dataclasses.replace(
+        cfg, camera_pos=max(cfg.camera_pos, extrinsics_error.get("residual_mm", 0.0) / 1000.0),
+        camera_rot_deg=max(cfg.camera_rot_deg, extrinsics_error.get("residual_deg", 0.0)))
+
+
 class TwinEnv:
     """One episode at a time of a twin task (``cfg.task``)."""
 
@@ -56,10 +65,13 @@ class TwinEnv:
         self.task = TASKS[cfg.task]()
         self.instruction = self.task.instruction
         self.max_steps = cfg.max_steps or self.task.max_steps
+        randomization = cfg.randomization
         if head is None and cfg.head_calibration:
             from pushcut.calibration_files import load_intrinsics
 
-            head = HeadCamera.from_calibration(load_intrinsics(cfg.head_calibration))
+            cal = load_intrinsics(cfg.head_calibration)
+            head = HeadCamera.from_calibration(cal)
+            randomization = calibrated_pose_noise(randomization, cal.extrinsics_error)
         h, w = cfg.image_size
         objects = self.task.scene_objects()
         if cfg.randomization.enabled:
@@ -86,7 +98,7 @@ class TwinEnv:
         }
         self._graspable_body = {b: m.body(b).id for b in self.task.graspable}
         self._renderer: mujoco.Renderer | None = None
-        self.randomizer = Randomizer(m, cfg.randomization, cfg.perturbation)
+        self.randomizer = Randomizer(m, randomization, cfg.perturbation)
         self.on_control_step: Callable[[], None] | None = None  # called after every control step
         self.target = np.zeros(self.action_dim)
         self._servo = np.zeros(self.action_dim)  # what the servos are told, speed-limited

@@ -182,6 +182,38 @@ def test_twin_renders_through_the_calibrated_camera(tmp_path):
         TwinEnv(EnvConfig(task="click_bell", head_calibration=str(tmp_path / "bad.json")))
 
 
+def test_the_hand_eye_residual_sets_the_twins_camera_pose_noise(tmp_path):
+    """A randomised twin on a calibrated head camera jitters its pose by no less than the hand-eye
+    residual (4 mm, 0.8 deg here over the configured 1 mm, 0.5 deg); a smaller residual leaves the
+    configured ranges; the randomisation's lens jitter moves a calibrated camera's focal lengths."""
+    from dataclasses import replace
+
+    from pushcut.sim.config import EnvConfig, RandomizationConfig
+    from pushcut.sim.twin.env import TwinEnv
+
+    K = np.array([[300.0, 0, 160.0], [0, 300.0, 120.0], [0, 0, 1]])
+    T = pose(np.diag([1.0, -1, -1]), np.array([0.0, -0.1, 0.9]))
+    path = _calibrated_head(tmp_path / "camera_head.json", K, T, 320, 240)
+    cal = load_intrinsics(path)
+    rough = save_intrinsics(tmp_path / "rough.json", replace(cal, extrinsics_error={"residual_mm": 4.0,
+                                                                                    "residual_deg": 0.8}))
+    fine = save_intrinsics(tmp_path / "fine.json", replace(cal, extrinsics_error={"residual_mm": 0.2,
+                                                                                  "residual_deg": 0.1}))
+    dr = RandomizationConfig(enabled=True, camera_pos=0.001, camera_rot_deg=0.5, fov_deg=2.0)
+    rough_env = TwinEnv(EnvConfig(task="click_bell", image_size=(24, 32), head_calibration=str(rough),
+                                  randomization=dr))
+    fine_env = TwinEnv(EnvConfig(task="click_bell", image_size=(24, 32), head_calibration=str(fine),
+                                 randomization=dr))
+    assert (rough_env.randomizer.cfg.camera_pos, rough_env.randomizer.cfg.camera_rot_deg) == (0.004, 0.8)
+    assert (fine_env.randomizer.cfg.camera_pos, fine_env.randomizer.cfg.camera_rot_deg) == (0.001, 0.5)
+    head = rough_env.model.camera("head").id
+    focal = rough_env.model.cam_intrinsic[head, :2].copy()
+    rough_env.reset(0)
+    assert not np.allclose(rough_env.model.cam_intrinsic[head, :2], focal)
+    for e in (rough_env, fine_env):
+        e.close()
+
+
 def test_camera_node_undistorts_with_a_calibration_file(tmp_path):
     cal = CameraCalibration(camera="head", serial="x", width=80, height=60,
                             K=[[60.0, 0, 39.5], [0, 60.0, 29.5], [0, 0, 1]], dist=[-0.4, 0.15, 0, 0, 0],
