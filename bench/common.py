@@ -52,28 +52,32 @@ def percentiles(values, qs=(50, 99)) -> dict:
 BASE_TASKS = ("stack_bowls_two", "stack_bowls_three")  # a base's tasks: the twin's tasks other than click_bell
 
 
+RANDOMIZED = ["env.randomization.enabled=true"]
+
+
 def sft_checkpoint(demos_per_task: int, steps: int, task: str = "click_bell", bin_smoothing: float = 0.0,
-                   base: Path | None = None, mirror: bool = False) -> Path:
+                   base: Path | None = None, mirror: bool = False, randomized: bool = False) -> Path:
     """The tiny policy SFT'd on ``demos_per_task`` expert demos, cached under bench/cache/: from
     scratch, or fine-tuned from the pretrained ``base`` (``pretrained_base``); with ``mirror``, on
-    the demos and their mirror images (``mirror_demos``)."""
+    the demos and their mirror images (``mirror_demos``); with ``randomized``, on the randomised
+    twin (its demos recorded there, in bench/cache/demos_randomized)."""
     smooth = f"_smooth{bin_smoothing:g}" if bin_smoothing else ""
     from_base = f"_from_{base.parent.name}" if base else ""
-    return _sft(f"sft_{task}_{demos_per_task}demos{'_mirror' if mirror else ''}_{steps}steps{smooth}{from_base}",
-                [f"env={task}", f"demos_per_task={demos_per_task}", f"steps={steps}", f"mirror_demos={mirror}",
-                 f"bin_smoothing={bin_smoothing}", f"init_checkpoint={base or 'null'}"])
+    name = (f"sft_{task}_{demos_per_task}demos{'_mirror' if mirror else ''}_{steps}steps{smooth}{from_base}"
+            + ("_randomized" if randomized else ""))
+    return sft_run(name, [f"env={task}", f"demos_per_task={demos_per_task}", f"steps={steps}", f"mirror_demos={mirror}",
+                          f"bin_smoothing={bin_smoothing}", f"init_checkpoint={base or 'null'}",
+                          *(RANDOMIZED if randomized else [])],
+                   CACHE / ("demos_randomized" if randomized else "demos"))
 
 
 def pretrained_base(demos_per_task: int = 50, steps: int = 3000) -> Path:
     """The tiny policy SFT'd on the twin's other tasks (``BASE_TASKS``), cached under bench/cache/:
     the stand-in for the pretrained VLA (OpenVLA) that OpenVLA-OFT fine-tunes. In stack_bowls, as
     in click_bell, the arm on the object's side reaches for it."""
-    return _sft(f"sft_base_stack_bowls_{demos_per_task}demos_{steps}steps",
-                [f"tasks=[{','.join(BASE_TASKS)}]", f"demos_per_task={demos_per_task}", f"steps={steps}"])
-
-
-def _sft(name: str, overrides: list[str]) -> Path:
-    return sft_run(name, overrides, CACHE / "demos")
+    return sft_run(f"sft_base_stack_bowls_{demos_per_task}demos_{steps}steps",
+                   [f"tasks=[{','.join(BASE_TASKS)}]", f"demos_per_task={demos_per_task}", f"steps={steps}"],
+                   CACHE / "demos")
 
 
 def sft_run(name: str, overrides: list[str], demos_dir: Path) -> Path:

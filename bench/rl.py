@@ -88,6 +88,10 @@ instead of the group baseline, dynamic sampling off (``algorithm``, ``critic_lr`
 setup.eval_every=N (default 6; ``_eval<N>``) evaluates on the validation seeds every N
 iterations: each evaluation runs 50 greedy episodes to the task's limit, a larger share of the
 budget when iterations are short.
+
+setup.randomized (default true; ``_nominal`` when false) SFTs the start on demos recorded on the
+randomised twin and trains on it (``env.randomization``: what a policy for the robot trains on);
+the 200 held-out seeds are measured on the nominal twin, validation on the randomised one.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ import torch
 from bench.common import (
     BASE_TASKS,
     CACHE,
+    RANDOMIZED,
     RESULTS,
     held_out_episodes,
     held_out_seeds,
@@ -283,6 +288,7 @@ class Setup:
     max_samples: int = 8  # the curriculum's largest group (curriculum.max_samples)
     algorithm: Literal["grpo", "ppo"] = "grpo"  # ppo: a value head over chunks, dynamic sampling off
     critic_lr: float = 1e-3  # ppo: the value head's learning rate
+    randomized: bool = False  # the start's SFT and the RL on the randomised twin (held-out seeds stay nominal)
 
     @property
     def result_name(self) -> str:
@@ -306,7 +312,8 @@ class Setup:
                 + (f"_bc{self.bc_coef:g}" if self.bc_coef != d.bc_coef else "")
                 + ("" if self.target_kl == d.target_kl else f"_kl{self.target_kl:g}" if self.target_kl else "_nokl")
                 + (f"_cur{self.layouts}x{self.max_samples}" if self.layouts else "")
-                + (f"_ppo{self.critic_lr:g}" if self.algorithm == "ppo" else ""))
+                + (f"_ppo{self.critic_lr:g}" if self.algorithm == "ppo" else "")
+                + ("" if self.randomized == d.randomized else "_randomized" if self.randomized else "_nominal"))
 
     @property
     def command(self) -> str:
@@ -327,16 +334,20 @@ class Setup:
                 f"target_kl={'null' if self.target_kl is None else self.target_kl}",
                 f"curriculum.layouts={self.layouts}", f"curriculum.max_samples={self.max_samples}",
                 f"algorithm={self.algorithm}", f"critic_lr={self.critic_lr}",
-                *(["dynamic_sampling=false"] if self.algorithm == "ppo" else [])]
+                *(["dynamic_sampling=false"] if self.algorithm == "ppo" else []),
+                *(RANDOMIZED if self.randomized else [])]
 
     def start_checkpoint(self, sft_steps: int, base_sft_steps: int) -> Path:
         """The N-demo click_bell SFT the runs start from: from scratch (1500 steps), or fine-tuned from
         the base (100 steps: enough to learn the bell's prompt and motion, few enough to keep the
         base's image features; ``base_sft_steps``); on soft targets with ``smoothing``; on the demos
-        and their mirror images with ``mirror``."""
+        and their mirror images with ``mirror``; on the randomised twin with ``randomized`` (the
+        pretrained base stays the nominal one)."""
         if self.base:
-            return sft_checkpoint(self.demos, base_sft_steps, self.task, self.smoothing, pretrained_base(), self.mirror)
-        return sft_checkpoint(self.demos, sft_steps, self.task, self.smoothing, mirror=self.mirror)
+            return sft_checkpoint(self.demos, base_sft_steps, self.task, self.smoothing, pretrained_base(), self.mirror,
+                                  self.randomized)
+        return sft_checkpoint(self.demos, sft_steps, self.task, self.smoothing, mirror=self.mirror,
+                              randomized=self.randomized)
 
 
 def _headline(measured: dict) -> dict:

@@ -26,6 +26,11 @@ def test_every_experiment_composes_and_names_its_result_file():
                       "setup.bc_coef=0.2", "setup.target_kl=0.02").setup
     assert anchored.result_name == "rl_stack_bowls_two_200demos_T1_bc0.2_kl0.02"
     assert {"temperature=1.0", "bc_coef=0.2", "target_kl=0.02"} <= set(anchored.overrides)
+    # the twin tasks train randomised by default; the nominal twin is a named departure
+    assert anchored.randomized and "env.randomization.enabled=true" in anchored.overrides
+    nominal = _bench("experiment=rl_stack_bowls_two", "setup.randomized=false").setup
+    assert nominal.result_name == "rl_stack_bowls_two_nominal"
+    assert not [o for o in nominal.overrides if o.startswith("env.randomization")]
     with pytest.raises(ValueError, match="setup.base"):  # the base has seen stacking
         _bench("experiment=rl_stack_bowls_two", "setup.base=true")
 
