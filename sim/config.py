@@ -54,7 +54,7 @@ class PerturbationConfig:
     camera_shift: tuple[float, float, float] = (0.0, 0.0, 0.0)  # m, added to each camera's position
     camera_tilt_deg: float = 0.0  # each camera pitched about its own x axis
     light_scale: float = 1.0  # every light's diffuse intensity times this
-    color_shift: float = 0.0  # added to the rgb of the table and objects (clipped to [0, 1])
+    color_shift: float = 0.0  # the table and objects tinted: red - this, blue + this (clipped to [0, 1])
     image_noise: float = 0.0  # std of Gaussian noise on every rendered pixel (0-255)
     latency_steps: int = 0  # the commanded actions arrive this many control steps late
 

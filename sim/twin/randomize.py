@@ -6,7 +6,7 @@ pose and field of view, object mass and sliding friction, the joints' top speed,
 of 0..``latency_steps`` control steps, the image pipeline (pixel noise, blur, a JPEG round trip) and
 visual-only distractor objects on the table (placed after the layout, clear of the task's
 objects, from a generator of their own so the layout stays the nominal one's). A perturbation then
-shifts and tilts the cameras, scales the lights, shifts the colours, adds pixel noise to every
+shifts and tilts the cameras, scales the lights, tints the colours, adds pixel noise to every
 rendered image and delays the actions by a fixed amount. Every changed model field is restored
 from its nominal copy first, so episodes do not drift.
 """
@@ -22,6 +22,7 @@ from pushcut.sim.config import PerturbationConfig, RandomizationConfig
 DISTRACTOR = "distractor_"  # body name prefix (pushcut.sim.twin.model.distractor_bodies)
 TABLE_XY = (np.array([-0.45, -0.3]), np.array([0.45, 0.15]))  # where distractors may stand (x, y), m: in view
 CLEARANCE = 0.1  # m between a distractor and a task object or another distractor
+TINT = np.array([-1.0, 0.0, 1.0])  # a perturbation's colour shift: red down, blue up (white moves too)
 
 
 def _small_rotation(rng: np.random.Generator, std_rad: float) -> np.ndarray:
@@ -38,17 +39,19 @@ class Randomizer:
         self.perturbation = perturbation or PerturbationConfig()
         self._nominal = {
             name: getattr(model, name).copy()
-            for name in ("light_diffuse", "geom_rgba", "cam_pos", "cam_quat", "cam_fovy", "cam_intrinsic", "body_mass",
+            for name in ("light_diffuse", "geom_rgba", "cam_pos", "cam_quat", "cam_fovy", "cam_intrinsic", "mat_rgba", "body_mass",
                          "geom_friction", "body_pos", "geom_size", "geom_type")
         }
         arm_bodies = {i for i in range(model.nbody) if model.body(i).name.startswith(("left_", "right_"))}
         self._object_bodies = np.array(
             [i for i in range(1, model.nbody) if i not in arm_bodies and model.body_dofnum[i] > 0], dtype=int
         )
-        self._colored_geoms = np.array(  # the distractors draw their own colours when placed
-            [g for g in range(model.ngeom) if model.geom_bodyid[g] not in arm_bodies
-             and not model.body(model.geom_bodyid[g]).name.startswith(DISTRACTOR)], dtype=int
-        )
+        scene = [g for g in range(model.ngeom) if model.geom_bodyid[g] not in arm_bodies  # distractors: own colours
+                 and not model.body(model.geom_bodyid[g]).name.startswith(DISTRACTOR)]
+        # a geom with a material (the textured table) is coloured by the material's rgba: a geom rgba
+        # set away from MuJoCo's default would replace it (the texture then tinted by a grey ~0.5)
+        self._colored_geoms = np.array([g for g in scene if model.geom_matid[g] < 0], dtype=int)
+        self._colored_mats = np.unique([model.geom_matid[g] for g in scene if model.geom_matid[g] >= 0]).astype(int)
         self._object_geoms = np.array(
             [g for g in range(model.ngeom) if model.geom_bodyid[g] in set(self._object_bodies.tolist())],
             dtype=int,
@@ -83,8 +86,9 @@ class Randomizer:
     def _randomize(self, rng: np.random.Generator) -> None:
         m, c = self.model, self.cfg
         m.light_diffuse[:] *= 1 + rng.uniform(-c.light, c.light, size=(m.nlight, 1))
-        rgb = m.geom_rgba[self._colored_geoms, :3]
-        m.geom_rgba[self._colored_geoms, :3] = np.clip(rgb + rng.uniform(-c.color, c.color, rgb.shape), 0, 1)
+        for field, rows in (("geom_rgba", self._colored_geoms), ("mat_rgba", self._colored_mats)):
+            rgba = getattr(m, field)
+            rgba[rows, :3] = np.clip(rgba[rows, :3] + rng.uniform(-c.color, c.color, (len(rows), 3)), 0, 1)
         m.cam_pos[:] += rng.normal(scale=c.camera_pos, size=m.cam_pos.shape)
         for i in range(m.ncam):
             q = np.zeros(4)
@@ -138,8 +142,8 @@ class Randomizer:
                 mujoco.mju_mulQuat(q, m.cam_quat[i].copy(), np.array([np.cos(a), np.sin(a), 0.0, 0.0]))
                 m.cam_quat[i] = q
         m.light_diffuse[:] *= p.light_scale
-        rgb = m.geom_rgba[self._colored_geoms, :3]
-        m.geom_rgba[self._colored_geoms, :3] = np.clip(rgb + p.color_shift, 0, 1)
+        for rgba, rows in ((m.geom_rgba, self._colored_geoms), (m.mat_rgba, self._colored_mats)):
+            rgba[rows, :3] = np.clip(rgba[rows, :3] + p.color_shift * TINT, 0, 1)
         self._latency = max(self._latency, p.latency_steps)
 
     def image(self, img: np.ndarray) -> np.ndarray:

@@ -175,6 +175,14 @@ def test_randomization_changes_scene_and_restores():
     plain = TwinEnv(EnvConfig(task="click_bell", image_size=(32, 32)))
     a, b = env.reset(seed=4), plain.reset(seed=4)
     assert not np.array_equal(a.images["head"], b.images["head"])
+    # colours jitter around what is drawn: the textured table's material (white) within the range,
+    # its geom rgba left at MuJoCo's default, which would otherwise replace the material's
+    table = env.model.geom("table").id
+    np.testing.assert_array_equal(env.model.geom_rgba[table], plain.model.geom_rgba[table])
+    mat = env.model.mat_rgba[env.model.geom_matid[table], :3]
+    assert not np.array_equal(mat, [1.0, 1.0, 1.0]) and (mat >= 1.0 - cfg.randomization.color).all()
+    bright = [o.images["head"].mean() for o in (a, b)]
+    assert abs(bright[0] - bright[1]) < 0.25 * bright[1]  # a jitter of the scene, not another scene
     assert env.randomizer._latency in (0, 1, 2)
     env2 = TwinEnv(cfg)
     c = env2.reset(seed=4)
@@ -284,11 +292,15 @@ def test_each_perturbation_changes_what_it_names_and_keeps_the_layout(field, val
     env = TwinEnv(EnvConfig(task="click_bell", image_size=(32, 32), perturbation=PerturbationConfig(**{field: value})))
     a, b = plain.reset(seed=7), env.reset(seed=7)
     m0, m = plain.model, env.model
-    fields = {"camera_shift": "cam_pos", "camera_tilt_deg": "cam_quat", "light_scale": "light_diffuse",
-              "color_shift": "geom_rgba"}
-    for name in ("cam_pos", "cam_quat", "light_diffuse", "geom_rgba"):
+    fields = {"camera_shift": ["cam_pos"], "camera_tilt_deg": ["cam_quat"], "light_scale": ["light_diffuse"],
+              "color_shift": ["geom_rgba", "mat_rgba"]}
+    for name in ("cam_pos", "cam_quat", "light_diffuse", "geom_rgba", "mat_rgba"):
         same = np.array_equal(getattr(m0, name), getattr(m, name))
-        assert same != (fields.get(field) == name), name
+        assert same != (name in fields.get(field, [])), name
+    if field == "color_shift":  # the textured table's material is tinted; its geom keeps the default rgba
+        table = m.geom("table").id
+        np.testing.assert_allclose(m.mat_rgba[m.geom_matid[table], :3], [1 - value, 1.0, 1.0])
+        np.testing.assert_array_equal(m.geom_rgba[table], m0.geom_rgba[table])
     if field == "camera_shift":
         np.testing.assert_allclose(m.cam_pos - m0.cam_pos, np.broadcast_to(value, m.cam_pos.shape), atol=1e-12)
     if field == "light_scale":
@@ -300,7 +312,7 @@ def test_each_perturbation_changes_what_it_names_and_keeps_the_layout(field, val
     np.testing.assert_array_equal(plain.data.qpos, env.data.qpos)  # the same layout
     np.testing.assert_array_equal(a.proprio, b.proprio)
     assert np.array_equal(a.images["head"], b.images["head"]) == (field == "latency_steps")
-    before = {n: getattr(m, n).copy() for n in ("cam_pos", "cam_quat", "light_diffuse", "geom_rgba")}
+    before = {n: getattr(m, n).copy() for n in ("cam_pos", "cam_quat", "light_diffuse", "geom_rgba", "mat_rgba")}
     env.reset(seed=8)
     for n, v in before.items():
         np.testing.assert_array_equal(getattr(m, n), v, err_msg=n)
