@@ -2,9 +2,6 @@
 
 expert demos -> SFT of the tiny VLA -> a small GRPO run through Ray on the twin -> ONNX export
 (parity-checked) -> a dry run of the ROS 2 stack (twin + policy node + trial node over DDS).
-Demos, SFT and GRPO run on the randomised twin (``RANDOMIZED``: light, colours, camera, lens,
-latency, joint speed, image noise/blur/JPEG, distractors), as a policy meant for the robot trains;
-the bundle is then evaluated, and dry-run, on the nominal twin.
 Every stage is the real entry point's code with the composed Hydra config of ``configs/``;
 sizes are cut down by overrides only. Outputs land in ``runs/demo/<time>/``.
 """
@@ -12,7 +9,6 @@ sizes are cut down by overrides only. Outputs land in ``runs/demo/<time>/``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -20,8 +16,6 @@ from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-RANDOMIZED = ["env.randomization.enabled=true"]  # the training env of a policy meant for the robot
 
 
 def _stage(title: str) -> float:
@@ -50,21 +44,20 @@ def main(argv: list[str] | None = None) -> None:
     t_all = time.perf_counter()
     report: dict = {"out": str(out)}
 
-    t = _stage(f"1/5 expert demos + SFT of the tiny VLA on the randomised twin ({args.demos} demos, "
-               f"{args.sft_steps} steps)")
+    t = _stage(f"1/5 expert demos + SFT of the tiny VLA ({args.demos} demos, {args.sft_steps} steps)")
     sft_cfg = from_hydra(SFTConfig, compose("sft", [f"demos_dir={out}/demos", f"demos_per_task={args.demos}",
-                                                    f"steps={args.sft_steps}", *RANDOMIZED]))
+                                                    f"steps={args.sft_steps}"]))
     ckpt = sft.train(sft_cfg, out / "sft")
     report["sft_s"] = time.perf_counter() - t
 
-    t = _stage(f"2/5 GRPO on the randomised twin through Ray ({args.rl_iterations} iterations)")
+    t = _stage(f"2/5 GRPO on the twin through Ray ({args.rl_iterations} iterations)")
     # the anchored settings that held or raised a from-scratch start in the records (docs/): rollouts
     # at T 1.0 cut at 100 steps, lr 1e-4, the start's demos in every step (bc_coef 0.2), updates
     # stopped at approx_kl 0.02; greedy evaluation on 50 validation seeds at the start, half-way, end
     train_cfg = from_hydra(TrainConfig, compose("train", [
         f"init_checkpoint={ckpt}", f"iterations={args.rl_iterations}", "groups_per_iter=4", "n_samples=8",
         "max_draw_rounds=2", "lr=1e-4", "rollout_max_steps=100", "temperature=1.0", "bc_coef=0.2", "target_kl=0.02",
-        f"eval_every={max(1, args.rl_iterations // 2)}", "eval_episodes=50", *RANDOMIZED]))
+        f"eval_every={max(1, args.rl_iterations // 2)}", "eval_episodes=50"]))
     rl_ckpt = grpo.train(train_cfg, out / "grpo")
     report["grpo_s"] = time.perf_counter() - t
     from pushcut.training.run_log import read_metrics
@@ -81,14 +74,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{parity['env']['greedy_agreement']:.0%}; int8 greedy agreement {parity['int8']['greedy_agreement']:.1%}")
     report["export_s"] = time.perf_counter() - t
 
-    t = _stage(f"4/5 greedy evaluation of the bundle on {args.trials} held-out seeds of the nominal twin "
-               "(onnxruntime, no torch)")
+    t = _stage(f"4/5 greedy evaluation of the bundle on {args.trials} held-out seeds (onnxruntime, no torch)")
     from pushcut.deploy.engine import Engine
 
     seeds = list(range(100_000, 100_000 + args.trials))
-    nominal = dataclasses.replace(train_cfg.env, randomization=dataclasses.replace(train_cfg.env.randomization,
-                                                                                   enabled=False))
-    ev = summarize(run_episodes(Engine(bundle), nominal, seeds, num_envs=1, progress=False), "click_bell")
+    ev = summarize(run_episodes(Engine(bundle), train_cfg.env, seeds, num_envs=1, progress=False), "click_bell")
     print(f"pushcut-eval (engine): {ev['success_rate']:.0%} on seeds {seeds}")
     report["eval"] = {"success_rate": ev["success_rate"], "seeds": seeds}
 
