@@ -117,21 +117,28 @@ def test_joint_and_gripper_zero_through_the_sdk_on_the_emulator(tmp_path):
         arm.wait_for_feedback()
         marks = {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0, 5: 0.0, 6: 0.0}  # physical zero marks
 
+        def settled(t, timeout=5.0):  # the arm has reported frames sent well after t (a loaded machine lags)
+            end = time.time() + timeout
+            while arm.feedback().stamp < t + 0.05 and time.time() < end:
+                time.sleep(0.01)
+
         def operator(msg):  # the operator moves the released joint to its mark
             j = int(msg.split("joint ")[1].split()[0])
+            t = time.time()
             emu.move_by_hand(j, marks[j])
-            time.sleep(0.05)
+            settled(t)
 
         cal = joint_zero(arm, "left", prompt=operator)
-        time.sleep(0.05)
+        settled(time.time())
         np.testing.assert_allclose(arm.feedback().q, 0.0, atol=2e-5)  # at the marks, the arm now reads zero
         # at its mark each joint read minus its miscalibration before zeroing: that is the offset found
         np.testing.assert_allclose(cal.joint_zero_offsets, -miscalibration, atol=2e-5)
         physical = iter([0.004, 0.070])  # fully closed the gripper read 4 mm; fully open 70 mm
 
         def gripper_operator(msg):
+            t = time.time()
             emu.move_by_hand(gripper=next(physical))
-            time.sleep(0.05)
+            settled(t)
 
         cal = gripper_zero(arm, cal, prompt=gripper_operator)
         assert cal.gripper_range_m == pytest.approx([0.0, 0.066], abs=1e-5)
