@@ -51,7 +51,8 @@ class Randomizer:
         # a geom with a material (the textured table) is coloured by the material's rgba: a geom rgba
         # set away from MuJoCo's default would replace it (the texture then tinted by a grey ~0.5)
         self._colored_geoms = np.array([g for g in scene if model.geom_matid[g] < 0], dtype=int)
-        self._colored_mats = np.unique([model.geom_matid[g] for g in scene if model.geom_matid[g] >= 0]).astype(int)
+        self._colored_mats = np.unique([model.geom_matid[g] for g in scene
+                                        if model.geom_matid[g] >= 0]).astype(int)
         self._object_geoms = np.array(
             [g for g in range(model.ngeom) if model.geom_bodyid[g] in set(self._object_bodies.tolist())],
             dtype=int,
