@@ -39,8 +39,8 @@ class Randomizer:
         self.perturbation = perturbation or PerturbationConfig()
         self._nominal = {
             name: getattr(model, name).copy()
-            for name in ("light_diffuse", "geom_rgba", "cam_pos", "cam_quat", "cam_fovy", "cam_intrinsic", "mat_rgba", "body_mass",
-                         "geom_friction", "body_pos", "geom_size", "geom_type")
+            for name in ("light_diffuse", "geom_rgba", "mat_rgba", "cam_pos", "cam_quat", "cam_fovy", "cam_intrinsic",
+                         "body_mass", "geom_friction", "body_pos", "geom_size", "geom_type")
         }
         arm_bodies = {i for i in range(model.nbody) if model.body(i).name.startswith(("left_", "right_"))}
         self._object_bodies = np.array(
