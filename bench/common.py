@@ -56,18 +56,19 @@ RANDOMIZED = ["env.randomization.enabled=true"]
 
 
 def sft_checkpoint(demos_per_task: int, steps: int, task: str = "click_bell", bin_smoothing: float = 0.0,
-                   base: Path | None = None, mirror: bool = False, randomized: bool = False) -> Path:
-    """The tiny policy SFT'd on ``demos_per_task`` expert demos, cached under bench/cache/: from
-    scratch, or fine-tuned from the pretrained ``base`` (``pretrained_base``); with ``mirror``, on
-    the demos and their mirror images (``mirror_demos``); with ``randomized``, on the randomised
-    twin (its demos recorded there, in bench/cache/demos_randomized)."""
+                   base: Path | None = None, mirror: bool = False, randomized: bool = False,
+                   policy: str = "tiny") -> Path:
+    """A policy (the ``policy`` preset) SFT'd on ``demos_per_task`` expert demos, cached under
+    bench/cache/: from scratch, or fine-tuned from the pretrained ``base`` (``pretrained_base``);
+    with ``mirror``, on the demos and their mirror images (``mirror_demos``); with ``randomized``,
+    on the randomised twin (its demos recorded there, in bench/cache/demos_randomized)."""
     smooth = f"_smooth{bin_smoothing:g}" if bin_smoothing else ""
     from_base = f"_from_{base.parent.name}" if base else ""
     name = (f"sft_{task}_{demos_per_task}demos{'_mirror' if mirror else ''}_{steps}steps{smooth}{from_base}"
-            + ("_randomized" if randomized else ""))
-    return sft_run(name, [f"env={task}", f"demos_per_task={demos_per_task}", f"steps={steps}", f"mirror_demos={mirror}",
-                          f"bin_smoothing={bin_smoothing}", f"init_checkpoint={base or 'null'}",
-                          *(RANDOMIZED if randomized else [])],
+            + ("_randomized" if randomized else "") + ("" if policy == "tiny" else f"_{policy}"))
+    return sft_run(name, [f"env={task}", f"policy={policy}", f"demos_per_task={demos_per_task}", f"steps={steps}",
+                          f"mirror_demos={mirror}", f"bin_smoothing={bin_smoothing}",
+                          f"init_checkpoint={base or 'null'}", *(RANDOMIZED if randomized else [])],
                    CACHE / ("demos_randomized" if randomized else "demos"))
 
 

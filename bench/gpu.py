@@ -37,7 +37,7 @@ import time
 import numpy as np
 import torch
 
-from bench.common import write
+from bench.common import percentiles, write
 from pushcut.configs import compose, from_hydra
 from pushcut.devices import torch_dtype
 from pushcut.policy.config import PolicyConfig
@@ -107,7 +107,6 @@ def rollout_rate(pcfg: PolicyConfig, device: str, batch: int, steps: int, pipeli
 def _fake_batch(policy, env: EnvConfig, n: int, seed: int = 0) -> dict:
     """``n`` chunks of random observations (export's parity inputs) with random bins, log-probs at
     the uniform distribution and advantages of +-1."""
-    import numpy as np
 
     from pushcut.policy.export import parity_observations
 
@@ -235,8 +234,8 @@ def _latency_ms(fn, calls: int, device: str) -> dict:
         fn()
         _sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
-    p50, p99 = np.percentile(times, [50, 99])
-    return {"calls": calls, "p50_ms": float(p50), "p99_ms": float(p99)}
+    p = percentiles(times)
+    return {"calls": calls, "p50_ms": p["p50"], "p99_ms": p["p99"]}
 
 
 def engine_latency(pcfg: PolicyConfig, device: str, calls: int, workdir) -> dict:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.common import CACHE, RANDOMIZED, sft_checkpoint, sft_run, write
+from bench.common import CACHE, sft_checkpoint, write
 
 VARIANTS = ("nominal", "randomized")
 
@@ -27,13 +27,7 @@ VARIANTS = ("nominal", "randomized")
 def train(task: str, variant: str, demos: int, steps: int, policy: str) -> Path:
     """The SFT checkpoint of ``variant`` on ``task``, cached under bench/cache/ (bench-rl's starts:
     the same names, shared)."""
-    randomized = variant == "randomized"
-    if policy == "tiny":
-        return sft_checkpoint(demos, steps, task, randomized=randomized)
-    name = f"sft_{task}_{demos}demos_{steps}steps" + ("_randomized" if randomized else "") + f"_{policy}"
-    return sft_run(name, [f"env={task}", f"policy={policy}", f"demos_per_task={demos}", f"steps={steps}",
-                          *(RANDOMIZED if randomized else [])],
-                   CACHE / ("demos_randomized" if randomized else "demos"))
+    return sft_checkpoint(demos, steps, task, randomized=variant == "randomized", policy=policy)
 
 
 def measure(ckpt: Path, task: str, episodes: int, out: Path) -> dict:

@@ -265,8 +265,9 @@ class TwinEnv:
     # --- internals ----------------------------------------------------------------------------
     def _keep_clear(self) -> list[np.ndarray]:
         """Where no distractor may stand: the task's movable objects and the arm bases (x, y)."""
-        bodies = [b for b in range(1, self.model.nbody) if self.model.body_dofnum[b] > 0
-                  and self.model.body_parentid[b] == 0 or self.model.body(b).name.endswith("_base")]
+        m = self.model
+        bodies = [b for b in range(1, m.nbody)
+                  if (m.body_dofnum[b] > 0 and m.body_parentid[b] == 0) or m.body(b).name.endswith("_base")]
         return [self.data.xpos[b, :2].copy() for b in bodies]
 
     def _set_arm_qpos(self, q14: np.ndarray) -> None:

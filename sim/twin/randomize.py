@@ -60,11 +60,16 @@ class Randomizer:
         self._distractors = np.array(
             [i for i in range(model.nbody) if model.body(i).name.startswith(DISTRACTOR)], dtype=int
         )
-        self._latency = 0
         self._history: np.ndarray | None = None
+        self._image_rng: np.random.Generator | None = None
+        self._seed = 0
+        self._nothing_drawn()
+
+    def _nothing_drawn(self) -> None:
+        """An episode's draws before any: no latency, the full joint speed, a plain image."""
+        self._latency = 0
         self.speed_scale = 1.0  # the episode's share of the env's joint top speed
         self._image = {"noise": 0.0, "blur": 0.0, "jpeg": 100}
-        self._image_rng: np.random.Generator | None = None
 
     def reset(self, rng: np.random.Generator, seed: int = 0) -> None:
         """Nominal model, then this episode's randomisation (from ``rng``, which the task's layout
@@ -74,9 +79,7 @@ class Randomizer:
         for name, value in self._nominal.items():
             getattr(m, name)[:] = value
         self._history = None
-        self._latency = 0
-        self.speed_scale = 1.0
-        self._image = {"noise": 0.0, "blur": 0.0, "jpeg": 100}
+        self._nothing_drawn()
         self._seed = seed
         if c.enabled:
             self._randomize(rng)
