@@ -9,6 +9,7 @@ sizes are cut down by overrides only. Outputs land in ``runs/demo/<time>/``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sft-steps", type=int, default=300)
     ap.add_argument("--rl-iterations", type=int, default=40)
     ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--randomized", action=argparse.BooleanOptionalAction, default=False,
+                    help="record the demos and train on the randomised twin (env.randomization); the held-out "
+                         "evaluation and the dry run stay on the nominal twin")
     args = ap.parse_args(argv)
 
     from pushcut.configs import compose, from_hydra
@@ -45,8 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     report: dict = {"out": str(out)}
 
     t = _stage(f"1/5 expert demos + SFT of the tiny VLA ({args.demos} demos, {args.sft_steps} steps)")
+    randomized = [f"env.randomization.enabled={args.randomized}"]
     sft_cfg = from_hydra(SFTConfig, compose("sft", [f"demos_dir={out}/demos", f"demos_per_task={args.demos}",
-                                                    f"steps={args.sft_steps}"]))
+                                                    f"steps={args.sft_steps}", *randomized]))
     ckpt = sft.train(sft_cfg, out / "sft")
     report["sft_s"] = time.perf_counter() - t
 
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     train_cfg = from_hydra(TrainConfig, compose("train", [
         f"init_checkpoint={ckpt}", f"iterations={args.rl_iterations}", "groups_per_iter=4", "n_samples=8",
         "max_draw_rounds=2", "lr=1e-4", "rollout_max_steps=100", "temperature=1.0", "bc_coef=0.2", "target_kl=0.02",
-        f"eval_every={max(1, args.rl_iterations // 2)}", "eval_episodes=50"]))
+        f"eval_every={max(1, args.rl_iterations // 2)}", "eval_episodes=50", *randomized]))
     rl_ckpt = grpo.train(train_cfg, out / "grpo")
     report["grpo_s"] = time.perf_counter() - t
     from pushcut.training.run_log import read_metrics
@@ -78,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     from pushcut.deploy.engine import Engine
 
     seeds = list(range(100_000, 100_000 + args.trials))
-    ev = summarize(run_episodes(Engine(bundle), train_cfg.env, seeds, num_envs=1, progress=False), "click_bell")
+    nominal_env = dataclasses.replace(train_cfg.env, randomization=dataclasses.replace(
+        train_cfg.env.randomization, enabled=False))
+    ev = summarize(run_episodes(Engine(bundle), nominal_env, seeds, num_envs=1, progress=False), "click_bell")
     print(f"pushcut-eval (engine): {ev['success_rate']:.0%} on seeds {seeds}")
     report["eval"] = {"success_rate": ev["success_rate"], "seeds": seeds}
 
