@@ -89,14 +89,19 @@ def sft_run(name: str, overrides: list[str], demos_dir: Path) -> Path:
     from pushcut.training import sft
     from pushcut.training.config import SFTConfig
 
-    run = CACHE / name
+    run, cfg = CACHE / name, from_hydra(SFTConfig, compose("sft", [f"demos_dir={demos_dir}", *overrides]))
     checkpoint.recover(run / "checkpoint")
     if (run / "checkpoint" / "meta.json").exists():
+        trained = json.loads((run / "checkpoint" / "config.json").read_text())["run"]["env"]
+        if diff := sft.env_differences(trained, cfg.env):
+            detail = "; ".join(f"{k}: {a} there, {b} here" for k, (a, b) in diff.items())
+            raise ValueError(f"bench: the cached SFT start {run} was trained on another env ({detail}): "
+                             f"remove it (and its demos in {demos_dir}) to train it again")
         note = checkpoint.unfinished(checkpoint.read_meta(run / "checkpoint", verify=False))
         if note is None:
             return run / "checkpoint"
         print(f"bench: the cached SFT start {run} was {note}: resuming it", file=sys.stderr)
-    return sft.train(from_hydra(SFTConfig, compose("sft", [f"demos_dir={demos_dir}", *overrides])), run)
+    return sft.train(cfg, run)
 
 
 def cached_bundle(ckpt: Path, name: str, env) -> Path:

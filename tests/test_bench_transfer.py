@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import bench.common
 from bench import transfer
 
@@ -26,3 +28,10 @@ def test_bench_transfer_trains_both_variants_and_measures_each_setting(tmp_path,
     nominal = json.loads((tmp_path / "cache" / "demos" / "click_bell" / "meta.json").read_text())
     assert nominal["env"]["randomization"]["enabled"] is False
     assert set(task["worst_kept_of_nominal"]) == {"nominal", "randomized"}
+    # a cached start trained on other randomisation ranges is refused, not reused
+    name = "sft_click_bell_1demos_2steps_randomized"
+    assert (tmp_path / "cache" / name / "checkpoint" / "meta.json").exists()
+    overrides = ["env=click_bell", "policy=tiny", "demos_per_task=1", "steps=2", *bench.common.RANDOMIZED]
+    assert bench.common.sft_run(name, overrides, tmp_path / "cache" / "demos_randomized").name == "checkpoint"
+    with pytest.raises(ValueError, match=r"trained on another env \(randomization:"):
+        bench.common.sft_run(name, [*overrides, "env.randomization.color=0.3"], tmp_path / "cache" / "demos_randomized")
