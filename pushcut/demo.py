@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or f"runs/demo/{time.strftime('%Y-%m-%d_%H-%M-%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
-    report: dict = {"out": str(out)}
+    report: dict = {"out": str(out), "randomized": args.randomized}  # the twin of demos, SFT and GRPO
 
     t = _stage(f"1/5 expert demos + SFT of the tiny VLA ({args.demos} demos, {args.sft_steps} steps)")
     randomized = [f"env.randomization.enabled={args.randomized}"]
