@@ -49,7 +49,8 @@ def test_an_interrupted_cached_sft_is_resumed_not_returned(tmp_path, monkeypatch
     real_train = sft.train
     monkeypatch.setattr(sft, "train", lambda c, run, **kw: (calls.append(run), real_train(cfg, run, progress=False))[1])
     capsys.readouterr()
-    ckpt = bench.common.sft_run(name, [], tmp_path / "demos")
+    env = ["env.image_size=[32,32]", "env.num_wait_steps=10"]  # the micro env it was trained on
+    ckpt = bench.common.sft_run(name, env, tmp_path / "demos")
     out = capsys.readouterr()
     assert calls == [tmp_path / name]
     assert f"the cached SFT start {tmp_path / name} was taken mid-run (step 4 of 12): resuming it" in out.err
@@ -57,7 +58,7 @@ def test_an_interrupted_cached_sft_is_resumed_not_returned(tmp_path, monkeypatch
     meta = checkpoint.read_meta(ckpt)
     assert meta["complete"] and meta["step"] == 12
     calls.clear()
-    assert bench.common.sft_run(name, [], tmp_path / "demos") == ckpt and calls == []  # finished: returned as it is
+    assert bench.common.sft_run(name, env, tmp_path / "demos") == ckpt and calls == []  # finished: returned as it is
 
 
 def test_eval_and_export_name_a_checkpoint_taken_mid_run(tmp_path, monkeypatch, capsys):
