@@ -57,19 +57,32 @@ RANDOMIZED = ["env.randomization.enabled=true"]
 
 def sft_checkpoint(demos_per_task: int, steps: int, task: str = "click_bell", bin_smoothing: float = 0.0,
                    base: Path | None = None, mirror: bool = False, randomized: bool = False,
-                   policy: str = "tiny") -> Path:
+                   policy: str = "tiny", cameras: tuple[str, ...] | None = None) -> Path:
     """A policy (the ``policy`` preset) SFT'd on ``demos_per_task`` expert demos, cached under
     bench/cache/: from scratch, or fine-tuned from the pretrained ``base`` (``pretrained_base``);
     with ``mirror``, on the demos and their mirror images (``mirror_demos``); with ``randomized``,
-    on the randomised twin (its demos recorded there, in bench/cache/demos_randomized)."""
+    on the randomised twin (its demos recorded there, in bench/cache/demos_randomized); with ``cameras``,
+    reading those cameras instead of the preset's (its demos recorded with them, e.g. in
+    bench/cache/demos_head+left_wrist+right_wrist)."""
     smooth = f"_smooth{bin_smoothing:g}" if bin_smoothing else ""
     from_base = f"_from_{base.parent.name}" if base else ""
+    views = f"_{'+'.join(cameras)}" if cameras else ""
     name = (f"sft_{task}_{demos_per_task}demos{'_mirror' if mirror else ''}_{steps}steps{smooth}{from_base}"
-            + ("_randomized" if randomized else "") + ("" if policy == "tiny" else f"_{policy}"))
+            + ("_randomized" if randomized else "") + ("" if policy == "tiny" else f"_{policy}") + views)
     return sft_run(name, [f"env={task}", f"policy={policy}", f"demos_per_task={demos_per_task}", f"steps={steps}",
                           f"mirror_demos={mirror}", f"bin_smoothing={bin_smoothing}",
-                          f"init_checkpoint={base or 'null'}", *(RANDOMIZED if randomized else [])],
-                   CACHE / ("demos_randomized" if randomized else "demos"))
+                          f"init_checkpoint={base or 'null'}", *(RANDOMIZED if randomized else []),
+                          *camera_overrides(cameras, policy=True)],
+                   CACHE / (("demos_randomized" if randomized else "demos") + views))
+
+
+def camera_overrides(cameras: tuple[str, ...] | None, policy: bool = False) -> list[str]:
+    """The overrides that render ``cameras`` (``env.cameras``) and, with ``policy``, make the policy
+    read them (``policy.cameras``); none where ``cameras`` is None (the configs' own)."""
+    if not cameras:
+        return []
+    views = f"[{','.join(cameras)}]"
+    return [f"env.cameras={views}", *([f"policy.cameras={views}"] if policy else [])]
 
 
 def pretrained_base(demos_per_task: int = 50, steps: int = 3000) -> Path:
@@ -127,13 +140,15 @@ def held_out_seeds(episodes: int) -> list[int]:
     return list(range(100_000, 100_000 + episodes))
 
 
-def held_out_episodes(policy, task: str, episodes: int, num_envs: int = 2) -> list[dict]:
-    """One record per held-out seed (``held_out_seeds``) of ``policy.infer_batch`` rolled out on ``task``."""
+def held_out_episodes(policy, task: str, episodes: int, num_envs: int = 2,
+                      cameras: tuple[str, ...] | None = None) -> list[dict]:
+    """One record per held-out seed (``held_out_seeds``) of ``policy.infer_batch`` rolled out on
+    ``task`` (the nominal twin, rendering ``cameras`` where given, else the task config's)."""
     from pushcut.configs import compose, from_hydra
     from pushcut.sim.config import EnvConfig
     from pushcut.training.eval import run_episodes
 
-    env = from_hydra(EnvConfig, compose("sft", [f"env={task}"]).env)
+    env = from_hydra(EnvConfig, compose("sft", [f"env={task}", *camera_overrides(cameras)]).env)
     return run_episodes(policy, env, held_out_seeds(episodes), num_envs, progress=False)
 
 

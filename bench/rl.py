@@ -92,6 +92,10 @@ budget when iterations are short.
 setup.randomized (default true; ``_nominal`` when false) SFTs the start on demos recorded on the
 randomised twin and trains on it (``env.randomization``: what a policy for the robot trains on);
 the 200 held-out seeds are measured on the nominal twin, validation on the randomised one.
+setup.cameras=[head,left_wrist,right_wrist] (default null: the preset's head camera; ``_<cameras>``)
+SFTs the start reading those cameras (its demos recorded with them) and renders them in training
+and on the held-out seeds: the wrist cameras see the gripper and the object from the arm, where
+the 64x64 head view shows a bowl a few pixels wide.
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ from bench.common import (
     CACHE,
     RANDOMIZED,
     RESULTS,
+    camera_overrides,
     held_out_episodes,
     held_out_seeds,
     pretrained_base,
@@ -238,7 +243,7 @@ def _measure(policy: TorchPolicy, cfg, initial: tuple[list[dict], list[str]]) ->
                 "expected_T1": _Deterministic(policy, "mean"), "median_T1": _Deterministic(policy, "median")}
     for key in DIAGNOSIS_DECODERS.get(task, SHORT_DIAGNOSIS):
         name = f"sampled_T{cfg.temperature:g}" if key == "sampled" else key
-        results = held_out_episodes(decoders[key], task, len(obs))
+        results = held_out_episodes(decoders[key], task, len(obs), cameras=cfg.env.cameras)
         sides = {arm: [r for r, a in zip(results, arms) if a == arm] for arm in ("left", "right")}
         by_arm = {arm: sum(r["success"] for r in rs) / max(1, len(rs)) for arm, rs in sides.items()}
         out[name] = success_summary(results) | {"by_arm": by_arm}
@@ -289,6 +294,7 @@ class Setup:
     algorithm: Literal["grpo", "ppo"] = "grpo"  # ppo: a value head over chunks, dynamic sampling off
     critic_lr: float = 1e-3  # ppo: the value head's learning rate
     randomized: bool = False  # the start's SFT and the RL on the randomised twin (held-out seeds stay nominal)
+    cameras: tuple[str, ...] | None = None  # what the start reads (policy.cameras, env.cameras); None: the preset's
 
     @property
     def result_name(self) -> str:
@@ -313,13 +319,17 @@ class Setup:
                 + ("" if self.target_kl == d.target_kl else f"_kl{self.target_kl:g}" if self.target_kl else "_nokl")
                 + (f"_cur{self.layouts}x{self.max_samples}" if self.layouts else "")
                 + (f"_ppo{self.critic_lr:g}" if self.algorithm == "ppo" else "")
-                + ("" if self.randomized == d.randomized else "_randomized" if self.randomized else "_nominal"))
+                + ("" if self.randomized == d.randomized else "_randomized" if self.randomized else "_nominal")
+                + ("" if self.cameras == d.cameras else "_" + "+".join(self.cameras or ("presetcameras",))))
 
     @property
     def command(self) -> str:
         """The ``make bench-rl`` that runs this setup."""
-        fields = ", ".join(f"{k}: {'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
-                           for k, v in vars(self).items())
+        def value(v):
+            return ("null" if v is None else str(v).lower() if isinstance(v, bool)
+                    else f"[{', '.join(v)}]" if isinstance(v, tuple) else v)
+
+        fields = ", ".join(f"{k}: {value(v)}" for k, v in vars(self).items())
         return f"make bench-rl ARGS='setup={{{fields}}}'"
 
     @property
@@ -335,7 +345,7 @@ class Setup:
                 f"curriculum.layouts={self.layouts}", f"curriculum.max_samples={self.max_samples}",
                 f"algorithm={self.algorithm}", f"critic_lr={self.critic_lr}",
                 *(["dynamic_sampling=false"] if self.algorithm == "ppo" else []),
-                *(RANDOMIZED if self.randomized else [])]
+                *(RANDOMIZED if self.randomized else []), *camera_overrides(self.cameras)]
 
     def start_checkpoint(self, sft_steps: int, base_sft_steps: int) -> Path:
         """The N-demo click_bell SFT the runs start from: from scratch (1500 steps), or fine-tuned from
@@ -345,9 +355,9 @@ class Setup:
         pretrained base stays the nominal one)."""
         if self.base:
             return sft_checkpoint(self.demos, base_sft_steps, self.task, self.smoothing, pretrained_base(), self.mirror,
-                                  self.randomized)
+                                  self.randomized, cameras=self.cameras)
         return sft_checkpoint(self.demos, sft_steps, self.task, self.smoothing, mirror=self.mirror,
-                              randomized=self.randomized)
+                              randomized=self.randomized, cameras=self.cameras)
 
 
 def _headline(measured: dict) -> dict:
@@ -408,7 +418,8 @@ def remeasure(episodes: int, setup: Setup) -> None:
     if not path.exists():
         raise SystemExit(f"nothing to measure again: {path} does not exist; run {setup.command} first")
     out = json.loads(path.read_text())
-    from_start = [f"env={out.get('task', 'click_bell')}", "init_checkpoint=" + out["start"]["checkpoint"]]
+    from_start = [f"env={out.get('task', 'click_bell')}", "init_checkpoint=" + out["start"]["checkpoint"],
+                  *camera_overrides(setup.cameras)]
     recipe = from_hydra(TrainConfig, compose("train", from_start))
     initial = _initial_states(recipe, episodes)
     start = out["start"]["diagnosis"]
@@ -434,7 +445,8 @@ def main(bench: BenchRLConfig) -> None:
     ablation_budget = bench.ablation_budget_s or budget
     ckpt = setup.start_checkpoint(bench.sft_steps, bench.base_sft_steps)
     recipe = from_hydra(TrainConfig, compose("train", [f"env={setup.task}", f"init_checkpoint={ckpt}",
-                                                       f"temperature={setup.temperature}"]))
+                                                       f"temperature={setup.temperature}",
+                                                       *camera_overrides(setup.cameras)]))
     initial = _initial_states(recipe, episodes)
     start = _measure(TorchPolicy.from_checkpoint(ckpt), recipe, initial)
     before = start["greedy"]

@@ -35,3 +35,21 @@ def test_bench_transfer_trains_both_variants_and_measures_each_setting(tmp_path,
     assert bench.common.sft_run(name, overrides, tmp_path / "cache" / "demos_randomized").name == "checkpoint"
     with pytest.raises(ValueError, match=r"trained on another env \(randomization:"):
         bench.common.sft_run(name, [*overrides, "env.randomization.color=0.3"], tmp_path / "cache" / "demos_randomized")
+
+
+def test_a_start_on_the_wrist_cameras_records_trains_and_is_measured_with_them(tmp_path, monkeypatch):
+    from pushcut.policy.inference import TorchPolicy
+
+    monkeypatch.setattr(bench.common, "CACHE", tmp_path / "cache")
+    views = ("head", "left_wrist", "right_wrist")
+    ckpt = bench.common.sft_checkpoint(1, 2, cameras=views)
+    assert ckpt.parent.name == "sft_click_bell_1demos_2steps_head+left_wrist+right_wrist"
+    assert tuple(json.loads((ckpt / "config.json").read_text())["policy"]["cameras"]) == views
+    demos = tmp_path / "cache" / "demos_head+left_wrist+right_wrist" / "click_bell"
+    meta = json.loads((demos / "meta.json").read_text())
+    assert tuple(meta["env"]["cameras"]) == views
+    policy = TorchPolicy.from_checkpoint(ckpt)
+    (episode,) = bench.common.held_out_episodes(policy, "click_bell", 1, num_envs=1, cameras=views)
+    assert episode["seed"] == 100_000
+    with pytest.raises(KeyError, match="left_wrist"):  # the task config renders the head camera only
+        bench.common.held_out_episodes(policy, "click_bell", 1, num_envs=1)

@@ -33,6 +33,13 @@ def test_every_experiment_composes_and_names_its_result_file():
     assert not [o for o in nominal.overrides if o.startswith("env.randomization")]
     with pytest.raises(ValueError, match="setup.base"):  # the base has seen stacking
         _bench("experiment=rl_stack_bowls_two", "setup.base=true")
+    # the wrist cameras: the start reads them, training and the held-out seeds render them
+    wrist = _bench("experiment=rl_stack_bowls_two", "setup.cameras=[head,left_wrist,right_wrist]").setup
+    assert wrist.cameras == ("head", "left_wrist", "right_wrist")
+    assert wrist.result_name == "rl_stack_bowls_two_head+left_wrist+right_wrist"
+    assert "env.cameras=[head,left_wrist,right_wrist]" in wrist.overrides
+    assert "cameras: [head, left_wrist, right_wrist]" in wrist.command
+    assert not [o for o in anchored.overrides if o.startswith("env.cameras")]
 
 
 @pytest.mark.parametrize("override,match", [("variants=[greedy]", "variants"), ("setup.lr=fast", "setup.lr"),
