@@ -14,7 +14,8 @@ Three runs: the recipe (dynamic sampling, T=1.6; by default with the late phase 
 wall-time budget of 45 min (budget_s), then dynamic sampling off and rollout temperature 1.0, each with
 ablation_budget_s (default: the same budget); the curves carry wall time, so
 the recipe can be read at the ablations' budget when that is shorter. variants
-(a list) runs some of them and keeps the others' results from the same start. Each
+(a list) runs some of them and keeps the others' results from the same start; ``variants=[]``
+measures the start alone and writes rl_<departures>_start.json. Each
 starts from the same SFT checkpoint; greedy success is measured on the same held-out seeds
 (200 by default) before and after, and on 50 validation seeds (90000 on, apart from the held-out
 ones) every few iterations for the curve. Each run reports two policies on the held-out seeds: its
@@ -406,8 +407,8 @@ class BenchRLConfig:
             raise ValueError(f"setup.base: the pretrained base is SFT'd on {list(BASE_TASKS)}; "
                              f"RL on {self.setup.task} starts from scratch (setup.base=false)")
         unknown = sorted(set(self.variants) - set(VARIANTS))
-        if unknown or not self.variants:
-            raise ValueError(f"variants {list(self.variants)}: choose among {list(VARIANTS)}")
+        if unknown:
+            raise ValueError(f"variants {list(self.variants)}: choose among {list(VARIANTS)} or none (the start)")
 
 
 def remeasure(episodes: int, setup: Setup) -> None:
@@ -455,6 +456,9 @@ def main(bench: BenchRLConfig) -> None:
     out = {"task": setup.task, "setting": result, "command": setup.command, "commit": git_commit(),
            "held_out_seeds": episodes,
            "start": {"checkpoint": str(ckpt), **before, **_headline(start), "diagnosis": start}}
+    if not only:  # the start alone: what a setup gives RL to work from, before any run
+        write(result + "_start", out)
+        return
     previous = RESULTS / f"{result}.json"
     if set(only) != set(VARIANTS) and previous.exists():  # keep the other variants of the same start
         old = json.loads(previous.read_text())

@@ -40,6 +40,7 @@ def test_every_experiment_composes_and_names_its_result_file():
     assert "env.cameras=[head,left_wrist,right_wrist]" in wrist.overrides
     assert "cameras: [head, left_wrist, right_wrist]" in wrist.command
     assert not [o for o in anchored.overrides if o.startswith("env.cameras")]
+    assert _bench("variants=[]").variants == ()  # the start alone
 
 
 @pytest.mark.parametrize("override,match", [("variants=[greedy]", "variants"), ("setup.lr=fast", "setup.lr"),
