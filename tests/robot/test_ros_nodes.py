@@ -386,6 +386,10 @@ from pushcut.ros.spin import spin_main
 class Probe(Node):
     def __init__(self):
         super().__init__("shutdown_probe")
+        if sys.argv[1] == "starting":
+            self.context.shutdown()  # Ctrl-C while the node is still being built
+        elif sys.argv[1] == "start_fails":
+            raise RCLError("a publisher could not be created while the context is fine")
         self.pub = self.create_publisher(String, "probe", 1)
         self.create_timer(0.01, self._tick)
 
@@ -401,11 +405,11 @@ print("clean exit")
 """
 
 
-@pytest.mark.parametrize("case,rc", [("shutdown", 0), ("fail", 1)])
+@pytest.mark.parametrize("case,rc", [("shutdown", 0), ("fail", 1), ("starting", 0), ("start_fails", 1)])
 def test_a_node_exits_cleanly_when_shutdown_lands_mid_publish_and_fails_loudly_otherwise(case, rc):
-    """Ctrl-C while a timer publishes leaves the publisher's context invalid: the node still exits 0
-    (``ros2 launch`` and the runner read a non-zero exit as a crash); the same error with the
-    context alive is a real failure and propagates."""
+    """Ctrl-C while a timer publishes, or while the node is still creating its publishers, leaves
+    the context invalid: the node still exits 0 (``ros2 launch`` and the runner read a non-zero exit
+    as a crash); the same error with the context alive is a real failure and propagates."""
     proc = subprocess.run([sys.executable, "-c", SHUTDOWN_PROBE, case], check=False, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == rc, proc.stderr[-2000:]

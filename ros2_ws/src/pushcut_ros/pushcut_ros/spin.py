@@ -5,13 +5,18 @@ from __future__ import annotations
 
 def spin_main(node_cls, args=None, executor_cls=None) -> None:
     """The ROS 2 demos' ``main``: rclpy.init as a context, spin, a clean exit on Ctrl-C (also when
-    the shutdown lands while a timer callback publishes: its publisher's context or handle is then
-    invalid)."""
+    the shutdown lands while the node is still being built or while a timer callback publishes:
+    the context, or a publisher's handle, is then invalid)."""
     import rclpy
     from rclpy._rclpy_pybind11 import InvalidHandle, RCLError
 
     with rclpy.init(args=args):
-        node = node_cls()
+        try:
+            node = node_cls()
+        except (RCLError, InvalidHandle):
+            if rclpy.ok():  # a real failure, not Ctrl-C landing during start-up
+                raise
+            return
         executor = executor_cls() if executor_cls else rclpy.executors.SingleThreadedExecutor()
         executor.add_node(node)
         try:
