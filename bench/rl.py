@@ -297,6 +297,11 @@ class Setup:
     randomized: bool = False  # the start's SFT and the RL on the randomised twin (held-out seeds stay nominal)
     cameras: tuple[str, ...] | None = None  # what the start reads (policy.cameras, env.cameras); None: the preset's
 
+    def __post_init__(self):
+        if self.cameras is not None and not self.cameras:
+            raise ValueError("setup.cameras=[]: name the cameras the start reads, "
+                             "e.g. [head,left_wrist,right_wrist], or null for the preset's")
+
     @property
     def result_name(self) -> str:
         """rl.json for the defaults, rl_<task>.json for another task's (``task_setup``); every other

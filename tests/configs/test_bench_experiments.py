@@ -46,7 +46,7 @@ def test_every_experiment_composes_and_names_its_result_file():
 @pytest.mark.parametrize("override,match", [("variants=[greedy]", "variants"), ("setup.lr=fast", "setup.lr"),
                                             ("setup.horizon=ten", "setup.horizon"), ("setup.lr=-1", "setup.lr"),
                                             ("setup.late_fraction=1.5", "setup.late_fraction"),
-                                            ("budget_s=0", "budget_s")])
+                                            ("budget_s=0", "budget_s"), ("setup.cameras=[]", "setup.cameras")])
 def test_bad_bench_settings_are_refused_naming_the_field(override, match):
     with pytest.raises((ConfigError, ValueError), match=match):
         _bench(override)
