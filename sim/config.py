@@ -26,7 +26,11 @@ def upgrade_env_record(record: dict) -> dict:
         latency_steps=">=0", speed="[0,1)", image_noise=">=0", blur=">=0", jpeg_quality="[1,100]", distractors=">=0")
 @dataclass(frozen=True, kw_only=True)
 class RandomizationConfig:
-    """Domain randomisation for sim-to-real, drawn per episode; everything off unless ``enabled``."""
+    """Domain randomisation for sim-to-real, drawn per episode; everything off unless ``enabled``.
+
+    The ranges in use are the env configs' (configs/env/*.yaml). A field added after the first ones
+    defaults to none (no latency, no noise, no distractors, ...), so that an env record written before
+    it existed (a checkpoint's, a bundle's) reads back as the twin it ran on."""
 
     enabled: bool = False
     light: float = 0.3  # relative jitter of light intensity
