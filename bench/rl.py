@@ -81,6 +81,9 @@ every optimiser step (``bc_coef``): the demos hold the policy near what it was t
 rare successes pull.
 setup.target_kl=K (default null; ``_kl<K>``) ends an update before the first step whose
 mini-batch's approx_kl passes K (``target_kl``, PPO's trust region).
+setup.groups=G (default 8; ``_groups<G>``) kept groups of rollouts behind each update
+(``groups_per_iter``, n_samples each): the reference's 64 groups give every one of its four
+optimiser steps 128 trajectories, the default's 8 give 16.
 setup.layouts=L, setup.max_samples=M (default 0, off; ``_cur<L>x<M>``) draw training's initial states
 from a pool of L by their recent success, groups growing to M rollouts where success is rare
 (``curriculum``).
@@ -267,7 +270,7 @@ def task_setup(task: str) -> Setup:
 
 @ranges(demos=">=1", smoothing=">=0", lr=">0", warmup=">=0", seed=">=0", late_temperature=">0",
         late_fraction="(0,1]", horizon=">=1", eval_every=">=1", temperature=">0", bc_coef=">=0", target_kl=">0",
-        layouts=">=0", max_samples="[2,64]", critic_lr=">0")
+        layouts=">=0", max_samples="[2,64]", critic_lr=">0", groups=">=1")
 @dataclass(frozen=True)
 class Setup:
     """What the runs start from and how they train (``setup`` of ``configs/bench_rl.yaml``, set by
@@ -290,6 +293,7 @@ class Setup:
     temperature: float = 1.6  # the rollout temperature (the recipe's)
     bc_coef: float = 0.0  # the start's demos in every step's loss (bc_coef of the train config)
     target_kl: float | None = None  # PPO's early stop of an update (target_kl of the train config)
+    groups: int = 8  # kept groups per iteration (groups_per_iter of the train config)
     layouts: int = 0  # curriculum over this many initial states (curriculum.layouts; 0: a new state per group)
     max_samples: int = 8  # the curriculum's largest group (curriculum.max_samples)
     algorithm: Literal["grpo", "ppo"] = "grpo"  # ppo: a value head over chunks, dynamic sampling off
@@ -323,6 +327,7 @@ class Setup:
                 + (f"_T{self.temperature:g}" if self.temperature != d.temperature else "")
                 + (f"_bc{self.bc_coef:g}" if self.bc_coef != d.bc_coef else "")
                 + ("" if self.target_kl == d.target_kl else f"_kl{self.target_kl:g}" if self.target_kl else "_nokl")
+                + (f"_groups{self.groups}" if self.groups != d.groups else "")
                 + (f"_cur{self.layouts}x{self.max_samples}" if self.layouts else "")
                 + (f"_ppo{self.critic_lr:g}" if self.algorithm == "ppo" else "")
                 + ("" if self.randomized == d.randomized else "_randomized" if self.randomized else "_nominal")
@@ -347,7 +352,7 @@ class Setup:
                 *(["mirror_augment=true"] if self.mirror_augment else []),
                 *([f"rollout_max_steps={self.horizon}"] if self.horizon else []), f"eval_every={self.eval_every}",
                 f"temperature={self.temperature}", f"bc_coef={self.bc_coef}",
-                f"target_kl={'null' if self.target_kl is None else self.target_kl}",
+                f"target_kl={'null' if self.target_kl is None else self.target_kl}", f"groups_per_iter={self.groups}",
                 f"curriculum.layouts={self.layouts}", f"curriculum.max_samples={self.max_samples}",
                 f"algorithm={self.algorithm}", f"critic_lr={self.critic_lr}",
                 *(["dynamic_sampling=false"] if self.algorithm == "ppo" else []),

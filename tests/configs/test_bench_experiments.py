@@ -41,12 +41,17 @@ def test_every_experiment_composes_and_names_its_result_file():
     assert "cameras: [head, left_wrist, right_wrist]" in wrist.command
     assert not [o for o in anchored.overrides if o.startswith("env.cameras")]
     assert _bench("variants=[]").variants == ()  # the start alone
+    # the trajectories behind each update: the train config's groups_per_iter
+    wide = _bench("setup.groups=32").setup
+    assert wide.result_name == "rl_groups32" and "groups_per_iter=32" in wide.overrides
+    assert "groups_per_iter=8" in anchored.overrides
 
 
 @pytest.mark.parametrize("override,match", [("variants=[greedy]", "variants"), ("setup.lr=fast", "setup.lr"),
                                             ("setup.horizon=ten", "setup.horizon"), ("setup.lr=-1", "setup.lr"),
                                             ("setup.late_fraction=1.5", "setup.late_fraction"),
-                                            ("budget_s=0", "budget_s"), ("setup.cameras=[]", "setup.cameras")])
+                                            ("budget_s=0", "budget_s"), ("setup.cameras=[]", "setup.cameras"),
+                                            ("setup.groups=0", "setup.groups")])
 def test_bad_bench_settings_are_refused_naming_the_field(override, match):
     with pytest.raises((ConfigError, ValueError), match=match):
         _bench(override)
