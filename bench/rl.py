@@ -34,6 +34,8 @@ action mass sits on one bin (``peak_probability``: near 1, sampling explores not
 whose failures run to the task's 900 steps, the diagnosis keeps greedy and sampled at the rollout
 temperature (``DIAGNOSIS_DECODERS``).
 remeasure=true measures the diagnosis again for the runs already in rl.json.
+A bench killed mid-run loses nothing: the same command again resumes each unfinished run from its
+last checkpoint (``run_dir``), with what is left of its budget.
 
 The defaults are the configuration that meets the issue's target on the 2-core machine (see
 docs/2026-12-03-grpo-horizon.md): the 1-demo SFT fine-tuned from a pretrained base, lr 3e-4, the last 70% of the
@@ -451,6 +453,22 @@ def remeasure(episodes: int, setup: Setup) -> None:
     write(result, out)
 
 
+def run_dir(cache: Path, result: str, variant: str) -> Path:
+    """Where a variant's GRPO run goes: the newest run of the same setting and variant, if a killed
+    bench left it unfinished (its checkpoint on disk, not complete), which ``grpo.train`` resumes with
+    what is left of its budget; else a new folder."""
+    prefix = f"{result}_{variant}_"
+    runs = sorted((p for p in cache.glob(prefix + "*") if p.name[len(prefix):].isdigit()),
+                  key=lambda p: int(p.name[len(prefix):]))
+    for run in reversed(runs):
+        if (run / "checkpoint" / "meta.json").exists():
+            if checkpoint.read_meta(run / "checkpoint", verify=False)["complete"]:
+                break
+            print(f"bench-rl: resuming the unfinished run {run}", file=sys.stderr)
+            return run
+    return cache / f"{prefix}{int(time.time())}"
+
+
 def main(bench: BenchRLConfig) -> None:
     setup, budget, episodes = bench.setup, bench.budget_s, bench.eval_seeds
     ablation_budget = bench.ablation_budget_s or budget
@@ -475,7 +493,7 @@ def main(bench: BenchRLConfig) -> None:
         if old.get("start", {}).get("checkpoint") == str(ckpt):
             out |= {k: old[k] for k in VARIANTS if k in old and k not in only}
     for name, overrides in ((n, VARIANTS[n]) for n in only):
-        run = CACHE / f"{result}_{name}_{int(time.time())}"
+        run = run_dir(CACHE, result, name)
         run_budget = budget if name == "grpo" else ablation_budget
         cfg = from_hydra(TrainConfig, compose("train", [
             f"env={setup.task}", f"init_checkpoint={ckpt}", "iterations=100000", *setup.overrides,

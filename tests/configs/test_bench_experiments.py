@@ -55,3 +55,29 @@ def test_every_experiment_composes_and_names_its_result_file():
 def test_bad_bench_settings_are_refused_naming_the_field(override, match):
     with pytest.raises((ConfigError, ValueError), match=match):
         _bench(override)
+
+
+def test_a_killed_bench_resumes_its_unfinished_run_and_starts_after_a_finished_one(tmp_path):
+    import json
+
+    from bench.rl import run_dir
+
+    def run(name, complete=None):
+        path = tmp_path / name
+        if complete is not None:
+            (path / "checkpoint").mkdir(parents=True)
+            meta = {"format": "pushcut-checkpoint", "version": 3, "job": "grpo", "complete": complete}
+            (path / "checkpoint" / "meta.json").write_text(json.dumps(meta))
+        else:
+            path.mkdir()
+        return path
+
+    assert run_dir(tmp_path, "rl_x", "grpo").name.startswith("rl_x_grpo_")  # nothing yet: a new run
+    unfinished = run("rl_x_grpo_100", complete=False)
+    run("rl_x_grpo_200")  # killed before its first checkpoint: nothing to resume there
+    run("rl_x_groups32_grpo_300", complete=False)  # another setting
+    run("rl_x_temperature_1.0_150", complete=False)  # another variant
+    assert run_dir(tmp_path, "rl_x", "grpo") == unfinished
+    run("rl_x_grpo_400", complete=True)  # a finished run after it: the next bench starts afresh
+    fresh = run_dir(tmp_path, "rl_x", "grpo")
+    assert fresh.name.startswith("rl_x_grpo_") and not fresh.exists()
