@@ -84,8 +84,8 @@ rare successes pull.
 setup.target_kl=K (default null; ``_kl<K>``) ends an update before the first step whose
 mini-batch's approx_kl passes K (``target_kl``, PPO's trust region).
 setup.groups=G (default 8; ``_groups<G>``) kept groups of rollouts behind each update
-(``groups_per_iter``, n_samples each): the reference's 64 groups give every one of its four
-optimiser steps 128 trajectories, the default's 8 give 16.
+(``groups_per_iter``, n_samples each): the reference's update rests on 64 groups (512
+trajectories), the default's on 8 (64).
 setup.layouts=L, setup.max_samples=M (default 0, off; ``_cur<L>x<M>``) draw training's initial states
 from a pool of L by their recent success, groups growing to M rollouts where success is rare
 (``curriculum``).
