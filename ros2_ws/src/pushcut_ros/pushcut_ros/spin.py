@@ -11,20 +11,17 @@ def spin_main(node_cls, args=None, executor_cls=None) -> None:
     from rclpy._rclpy_pybind11 import InvalidHandle, RCLError
 
     with rclpy.init(args=args):
+        node = None
         try:
             node = node_cls()
-        except (RCLError, InvalidHandle):
-            if rclpy.ok():  # a real failure, not Ctrl-C landing during start-up
-                raise
-            return
-        executor = executor_cls() if executor_cls else rclpy.executors.SingleThreadedExecutor()
-        executor.add_node(node)
-        try:
+            executor = executor_cls() if executor_cls else rclpy.executors.SingleThreadedExecutor()
+            executor.add_node(node)
             executor.spin()
         except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
             pass
         except (RCLError, InvalidHandle):
-            if rclpy.ok():  # a real failure, not a callback that Ctrl-C's shutdown caught mid-publish
+            if rclpy.ok():  # a real failure, not Ctrl-C's shutdown landing while the node is built or publishes
                 raise
         finally:
-            node.destroy_node()
+            if node is not None:
+                node.destroy_node()
