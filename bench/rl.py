@@ -459,13 +459,11 @@ def run_dir(cache: Path, result: str, variant: str) -> Path:
     what is left of its budget; else a new folder."""
     prefix = f"{result}_{variant}_"
     runs = sorted((p for p in cache.glob(prefix + "*") if p.name[len(prefix):].isdigit()),
-                  key=lambda p: int(p.name[len(prefix):]))
-    for run in reversed(runs):
-        if (run / "checkpoint" / "meta.json").exists():
-            if checkpoint.read_meta(run / "checkpoint", verify=False)["complete"]:
-                break
-            print(f"bench-rl: resuming the unfinished run {run}", file=sys.stderr)
-            return run
+                  key=lambda p: int(p.name[len(prefix):]), reverse=True)
+    saved = [run for run in runs if (run / "checkpoint" / "meta.json").exists()]
+    if saved and checkpoint.completion(checkpoint.read_meta(saved[0] / "checkpoint", verify=False))[0] is False:
+        print(f"bench-rl: resuming the unfinished run {saved[0]}", file=sys.stderr)
+        return saved[0]
     return cache / f"{prefix}{int(time.time())}"
 
 
