@@ -34,6 +34,10 @@ action mass sits on one bin (``peak_probability``: near 1, sampling explores not
 whose failures run to the task's 900 steps, the diagnosis keeps greedy and sampled at the rollout
 temperature (``DIAGNOSIS_DECODERS``).
 remeasure=true measures the diagnosis again for the runs already in rl.json.
+gradient_noise=K (0: off) trains nothing: it draws K independent batches from the start as the
+setup's first update would, and writes the policy gradient's noise scale over them
+(``grpo.gradient_noise``; <result>_gradient_noise.json): the batch, in trajectories, at which an
+update's direction is as much signal as noise, and the BC term's share when setup.bc_coef is set.
 A bench killed mid-run loses nothing: the same command again resumes each unfinished run from its
 last checkpoint (``run_dir``), with what is left of its budget.
 
@@ -109,6 +113,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -411,6 +416,7 @@ class BenchRLConfig:
     variants: tuple[str, ...] = tuple(VARIANTS)
     eval_seeds: int = 200
     remeasure: bool = False
+    gradient_noise: int = 0
     sft_steps: int = 1500
     base_sft_steps: int = 100
 
@@ -418,6 +424,9 @@ class BenchRLConfig:
         if self.setup.base and self.setup.task in BASE_TASKS:
             raise ValueError(f"setup.base: the pretrained base is SFT'd on {list(BASE_TASKS)}; "
                              f"RL on {self.setup.task} starts from scratch (setup.base=false)")
+        if self.gradient_noise == 1 or self.gradient_noise < 0:
+            raise ValueError(f"gradient_noise={self.gradient_noise}: the number of independent batches to compare, "
+                             "at least 2 (0: off)")
         unknown = sorted(set(self.variants) - set(VARIANTS))
         if unknown:
             raise ValueError(f"variants {list(self.variants)}: choose among {list(VARIANTS)} or none (the start)")
@@ -451,6 +460,20 @@ def remeasure(episodes: int, setup: Setup) -> None:
     for key in ("benchmark", "when", "machine"):  # write() sets them anew
         out.pop(key, None)
     write(result, out)
+
+
+def measure_gradient_noise(bench: BenchRLConfig) -> None:
+    """The start's policy-gradient noise (``grpo.gradient_noise``) over ``bench.gradient_noise``
+    independent batches, drawn as the setup's runs draw them; writes <result>_gradient_noise.json."""
+    setup = bench.setup
+    ckpt = setup.start_checkpoint(bench.sft_steps, bench.base_sft_steps)
+    cfg = from_hydra(TrainConfig, compose("train", [f"env={setup.task}", f"init_checkpoint={ckpt}", "iterations=1",
+                                                    *setup.overrides, "eval_episodes=0"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        measured = grpo.gradient_noise(cfg, tmp, bench.gradient_noise)
+    write(setup.result_name + "_gradient_noise",
+          {"task": setup.task, "setting": setup.result_name, "command": f"{setup.command} gradient_noise="
+           f"{bench.gradient_noise}", "commit": git_commit(), "start": {"checkpoint": str(ckpt)}, **measured})
 
 
 def run_dir(cache: Path, result: str, variant: str) -> Path:
@@ -549,5 +572,7 @@ if __name__ == "__main__":
     cfg = from_hydra(BenchRLConfig, compose("bench_rl", sys.argv[1:]))
     if cfg.remeasure:
         remeasure(cfg.eval_seeds, cfg.setup)
+    elif cfg.gradient_noise:
+        measure_gradient_noise(cfg)
     else:
         main(cfg)

@@ -625,6 +625,92 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     return run.run_dir / "checkpoint"
 
 
+# --- gradient noise: how far one update's gradient is from the expected one --------------------
+def flat_grad(model) -> torch.Tensor:
+    """The optimised parameters' gradients as one float64 vector (zeros where none), then cleared."""
+    g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().double().flatten()
+                   for p in model.parameters() if p.requires_grad])
+    model.zero_grad(set_to_none=True)
+    return g
+
+
+def policy_gradient(model, policy: TorchPolicy, batch: dict, n_traj: int, cfg: TrainConfig,
+                    temperature: float, chunk_rows: int = 64) -> torch.Tensor:
+    """The gradient of the clip term on ``batch`` (``flatten``) at the weights that rolled it out:
+    the ratio is 1, so it is the policy gradient with the batch's advantages, the direction the
+    update's first step starts from (no KL, entropy or BC term; no step)."""
+    model.zero_grad(set_to_none=True)
+    model.train()
+    rows = np.flatnonzero(carries_gradient(batch["adv"], cfg))
+    for piece in np.array_split(rows, max(1, -(-len(rows) // chunk_rows))):
+        if len(piece):
+            piece_loss(model, None, policy, batch, piece, n_traj, temperature, cfg)[1].backward()
+    model.eval()
+    return flat_grad(model)
+
+
+def noise_scale(grads: list[torch.Tensor], batch: float) -> dict:
+    """The simple gradient noise scale (McCandlish et al. 2018, "An Empirical Model of Large-Batch
+    Training") from k >= 2 independent gradient estimates, each a mean over ``batch`` samples.
+
+    E[g_i . g_j] = |G|^2 for i != j, so the mean pairwise dot product estimates the expected
+    gradient's squared norm without bias (``signal_sq``; it can come out <= 0 when the signal lies
+    under the noise of k batches); E|g_i|^2 = |G|^2 + tr(Sigma) / batch gives the per-sample noise
+    ``noise_trace``. ``noise_scale`` = tr(Sigma) / |G|^2 is the batch at which a gradient's noise
+    equals its signal: under it, each step's direction is mostly noise and a larger batch improves
+    it almost in proportion (None when ``signal_sq`` <= 0). ``signal_to_noise`` is |G|^2 over one
+    batch's noise, tr(Sigma) / batch. ``cosines``: each pair's."""
+    if len(grads) < 2:
+        raise ValueError(f"noise_scale needs at least 2 independent gradients, got {len(grads)}")
+    g = torch.stack([x.double() for x in grads])
+    dots = g @ g.T
+    i, j = torch.triu_indices(len(grads), len(grads), 1)
+    signal = float(dots[i, j].mean())
+    mean_sq = float(dots.diagonal().mean())
+    trace = batch * (mean_sq - signal)
+    norms = dots.diagonal().sqrt()
+    return {"batches": len(grads), "batch": batch, "signal_sq": signal, "mean_sq": mean_sq, "noise_trace": trace,
+            "signal_to_noise": signal * batch / trace if trace > 0 else None,
+            "noise_scale": trace / signal if signal > 0 else None,
+            "cosines": (dots[i, j] / (norms[i] * norms[j])).tolist()}
+
+
+def gradient_noise(cfg: TrainConfig, run_dir: str | Path, batches: int) -> dict:
+    """The start's (``cfg.init_checkpoint``) policy gradient on ``batches`` independent batches, each
+    drawn and kept as one iteration of ``cfg`` would (``groups_per_iter`` kept groups, new initial
+    states every time), with no update between them: ``noise_scale`` over them, per batch its reward,
+    kept groups and gradient norm, and with ``cfg.bc_coef`` > 0 the BC term's gradient as one
+    optimiser step adds it (``bc_coef`` x the cross-entropy of ``bc_batch`` demo chunks): its norm
+    and its cosine with the batches' mean policy gradient. Says whether an update's direction is
+    signal or noise before a run spends its budget finding out."""
+    run = grpo_run.start(cfg, Path(run_dir), progress=False)
+    try:
+        weights = run.sync_weights()
+        grads, rows = [], []
+        for _ in range(batches):
+            kept, info = rollouts(run, weights, cfg.temperature)
+            batch, n_traj = advantages(run, kept, info, cfg.temperature)
+            if not n_traj:
+                raise RuntimeError(f"gradient_noise: batch {len(grads) + 1} kept no group with both successes and "
+                                   f"failures in {info['drawn_groups']} groups (reward {info['reward']:.2f}): "
+                                   "there is no policy gradient to measure")
+            grads.append(policy_gradient(run.model, run.policy, batch, n_traj, cfg, cfg.temperature))
+            rows.append({"reward": info["reward"], "kept_groups": info["kept_groups"],
+                         "drawn_groups": info["drawn_groups"], "trajectories": n_traj,
+                         "grad_norm": float(grads[-1].norm())})
+        out = {**noise_scale(grads, float(np.mean([r["trajectories"] for r in rows]))), "per_batch": rows}
+        if cfg.bc_coef > 0:
+            run.model.train()
+            (cfg.bc_coef * demo_loss(run.model, run.policy, run.demos, cfg.bc_batch, run.gen)).backward()
+            run.model.eval()
+            bc, mean = flat_grad(run.model), torch.stack(grads).mean(0)
+            out["bc"] = {"grad_norm": float(bc.norm()), "cosine_with_policy_gradient":
+                         float(bc @ mean / (bc.norm() * mean.norm()).clamp(min=1e-30))}
+        return out
+    finally:
+        run.close()
+
+
 def _main(cfg: TrainConfig, run_dir: Path) -> None:
     print(f"checkpoint: {train(cfg, run_dir)}")
     best = Path(run_dir) / "best"

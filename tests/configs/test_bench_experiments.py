@@ -51,7 +51,7 @@ def test_every_experiment_composes_and_names_its_result_file():
                                             ("setup.horizon=ten", "setup.horizon"), ("setup.lr=-1", "setup.lr"),
                                             ("setup.late_fraction=1.5", "setup.late_fraction"),
                                             ("budget_s=0", "budget_s"), ("setup.cameras=[]", "setup.cameras"),
-                                            ("setup.groups=0", "setup.groups")])
+                                            ("setup.groups=0", "setup.groups"), ("gradient_noise=1", "gradient_noise")])
 def test_bad_bench_settings_are_refused_naming_the_field(override, match):
     with pytest.raises((ConfigError, ValueError), match=match):
         _bench(override)

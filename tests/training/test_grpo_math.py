@@ -303,3 +303,25 @@ def test_gae_over_chunks_against_hand_computation():
                           critic.gae(np.array([0.0, 0.0]), v[3:], 0.9, 0.8)[0]])
     np.testing.assert_allclose(a, (raw - raw.mean()) / (raw.std() + 1e-8))
     assert abs(a.mean()) < 1e-9 and explained == pytest.approx(1 - np.var(r - v) / np.var(r))
+
+
+def test_noise_scale_recovers_the_signal_and_the_batch_where_noise_equals_it():
+    """Gradients drawn as G + noise/sqrt(B) with |G|^2 = 1 and tr(Sigma) = 100: the noise scale is
+    100 samples, a batch of 50 carries twice as much noise as signal, and a pair's cosine is about
+    1/3. Unresolved signal (pure noise) gives no scale instead of a negative one."""
+    gen = torch.Generator().manual_seed(0)
+    d, batch, trace = 20_000, 50, 100.0
+    signal = torch.randn(d, generator=gen, dtype=torch.float64)
+    signal /= signal.norm()
+    grads = [signal + torch.randn(d, generator=gen, dtype=torch.float64) * (trace / d / batch) ** 0.5 for _ in range(6)]
+    out = grpo.noise_scale(grads, batch)
+    assert out["signal_sq"] == pytest.approx(1.0, abs=0.1)
+    assert out["noise_trace"] == pytest.approx(trace, rel=0.05)
+    assert out["noise_scale"] == pytest.approx(100.0, rel=0.15)
+    assert out["signal_to_noise"] == pytest.approx(0.5, rel=0.15)
+    assert len(out["cosines"]) == 15 and np.mean(out["cosines"]) == pytest.approx(1 / 3, abs=0.05)
+    noise = [torch.randn(d, generator=gen, dtype=torch.float64) for _ in range(2)]
+    pure = grpo.noise_scale([noise[0], -noise[0] + 1e-3 * noise[1]], batch)
+    assert pure["signal_sq"] < 0 and pure["noise_scale"] is None
+    with pytest.raises(ValueError, match="at least 2"):
+        grpo.noise_scale(grads[:1], batch)

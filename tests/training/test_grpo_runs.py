@@ -512,6 +512,46 @@ def test_target_kl_ends_the_update_before_the_first_step_past_it(sft_checkpoint)
     assert taken[1e-4][1]["approx_kl"] > 1e-4 / 2  # the mini-batch that stopped it is logged: mean of ~0 and > 1e-4
 
 
+def test_policy_gradient_is_the_first_steps_gradient(sft_checkpoint):
+    """``policy_gradient`` is what ``update``'s one full-batch step follows: plain SGD at lr 1 moves
+    the weights by exactly minus it; negated advantages negate it."""
+    from pushcut.policy.inference import TorchPolicy
+    from pushcut.training import grpo
+
+    trajs, batch = _batch(sft_checkpoint)
+    cfg = _train_cfg(sft_checkpoint, mini_batches=1, grad_clip=1e9)
+    model, stats, tok, _, _ = checkpoint.load(sft_checkpoint)
+    policy = TorchPolicy(model, stats, tok)
+    g = grpo.policy_gradient(model, policy, batch, len(trajs), cfg, cfg.temperature, chunk_rows=3)
+    flipped = grpo.policy_gradient(model, policy, {**batch, "adv": [-a for a in batch["adv"]]}, len(trajs), cfg,
+                                   cfg.temperature)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    before = torch.cat([p.detach().double().flatten() for p in trained])
+    grpo.update(model, None, torch.optim.SGD(trained, lr=1.0), policy, batch, len(trajs), cfg,
+                torch.Generator().manual_seed(0))
+    moved = torch.cat([p.detach().double().flatten() for p in trained]) - before
+    assert g.norm() > 0
+    torch.testing.assert_close(moved, -g, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(flipped, -g, rtol=1e-5, atol=1e-9)
+
+
+def test_gradient_noise_compares_independent_batches_from_the_start(sft_checkpoint, tmp_path):
+    """Three batches drawn from the start with no update between them (the micro start never
+    succeeds, so PPO's critic gives the advantages); GRPO's groups, all failures, give no gradient
+    to measure, and it says so."""
+    from pushcut.training import grpo
+
+    cfg = _train_cfg(sft_checkpoint, algorithm="ppo", dynamic_sampling=False, bc_coef=0.2, bc_batch=8)
+    out = grpo.gradient_noise(cfg, tmp_path / "noise", batches=3)
+    assert out["batches"] == 3 and len(out["cosines"]) == 3 and len(out["per_batch"]) == 3
+    assert all(r["trajectories"] == 8 and r["grad_norm"] > 0 for r in out["per_batch"])
+    assert len({r["grad_norm"] for r in out["per_batch"]}) == 3  # new initial states and samples every batch
+    assert out["mean_sq"] > out["signal_sq"] and out["noise_trace"] > 0
+    assert out["bc"]["grad_norm"] > 0 and -1 <= out["bc"]["cosine_with_policy_gradient"] <= 1
+    with pytest.raises(RuntimeError, match="kept no group with both successes and failures"):
+        grpo.gradient_noise(_train_cfg(sft_checkpoint), tmp_path / "grpo", batches=2)
+
+
 def test_bc_term_learns_the_starts_demos_when_rl_has_no_signal(sft_checkpoint):
     """Uniform groups (advantage 0): without bc_coef the weights stay put; with it every step lowers
     the cross-entropy of the start's own SFT demos (read from the checkpoint's run config)."""
