@@ -84,9 +84,36 @@ def run_episodes(policy, env_cfg: EnvConfig, seeds: list[int], num_envs: int = 1
     return results
 
 
-def summarize(results: list[dict], task: str) -> dict:
+def sides(env_cfg: EnvConfig, seeds: list[int]) -> list[str] | None:
+    """The side of the table each seed's task needs on the dual-arm twin (its layout's ``arm``: the
+    bell's side, the bowl's that goes onto the pile), from a reset alone; None for an env without
+    sides (LIBERO's single arm)."""
+    from pushcut.sim.registry import make_env
+
+    env = make_env(env_cfg)
+    try:
+        out = []
+        for seed in seeds:
+            env.reset(seed)
+            arm = (getattr(env, "layout", None) or {}).get("arm")
+            if arm is None:
+                return None
+            out.append(arm)
+        return out
+    finally:
+        env.close()
+
+
+def summarize(results: list[dict], task: str, arms: list[str] | None = None) -> dict:
+    """Success over ``results``, and with ``arms`` (``sides``: one per result) by the side of the
+    table (``by_side``: success and episodes per side)."""
     rate = float(np.mean([r["success"] for r in results])) if results else 0.0
-    return {"success_rate": rate, "episodes": len(results), "per_task": {task: rate}, "results": results}
+    out = {"success_rate": rate, "episodes": len(results), "per_task": {task: rate}}
+    if arms is not None:
+        split = {a: [r["success"] for r, arm in zip(results, arms, strict=True) if arm == a] for a in ("left", "right")}
+        out["by_side"] = {a: {"success_rate": float(np.mean(ok)) if ok else None, "episodes": len(ok)}
+                          for a, ok in split.items()}
+    return out | {"results": results}
 
 
 def load_policy(cfg: EvalConfig, run_dir: str | Path | None = None) -> Policy:
@@ -154,7 +181,8 @@ def evaluate(cfg: EvalConfig, run_dir: str | Path, progress: bool = True) -> dic
         summary["success_rate"] = summary["settings"]["nominal"]["success_rate"]
         summary["episodes"] = cfg.episodes
     else:
-        summary = summarize(run_episodes(policy, cfg.env, seeds, cfg.num_envs, progress), cfg.env.task)
+        summary = summarize(run_episodes(policy, cfg.env, seeds, cfg.num_envs, progress), cfg.env.task,
+                            sides(cfg.env, seeds))
     summary["source"] = source
     summary["config"] = to_dict(cfg)
     run_dir = Path(run_dir)
@@ -168,7 +196,9 @@ def _main(cfg: EvalConfig, run_dir: Path) -> None:
     for name, e in s.get("settings", {}).items():
         kept = "" if e["kept_of_nominal"] is None else f", keeps {e['kept_of_nominal']:.0%} of nominal"
         print(f"  {name:<18} {e['success_rate']:6.1%} (95% CI {e['ci95'][0]:.0%}-{e['ci95'][1]:.0%}){kept}")
-    print(f"{cfg.env.task}: success {s['success_rate']:.1%} over {s['episodes']} episodes -> {run_dir}/eval.json")
+    by_side = "".join(f", {a} {e['success_rate']:.1%} of {e['episodes']}" for a, e in s.get("by_side", {}).items()
+                      if e["episodes"])
+    print(f"{cfg.env.task}: success {s['success_rate']:.1%} over {s['episodes']} episodes{by_side} -> {run_dir}/eval.json")
 
 
 main = hydra_entry("eval", EvalConfig, _main)

@@ -318,3 +318,25 @@ def test_each_perturbation_changes_what_it_names_and_keeps_the_layout(field, val
         np.testing.assert_array_equal(getattr(m, n), v, err_msg=n)
     plain.close()
     env.close()
+
+
+@pytest.mark.parametrize("task", ["click_bell", "stack_bowls_two"])
+def test_eval_splits_success_by_the_side_each_seed_needs(task):
+    """pushcut-eval's by_side: each seed's side is its layout's arm, from a reset alone, and the
+    successes are counted on their own side."""
+    from pushcut.training.eval import sides, summarize
+
+    cfg = EnvConfig(task=task, image_size=(32, 32))
+    seeds = list(range(100000, 100016))
+    arms = sides(cfg, seeds)
+    assert set(arms) == {"left", "right"}
+    env = make_env(cfg)
+    for k in (0, 7, 15):
+        env.reset(seeds[k])
+        assert env.layout["arm"] == arms[k]
+    env.close()
+    out = summarize([{"seed": s, "success": a == "left"} for s, a in zip(seeds, arms)], task, arms)
+    assert out["success_rate"] == arms.count("left") / len(seeds)
+    assert out["by_side"] == {"left": {"success_rate": 1.0, "episodes": arms.count("left")},
+                              "right": {"success_rate": 0.0, "episodes": arms.count("right")}}
+    assert "by_side" not in summarize(out["results"], task)

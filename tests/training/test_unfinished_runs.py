@@ -71,6 +71,7 @@ def test_eval_and_export_name_a_checkpoint_taken_mid_run(tmp_path, monkeypatch, 
     capsys.readouterr()
     s = evaluate(EvalConfig(checkpoint=str(mid), env=MICRO_ENV, episodes=1, num_envs=1), tmp_path / "eval", False)
     assert s["source"] == {"path": str(mid), "complete": False, "progress": "step 4 of 12"}
+    assert sum(e["episodes"] for e in s["by_side"].values()) == 1  # the dual-arm twin's seeds have a side
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["source"]["complete"] is False
     assert f"pushcut-eval: {mid}: taken mid-run (step 4 of 12)" in capsys.readouterr().err
     bundle = export(ExportConfig(checkpoint=str(mid), env=MICRO_ENV, out_dir=str(tmp_path / "bundle"),
