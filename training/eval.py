@@ -198,7 +198,8 @@ def _main(cfg: EvalConfig, run_dir: Path) -> None:
         print(f"  {name:<18} {e['success_rate']:6.1%} (95% CI {e['ci95'][0]:.0%}-{e['ci95'][1]:.0%}){kept}")
     by_side = "".join(f", {a} {e['success_rate']:.1%} of {e['episodes']}" for a, e in s.get("by_side", {}).items()
                       if e["episodes"])
-    print(f"{cfg.env.task}: success {s['success_rate']:.1%} over {s['episodes']} episodes{by_side} -> {run_dir}/eval.json")
+    print(f"{cfg.env.task}: success {s['success_rate']:.1%} over {s['episodes']} episodes{by_side} "
+          f"-> {run_dir}/eval.json")
 
 
 main = hydra_entry("eval", EvalConfig, _main)
