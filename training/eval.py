@@ -90,6 +90,8 @@ def sides(env_cfg: EnvConfig, seeds: list[int]) -> list[str] | None:
     sides (LIBERO's single arm)."""
     from pushcut.sim.registry import make_env
 
+    if env_cfg.kind != "twin":
+        return None
     env = make_env(env_cfg)
     try:
         out = []

@@ -74,6 +74,7 @@ def test_libero_expert_demo_sft_export_and_engine_eval(libero_sft, tmp_path):
     written = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert written["episodes"] == 1 and written["results"][0]["steps"] == 24
     assert summary["per_task"] == {"libero_object": written["success_rate"]}
+    assert "by_side" not in written  # one arm: no sides
     assert np.isfinite(written["success_rate"])
 
 
