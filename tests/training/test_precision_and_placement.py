@@ -195,9 +195,14 @@ def test_weight_broadcast_delivers_the_learners_weights_in_the_workers_dtype(sft
              for r in (1, 2)]
     for p in procs:
         p.start()
-    sender.connect()
-    assert len(weight_sync.plan(weights, torch.bfloat16)) >= 1
-    sent = sender.send(weights)
+    try:
+        sender.connect()
+        assert len(weight_sync.plan(weights, torch.bfloat16)) >= 1
+        sent = sender.send(weights)
+    except RuntimeError as e:  # a receiver that left the group: say how it ended (a negative code: a signal)
+        for p in procs:
+            p.join(timeout=30)
+        raise AssertionError(f"the broadcast failed; receivers' exit codes {[p.exitcode for p in procs]}") from e
     for p in procs:
         p.join(timeout=120)
         assert p.exitcode == 0
