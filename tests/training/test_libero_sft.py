@@ -56,7 +56,7 @@ def test_libero_expert_demo_sft_export_and_engine_eval(libero_sft, tmp_path):
     assert stats["action"]["mask"] == [True] * 6 + [False]
 
     bundle = export(ExportConfig(env=LIBERO_OBJECT_0, checkpoint=str(ckpt), out_dir=str(tmp_path / "bundle"),
-                                 parity_env_samples=1, parity_random_samples=2, int8=False, fp16=False))
+                                 parity_env_samples=2, parity_random_samples=2, int8=False, fp16=False))
     from pushcut.deploy.engine import Engine
     from pushcut.policy.inference import TorchPolicy
 
