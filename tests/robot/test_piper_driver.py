@@ -48,13 +48,15 @@ def rig():
         emu.stop()
 
 
-def drive(arm, target, seconds, rate=200.0, min_ticks=0):
+def drive(arm, target, seconds, rate=200.0, min_ticks=0, until=None):
     """Command ``target`` and tick at ``rate`` for ``seconds``, and at least ``min_ticks`` times (a
-    loaded machine sleeps longer than asked, which must not cut a ramp short)."""
+    loaded machine sleeps longer than asked, which must not cut a ramp short). With ``until``, stop
+    as soon as it holds: ``seconds`` is then a deadline, since the step limit is per tick and a loaded
+    machine ticks less often than asked."""
     sent = []
     end = time.monotonic() + seconds
     ticks = 0
-    while time.monotonic() < end or ticks < min_ticks:
+    while (time.monotonic() < end or ticks < min_ticks) and not (until and until()):
         ticks += 1
         arm.command(target)
         out = arm.tick()
@@ -127,11 +129,16 @@ def test_disable_refuses_with_a_fault_latched(rig):
     assert emu.power_cuts == [] and emu.motor_enabled.all()
 
 
+def arrived(emu, target):
+    return lambda: np.allclose(emu.state()[0], target[:6], atol=2e-3)
+
+
 def test_commands_arrive_in_sdk_units_and_feedback_comes_back(rig):
     emu, arm = rig()
     arm.enable()
     target = np.array([0.3, 0.8, -0.7, 0.1, 0.2, -0.1, 0.05])
-    drive(arm, target, 1.0)
+    drive(arm, target, 5.0, until=arrived(emu, target))
+    drive(arm, target, 0.05)  # the feedback catches up with the last frames
     last = {i: emu.commands(i)[-1] for i in (JC12, JC34, JC56, GRIPPER_CMD)}
     assert struct.unpack(">ii", bytes(last[JC12].data)) == (units.rad_to_millideg(0.3), units.rad_to_millideg(0.8))
     assert struct.unpack(">ii", bytes(last[JC56].data)) == (units.rad_to_millideg(0.2), units.rad_to_millideg(-0.1))
@@ -324,13 +331,15 @@ def test_two_arms_on_two_buses_without_crosstalk(rig):
     left.enable()
     right.enable()
     tl, tr = START + np.array([0.2, 0.1, -0.1, 0, 0, 0, 0]), START + np.array([-0.2, 0.3, -0.3, 0, 0, 0, 0])
-    end = time.monotonic() + 0.8
-    while time.monotonic() < end:
+    end, settled = time.monotonic() + 5.0, None  # a deadline: each arm moves a step per tick
+    while time.monotonic() < end and (settled is None or time.monotonic() < settled + 0.05):
         left.command(tl)
         right.command(tr)
         left.tick()
         right.tick()
         time.sleep(0.005)
+        if settled is None and arrived(emu_l, tl)() and arrived(emu_r, tr)():
+            settled = time.monotonic()  # a few more ticks for the feedback to catch up
     np.testing.assert_allclose(emu_l.state()[0], tl[:6], atol=2e-3)
     np.testing.assert_allclose(emu_r.state()[0], tr[:6], atol=2e-3)
     np.testing.assert_allclose(left.feedback().q, tl[:6], atol=2e-3)
@@ -342,7 +351,7 @@ def test_fault_injection_dropped_frames_keep_control(rig):
     emu.drop_prob = 0.05
     arm.enable()
     target = START + np.array([0.3, 0.2, -0.2, 0.1, 0.1, 0.1, 0.0])
-    drive(arm, target, 1.0)
+    drive(arm, target, 5.0, until=arrived(emu, target))
     assert arm.fault is None
     np.testing.assert_allclose(emu.state()[0], target[:6], atol=2e-3)
 
