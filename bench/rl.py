@@ -547,6 +547,8 @@ def main(bench: BenchRLConfig) -> None:
             "curve": [{"iteration": r["step"], "wall_s": r.get("wall_s", 0.0), "eval_success_50": r["eval_success"]}
                       for r in rows if "eval_success" in r],
             "train_reward": [r["reward"] for r in rows if "reward" in r],
+            "train_reward_by_side": {s: [r.get(f"reward_{s}") for r in rows if "reward" in r]
+                                     for s in ("left", "right") if any(f"reward_{s}" in r for r in rows)},
             **_shares([r for r in rows if "reward" in r]),
             "run_dir": str(run),
         }

@@ -473,9 +473,21 @@ def collect(pool: WorkerPool | ColocatedPool, cfg: TrainConfig, state: dict,
         "episode_steps": float(np.mean([t.steps for t in drawn])),
         "group_size": len(drawn) / max(len(group_rewards(drawn)), 1),
     }
+    info.update(by_side(drawn, kept))
     if cfg.curriculum.layouts:
         info.update(curriculum.summary(state["layouts"], cfg.curriculum.layouts))
     return kept, info
+
+
+def by_side(drawn: list[Trajectory], kept: list[Trajectory]) -> dict:
+    """On the dual-arm twin, rollout success and kept groups by the arm each layout needs
+    (``reward_left``, ``kept_groups_left``, ...): which side the update learns from. Empty for an env
+    without sides."""
+    out = {}
+    for side in sorted({t.side for t in drawn if t.side is not None}):
+        out[f"reward_{side}"] = float(np.mean([t.reward for t in drawn if t.side == side]))
+        out[f"kept_groups_{side}"] = len({t.group for t in kept if t.side == side})
+    return out
 
 
 def initial_states(cfg: TrainConfig, state: dict, need: int) -> list[tuple[int, int]]:
@@ -617,7 +629,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
         if run.is_main:
             start = next((r["eval_success"] for r in read_metrics(run.logger.path) if r.get("step") == 0
                           and "eval_success" in r), None)
-            plot_curves(run.logger.path, ["eval_success", "reward", "kept_groups", "clipfrac", "approx_kl", "entropy"],
+            plot_curves(run.logger.path, ["eval_success", "reward", "reward_left", "reward_right", "kept_groups",
+                                          "clipfrac", "approx_kl", "entropy"],
                         run.run_dir / "learning_curve.png", "GRPO",
                         marks={"eval_success": ("SFT start", start)} if start is not None else None)
     finally:

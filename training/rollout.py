@@ -38,6 +38,7 @@ class Trajectory:
     seed: int
     success: bool
     steps: int
+    side: str | None = None  # the arm the task needs on the dual-arm twin (its step info's "arm")
     observations: list[dict] = field(default_factory=list)  # one per chunk (spec keys)
     bins: list[np.ndarray] = field(default_factory=list)  # (A,) int64 per chunk
     logp: list[np.ndarray] = field(default_factory=list)  # (A,) float32 per chunk
@@ -210,7 +211,7 @@ class RolloutWorker:
             tr.logp.append(sent["logp"][k].numpy().astype(np.float32))
             executed = step.steps - before
             tr.token_mask.append(executed_token_mask(executed, self.cfg.chunk_len, self.cfg.action_dim))
-            tr.steps, tr.success = step.steps, step.success
+            tr.steps, tr.success, tr.side = step.steps, step.success, step.info.get("arm")
             self.timing["env_steps"] += executed
             obs[i] = step.obs
             if not step.done and (max_steps is None or step.steps < max_steps):

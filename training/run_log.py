@@ -87,7 +87,8 @@ def keep_metrics_before(run_dir: Path, step: int) -> list[dict]:
     return keep
 
 
-FRACTIONS = {"eval_success", "eval_success_sampled", "success", "reward", "token_acc"}  # plotted on 0-1
+# plotted on 0-1
+FRACTIONS = {"eval_success", "eval_success_sampled", "success", "reward", "reward_left", "reward_right", "token_acc"}
 
 
 def plot_curves(metrics_path: str | Path, keys: list[str], out_png: str | Path, title: str = "",

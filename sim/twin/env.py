@@ -19,7 +19,8 @@ grasp slips as a friction grip does: a weld that transmits more than the limit a
 lets go, and grips again at the next one where the object then is, if both pads still touch it.
 
 A task's milestones short of success (``Task.phases``: grasped, lifted, placed for stacking) are
-checked after every control step and latch; each ``Step.info["phases"]`` lists those reached.
+checked after every control step and latch; each ``Step.info["phases"]`` lists those reached, and
+``Step.info["arm"]`` names the arm the layout needs (the bell's side, the bowl's that goes onto the pile).
 """
 
 from __future__ import annotations
@@ -224,9 +225,11 @@ class TwinEnv:
                 self.succeeded = True
 
     def _result(self) -> Step:
+        info = {"arm": self.layout["arm"]} if "arm" in self.layout else {}
+        if self.task.phases:
+            info["phases"] = [p for p in self.task.phases if p in self.reached]
         return Step(obs=self.observe(), reward=float(self.succeeded), success=self.succeeded,
-                    done=self.done, steps=self.steps,
-                    info={"phases": [p for p in self.task.phases if p in self.reached]} if self.task.phases else {})
+                    done=self.done, steps=self.steps, info=info)
 
     def close(self) -> None:
         if self._renderer is not None:

@@ -271,11 +271,17 @@ def test_stacking_phases_latch_in_order():
     assert seen[0] == []  # the first chunk only reaches for the bowl
     assert env.layout["arm"] == ("left" if env.layout["bowls"][1][0] < 0 else "right")
     env.reset(0)
-    assert original(np.tile(env.target, (25, 1))).info["phases"] == []
+    out = original(np.tile(env.target, (25, 1)))
+    assert out.info["phases"] == [] and out.info["arm"] == env.layout["arm"]
     env.close()
     bell = TwinEnv(EnvConfig(task="click_bell", image_size=(16, 16)))
-    bell.reset(0)
-    assert bell.step(np.tile(bell.target, (5, 1))).info == {}  # a task without phases reports none
+    sides = set()
+    for seed in range(6):
+        bell.reset(seed)
+        info = bell.step(np.tile(bell.target, (5, 1))).info
+        assert "phases" not in info and info["arm"] == bell.layout["arm"]  # a task without phases reports none
+        sides.add(info["arm"])
+    assert sides == {"left", "right"}
     bell.close()
 
 

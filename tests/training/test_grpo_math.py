@@ -105,6 +105,16 @@ def _groups(successes_per_group):
             for g, outcomes in enumerate(successes_per_group) for ok in outcomes]
 
 
+def test_rollout_success_and_kept_groups_by_side():
+    trajs = [Trajectory(group=g, seed=g, success=ok, steps=1, side=side)
+             for g, side, outcomes in [(0, "left", [1, 0]), (1, "left", [0, 0]), (2, "right", [1, 1]),
+                                       (3, "right", [1, 0])] for ok in map(bool, outcomes)]
+    kept = [t for t in trajs if t.group in grpo.mixed_groups(trajs)]
+    assert grpo.by_side(trajs, kept) == {"reward_left": 0.25, "kept_groups_left": 1,
+                                         "reward_right": 0.75, "kept_groups_right": 1}
+    assert grpo.by_side(_groups([[1, 0]]), []) == {}  # an env without sides (LIBERO) logs none
+
+
 def test_the_references_group_bounds_drop_one_in_more_than_ten():
     trajs = _groups([[1] + [0] * 7, [1] + [0] * 15, [0] * 15 + [1], [1] * 8 + [0] * 8, [0] * 8, [1, 0]])
     assert grpo.mixed_groups(trajs) == {0, 1, 2, 3, 5}

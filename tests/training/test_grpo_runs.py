@@ -311,6 +311,10 @@ def test_two_iterations_through_ray_on_the_twin(sft_checkpoint, tmp_path, capfd)
     assert warned == sum(r["kept_groups"] == 0 for r in rows[1:])
     for key in ("reward", "kept_groups", "env_steps_per_s", "sim_s", "inference_s", "update_s"):
         assert key in rows[1], key
+    for r in rows[1:]:  # every click_bell layout needs one arm: the sides split the groups
+        sides = [s for s in ("left", "right") if f"reward_{s}" in r]
+        assert sides and sum(r[f"kept_groups_{s}"] for s in sides) == r["kept_groups"]
+        assert min(r[f"reward_{s}"] for s in sides) <= r["reward"] <= max(r[f"reward_{s}"] for s in sides)
     assert [rows[1]["lr"], rows[2]["lr"]] == pytest.approx([cfg.lr / 2, cfg.lr])  # what AdamW stepped with
     assert [rows[1]["temperature"], rows[2]["temperature"]] == [1.6, 1.0]  # the second half at the late one
     assert max(rows[1]["episode_steps"], rows[2]["episode_steps"]) <= 20  # training's horizon, not the env's 60
